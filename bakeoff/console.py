@@ -1,0 +1,78 @@
+"""Output conventions shared by every command.
+
+- Results go to stdout: a rich rendering for people, or exactly one JSON document
+  with ``--json``.
+- Progress bars, logs and warnings go to stderr, so ``--json`` output stays clean.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+#: For progress, logs and warnings.
+err = Console(stderr=True)
+#: For human-readable results.
+out = Console()
+
+T = TypeVar("T")
+
+
+def log(message: str) -> None:
+    err.print(message, highlight=False)
+
+
+def warn(message: str) -> None:
+    err.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+
+
+def emit(result: Any, as_json: bool, render: Callable[[Any], None] | None = None) -> None:
+    """Print a command's result: one JSON document, or ``render(result)`` for people."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+    elif render is not None:
+        render(result)
+    else:
+        out.print_json(json.dumps(result, default=str))
+
+
+def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*["" if v is None else str(v) for v in r])
+    return t
+
+
+@contextmanager
+def progress(transient: bool = True) -> Iterator[Progress]:
+    """A rich progress display on stderr."""
+    with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"),
+                  BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=err, transient=transient) as p:
+        yield p
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar on stderr."""
+    with progress() as p:
+        task = p.add_task(description, total=total if total is not None else _len(items))
+        for item in items:
+            yield item
+            p.advance(task)
+
+
+def _len(items: Iterable[Any]) -> int | None:
+    try:
+        return len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return None

@@ -1,0 +1,55 @@
+"""MLflow glue: the workspace's tracking store and dataset lineage.
+
+The tracking store defaults to a SQLite file inside the workspace (no server);
+artifacts go to ``mlruns/`` beside it. ``log_dataset_version`` records a dataset
+version as an ``mlflow.data`` input of the active run, so a run page shows the
+exact data (name, digest, source) it was trained or evaluated on.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # mlflow is slow to import; commands import it when they need it
+    from bakeoff.workspace import Version, Workspace
+
+
+def setup_mlflow(ws: "Workspace", experiment_name: str | None = None) -> str:
+    """Point MLflow at the workspace store (unless MLFLOW_TRACKING_URI is set) and
+    select ``experiment_name``, creating it with the workspace's artifact folder."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or ws.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    if experiment_name:
+        if mlflow.get_experiment_by_name(experiment_name) is None:
+            ws.artifact_root.mkdir(parents=True, exist_ok=True)
+            mlflow.create_experiment(experiment_name,
+                                     artifact_location=(ws.artifact_root / experiment_name).as_uri())
+        mlflow.set_experiment(experiment_name)
+    return uri
+
+
+def dataset_input(ws: "Workspace", version: "Version") -> Any:
+    """An ``mlflow.data`` dataset for a version: its ref as the name, its content
+    digest, and the version's folder as the source."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    # A file:// URL to the version's Parquet rows; HTTPDatasetSource is MLflow's
+    # generic URL source and needs no extra registration.
+    source = HTTPDatasetSource(url=(ws.version_dir(version) / "rows.parquet").as_uri())
+    return MetaDataset(source=source, name=version.ref, digest=version.digest[:36])
+
+
+def log_dataset_version(ws: "Workspace", ref: "str | Version", context: str = "training") -> None:
+    """Log a dataset version as an input of the active MLflow run, with tags for
+    the full digest and operation so lineage survives in the run's metadata."""
+    import mlflow
+
+    version = ws.resolve(ref) if isinstance(ref, str) else ref
+    mlflow.log_input(dataset_input(ws, version), context=context,
+                     tags={"bakeoff.ref": version.ref, "bakeoff.digest": version.digest,
+                           "bakeoff.operation": version.operation})
+    mlflow.set_tag(f"bakeoff.dataset.{context}", version.ref)

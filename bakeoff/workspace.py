@@ -1,0 +1,374 @@
+"""The workspace: one directory with an embedded DuckDB catalog and Parquet files.
+
+Layout::
+
+    bakeoff-workspace/
+      catalog.duckdb            versions (and other stages' tables: eval cache...)
+      versions/NAME/vN/         rows.parquet, ledger.parquet, quarantine.parquet, report.json
+      mlflow.db, mlruns/        MLflow tracking store (SQLite) and artifacts
+      cache/                    embeddings, converted models...
+      runs/                     training outputs (checkpoints)
+      reports/                  HTML reports
+
+A version is immutable. Writing one is atomic: files go to a temporary folder,
+are flushed, then renamed into ``versions/NAME/vN`` and the catalog row is
+committed in the same DuckDB transaction that picked N. A kill at any point leaves
+either no trace or an orphan folder that no catalog row points to (removed on the
+next write of that name); readers only ever follow catalog rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import polars as pl
+
+from bakeoff import __version__
+from bakeoff.schema import conform, version_digest
+
+DEFAULT_WORKSPACE = "bakeoff-workspace"
+ENV_WORKSPACE = "BAKEOFF_WORKSPACE"
+
+#: One row per dropped row: which step dropped it and why. Duplicates name the
+#: row they duplicate (``kept_row_id``), the similarity and their cluster.
+LEDGER_SCHEMA: dict[str, pl.DataType] = {
+    "row_id": pl.String,
+    "stage": pl.String,       # e.g. "filter", "dedup-exact", "dedup-minhash", "dedup-semantic"
+    "rule": pl.String,        # e.g. "refusal", "pii-email", "jaccard>=0.8"
+    "score": pl.Float64,
+    "kept_row_id": pl.String,
+    "similarity": pl.Float64,
+    "cluster_id": pl.String,
+    "detail": pl.String,
+}
+
+#: One row per input record that could not become a row, with where it was.
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    "source_file": pl.String,
+    "source_line": pl.Int64,
+    "reason": pl.String,
+    "raw": pl.String,
+}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_REF_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*?)(?:@v(?P<n>\d+))?$")
+
+
+class BakeoffError(Exception):
+    """An error the CLI reports as one line, without a traceback."""
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    number: int
+    digest: str
+    rows: int
+    parents: list[str]
+    operation: str
+    params: dict[str, Any]
+    bakeoff_version: str
+    created_at: str
+    counts: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.number}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ref": self.ref, **asdict(self)}
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``NAME@vN`` -> (NAME, N); ``NAME`` -> (NAME, None) meaning the latest."""
+    m = _REF_RE.match(ref.strip())
+    if not m:
+        raise BakeoffError(f"not a dataset reference: {ref!r} (expected NAME or NAME@vN)")
+    return m["name"], int(m["n"]) if m["n"] else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
+    """Write a Parquet file so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    df.write_parquet(tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Workspace:
+    """A bakeoff workspace directory. Created on first use."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        root = root or os.environ.get(ENV_WORKSPACE) or DEFAULT_WORKSPACE
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for sub in ("versions", "cache", "runs", "reports"):
+            (self.root / sub).mkdir(exist_ok=True)
+        with self.connect() as con:
+            con.execute(
+                """
+                CREATE TABLE IF NOT EXISTS versions (
+                    name VARCHAR, number INTEGER, digest VARCHAR, rows BIGINT,
+                    parents VARCHAR, operation VARCHAR, params VARCHAR,
+                    bakeoff_version VARCHAR, created_at VARCHAR, counts VARCHAR,
+                    path VARCHAR, PRIMARY KEY (name, number))
+                """
+            )
+
+    # --- paths ------------------------------------------------------------------
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking store: a SQLite file inside the workspace."""
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.root / "mlruns"
+
+    def cache_dir(self, *parts: str) -> Path:
+        path = self.root.joinpath("cache", *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection to the catalog. DuckDB allows one writing
+        process at a time, so commands open the catalog only while they need it."""
+        if read_only and not self.catalog_path.exists():
+            read_only = False
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                con = duckdb.connect(str(self.catalog_path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:  # another bakeoff process holds the lock
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    # --- reading ------------------------------------------------------------------
+    def _row_to_version(self, row: tuple) -> Version:
+        (name, number, digest, rows, parents, operation, params, bv, created, counts, path) = row
+        return Version(name=name, number=number, digest=digest, rows=rows,
+                       parents=json.loads(parents), operation=operation,
+                       params=json.loads(params), bakeoff_version=bv, created_at=created,
+                       counts=json.loads(counts or "{}"), path=path)
+
+    _COLUMNS = ("name, number, digest, rows, parents, operation, params, bakeoff_version, "
+                "created_at, counts, path")
+
+    def versions(self, name: str | None = None) -> list[Version]:
+        """All versions (of one dataset, if ``name``), oldest first."""
+        with self.connect(read_only=True) as con:
+            if name is None:
+                rows = con.execute(f"SELECT {self._COLUMNS} FROM versions ORDER BY name, number").fetchall()
+            else:
+                rows = con.execute(f"SELECT {self._COLUMNS} FROM versions WHERE name = ? ORDER BY number",
+                                   [name]).fetchall()
+        return [self._row_to_version(r) for r in rows]
+
+    def names(self) -> list[str]:
+        return sorted({v.name for v in self.versions()})
+
+    def resolve(self, ref: str) -> Version:
+        """``NAME@vN`` or ``NAME`` (latest) -> the catalog entry."""
+        name, number = parse_ref(ref)
+        found = self.versions(name)
+        if not found:
+            known = ", ".join(self.names()) or "none yet"
+            raise BakeoffError(f"no dataset named {name!r} in {self.root} (known: {known})")
+        if number is None:
+            return found[-1]
+        for v in found:
+            if v.number == number:
+                return v
+        raise BakeoffError(f"{name} has no version v{number} (latest is v{found[-1].number})")
+
+    def version_dir(self, ref: str | Version) -> Path:
+        v = ref if isinstance(ref, Version) else self.resolve(ref)
+        return self.root / v.path
+
+    def load(self, ref: str | Version, columns: list[str] | None = None) -> pl.DataFrame:
+        """The rows of a version."""
+        return pl.read_parquet(self.version_dir(ref) / "rows.parquet", columns=columns)
+
+    def scan(self, ref: str | Version) -> pl.LazyFrame:
+        return pl.scan_parquet(self.version_dir(ref) / "rows.parquet")
+
+    def ledger(self, ref: str | Version) -> pl.DataFrame:
+        """The rows a version's step dropped (empty if it dropped none)."""
+        path = self.version_dir(ref) / "ledger.parquet"
+        return pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=LEDGER_SCHEMA)
+
+    def quarantine(self, ref: str | Version) -> pl.DataFrame:
+        """Input records a version's ingest could not accept, with their reasons."""
+        path = self.version_dir(ref) / "quarantine.parquet"
+        return pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=QUARANTINE_SCHEMA)
+
+    def report(self, ref: str | Version) -> dict[str, Any]:
+        path = self.version_dir(ref) / "report.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def lineage(self, ref: str | Version) -> list[Version]:
+        """The version and all its ancestors, nearest first."""
+        start = ref if isinstance(ref, Version) else self.resolve(ref)
+        seen, order, queue = set(), [], [start]
+        while queue:
+            v = queue.pop(0)
+            if v.ref in seen:
+                continue
+            seen.add(v.ref)
+            order.append(v)
+            queue.extend(self.resolve(p) for p in v.parents)
+        return order
+
+    # --- writing ------------------------------------------------------------------
+    def commit_version(
+        self,
+        name: str,
+        rows: pl.DataFrame,
+        *,
+        operation: str,
+        params: dict[str, Any] | None = None,
+        parents: list[str] | None = None,
+        ledger: pl.DataFrame | None = None,
+        quarantine: pl.DataFrame | None = None,
+        report: dict[str, Any] | None = None,
+        counts: dict[str, Any] | None = None,
+    ) -> Version:
+        """Write a new immutable version ``name@v(N+1)`` atomically.
+
+        ``rows`` must carry the core columns (``bakeoff.schema.SCHEMA``); extra
+        columns are kept. ``ledger`` lists the rows of the parent(s) this step
+        dropped (``LEDGER_SCHEMA``), ``quarantine`` the input records it could not
+        accept (``QUARANTINE_SCHEMA``).
+        """
+        if not _NAME_RE.match(name):
+            raise BakeoffError(f"invalid dataset name {name!r}: use letters, digits, '_', '-', '.'")
+        rows = conform(rows)
+        if rows["id"].null_count():
+            raise ValueError("every row needs an id (bakeoff.schema.with_ids)")
+        if rows["id"].n_unique() != rows.height:
+            raise ValueError("row ids must be unique within a version")
+        digest = version_digest(rows)
+        all_counts = {
+            "kind": dict(rows.group_by("kind").len().iter_rows()),
+            "ledger": 0 if ledger is None else ledger.height,
+            "quarantined": 0 if quarantine is None else quarantine.height,
+            **(counts or {}),
+        }
+        parents = list(parents or [])
+
+        base = self.root / "versions" / name
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = base / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            rows.write_parquet(tmp / "rows.parquet")
+            if ledger is not None:
+                ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]).write_parquet(
+                    tmp / "ledger.parquet")
+            if quarantine is not None:
+                quarantine.select([pl.col(c).cast(t) for c, t in QUARANTINE_SCHEMA.items()]).write_parquet(
+                    tmp / "quarantine.parquet")
+            if report is not None:
+                (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str))
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            _fsync_dir(tmp)
+
+            with self.connect() as con:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    (last,) = con.execute("SELECT coalesce(max(number), 0) FROM versions WHERE name = ?",
+                                          [name]).fetchone()
+                    number = last + 1
+                    final = base / f"v{number}"
+                    if final.exists():  # an orphan of a write killed before its commit
+                        shutil.rmtree(final)
+                    os.rename(tmp, final)
+                    _fsync_dir(base)
+                    version = Version(
+                        name=name, number=number, digest=digest, rows=rows.height,
+                        parents=parents, operation=operation, params=params or {},
+                        bakeoff_version=__version__, created_at=_now(), counts=all_counts,
+                        path=str(final.relative_to(self.root)),
+                    )
+                    con.execute(
+                        f"INSERT INTO versions ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        [version.name, version.number, version.digest, version.rows,
+                         json.dumps(version.parents), version.operation,
+                         json.dumps(version.params, default=str), version.bakeoff_version,
+                         version.created_at, json.dumps(version.counts, default=str), version.path],
+                    )
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self._sweep_orphans(name)
+        return version
+
+    def _sweep_orphans(self, name: str) -> None:
+        """Remove leftovers of killed writes: temp folders and vN folders that no
+        catalog row points to."""
+        base = self.root / "versions" / name
+        known = {v.path for v in self.versions(name)}
+        stale = time.time() - 3600  # a temp folder this old has no live writer
+        for child in base.iterdir():
+            rel = str(child.relative_to(self.root))
+            if (child.name.startswith(".tmp-") and child.stat().st_mtime < stale) or (
+                    child.name.startswith("v") and rel not in known):
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def new_ledger(**columns: Any) -> pl.DataFrame:
+    """A ledger frame from column lists/Series; missing columns are nulls."""
+    df = pl.DataFrame(columns) if columns else pl.DataFrame()
+    height = df.height
+    return df.with_columns(
+        [pl.lit(None, dtype=t).alias(c) for c, t in LEDGER_SCHEMA.items() if c not in df.columns]
+    ).select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]).head(height)

@@ -1,0 +1,10 @@
+"""`bakeoff curate` commands."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def curate() -> None:
+    """curate commands."""

@@ -1,0 +1,10 @@
+"""`bakeoff train` commands."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def train() -> None:
+    """train commands."""
