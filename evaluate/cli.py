@@ -1,10 +1,155 @@
-"""`bakeoff evaluate` commands."""
+"""`bakeoff evaluate` commands: a thin click layer over bakeoff.evaluate."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from bakeoff.context import get_workspace, json_option
 
 
 @click.group()
 def evaluate() -> None:
-    """evaluate commands."""
+    """Evaluate: score every checkpoint (and the base model) on the full test set, then rank.
+
+    \b
+    Example:
+      bakeoff evaluate run --testset fin-test@v1 --experiment fin
+      bakeoff evaluate rank --testset fin-test@v1 --html leaderboard.html
+    """
+
+
+@evaluate.command("run")
+@click.option("--testset", required=True, help="Test set version, NAME@vN (or NAME for the latest).")
+@click.option("--checkpoints", "-c", multiple=True,
+              help="Checkpoint dir, run dir, run id, experiment name or model (repeatable; "
+                   "space-separated values are split).")
+@click.option("--experiment", "-e", default=None, help="Evaluate every checkpoint of this experiment.")
+@click.option("--base-model", default=None,
+              help="Baseline model (path or name); default: the base_model recorded in the checkpoints; "
+                   "'none' for no baseline.")
+@click.option("--devices", default=None,
+              help="Comma-separated devices (e.g. cuda:0,cuda:1): one model per device in parallel. "
+                   "Default: cuda if available, else cpu.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--sample/--greedy", default=False, show_default=True, help="Sample instead of greedy decoding.")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--reward-model", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Reward checkpoint for items scored by 'reward'.")
+@click.option("--no-loglik", is_flag=True, help="Skip the reference log-likelihood metric.")
+@click.option("--rank/--no-rank", "then_rank", default=True, show_default=True,
+              help="Print the leaderboard afterwards.")
+@click.argument("extra_checkpoints", nargs=-1)
+@json_option
+def run_cmd(testset: str, checkpoints: tuple[str, ...], experiment: str | None, base_model: str | None,
+            devices: str | None, batch_size: int, max_new_tokens: int, sample: bool, temperature: float,
+            seed: int, reward_model: str | None, no_loglik: bool, then_rank: bool,
+            extra_checkpoints: tuple[str, ...], as_json: bool) -> None:
+    """Evaluate checkpoints and their base model on every item of a test set.
+
+    Outputs and scores are cached per (weights digest, item, prompt template,
+    generation settings, scorer version): a new checkpoint costs one
+    checkpoint's evaluation, an interrupted run resumes, a changed scorer
+    re-scores stored outputs without generating.
+
+    \b
+    Example:
+      bakeoff evaluate run --testset fin-test@v1 --checkpoints runs/fin/abc123 --batch-size 16
+      bakeoff evaluate run --testset fin-test@v1 --experiment fin --base-model smollm2
+    """
+    from bakeoff.console import emit, log
+    from bakeoff.evaluate.discover import base_models, find_checkpoints
+    from bakeoff.evaluate.generate import GenerationSettings
+    from bakeoff.evaluate.items import load_items
+    from bakeoff.evaluate.runner import evaluate_models
+    from bakeoff.evaluate.scorers import RewardScorer
+    from bakeoff.workspace import BakeoffError
+
+    ws = get_workspace()
+    targets = [t for c in (*checkpoints, *extra_checkpoints) for t in c.split()]
+    if not targets and not experiment:
+        raise BakeoffError("nothing to evaluate: pass --checkpoints PATH_OR_RUN... or --experiment NAME")
+    specs = find_checkpoints(ws, targets, experiment) if (targets or experiment) else []
+    specs = base_models(ws, specs, base_model) + specs
+    if not specs:
+        raise BakeoffError("no checkpoints found")
+    reward = RewardScorer(reward_model, device=(devices or "").split(",")[0] or None) if reward_model else None
+    version, items = load_items(ws, testset, reward.digest if reward else None)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature,
+                                  seed=seed, batch_size=batch_size)
+    log(f"evaluating {len(specs)} models on {version.ref} ({items.height} items)")
+    results = evaluate_models(ws, version, items, specs, settings,
+                              devices=[d.strip() for d in devices.split(",")] if devices else None,
+                              reward=reward, loglik=not no_loglik)
+    result = {"testset": version.ref, "models": [r.to_dict() for r in results]}
+    board = None
+    if then_rank:
+        from bakeoff.evaluate.rank import build_leaderboard
+
+        board = build_leaderboard(ws, version.ref, reward=reward)
+        result["leaderboard"] = board.to_json()
+
+    def render(_: dict) -> None:
+        from bakeoff.console import out, table
+
+        out.print(table(f"Evaluated on {version.ref}", ["model", "items", "generated", "reused", "scored",
+                                                        "seconds", "mean score"],
+                        [[r.label, r.n_items, r.generated, r.reused, r.scored, f"{r.seconds:.1f}",
+                          f"{r.mean_score:.3f}"] for r in results]))
+        if board is not None:
+            from bakeoff.evaluate.report import render_terminal
+
+            render_terminal(board)
+
+    emit(result, as_json, render)
+
+
+@evaluate.command("rank")
+@click.option("--testset", required=True, help="Test set version, NAME@vN (or NAME for the latest).")
+@click.option("--experiment", "-e", default=None, help="Only checkpoints of this experiment (plus base models).")
+@click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report here (default: workspace reports/).")
+@click.option("--bootstrap", "n_boot", type=int, default=2000, show_default=True, help="Bootstrap replicates.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--reward-model", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Reward checkpoint, to re-score 'reward' items after a scorer change.")
+@click.option("--mlflow/--no-mlflow", "to_mlflow", default=True, show_default=True,
+              help="Log per-checkpoint metrics and the report to MLflow.")
+@click.option("--items", "with_items", is_flag=True, help="With --json: include every item's scores and outputs.")
+@json_option
+def rank_cmd(testset: str, experiment: str | None, html_path: str | None, n_boot: int, seed: int,
+             reward_model: str | None, to_mlflow: bool, with_items: bool, as_json: bool) -> None:
+    """Rank every evaluated checkpoint on the full test set.
+
+    Mean score with paired-bootstrap 95% intervals, probability of being best,
+    paired tests against the leader (McNemar for 0/1 scores, bootstrap
+    otherwise; Holm-corrected), per-slice and per-task columns, the
+    generalisation gap (in-domain − adjacent), and the items where the winner
+    loses.
+
+    \b
+    Example:
+      bakeoff evaluate rank --testset fin-test@v1
+      bakeoff evaluate rank --testset fin-test@v1 --experiment fin --html board.html --json
+    """
+    from bakeoff.console import emit, log
+    from bakeoff.evaluate.rank import build_leaderboard
+    from bakeoff.evaluate.report import dataset_lineage, log_to_mlflow, render_html, render_terminal
+    from bakeoff.evaluate.scorers import RewardScorer
+
+    ws = get_workspace()
+    reward = RewardScorer(reward_model) if reward_model else None
+    board = build_leaderboard(ws, testset, experiment=experiment, n_boot=n_boot, seed=seed, reward=reward)
+    safe = board.testset.replace("@", "_")
+    path = Path(html_path) if html_path else ws.reports_dir() / f"leaderboard-{safe}.html"
+    render_html(board, path, dataset_lineage(ws, board))
+    log(f"HTML report: {path}")
+    result = board.to_json(with_items=with_items)
+    result["html"] = str(path)
+    if to_mlflow:
+        result["mlflow_run_id"] = log_to_mlflow(ws, board, path)
+
+    emit(result, as_json, lambda _: render_terminal(board))

@@ -1,0 +1,88 @@
+"""`bakeoff curate filter`: run the noise filters on a version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from bakeoff.context import get_workspace, json_option
+
+
+def render_filter_report(rep: dict[str, Any], title: str = "filters") -> None:
+    """A table per filter (hits, share, examples) and the filter x filter overlap."""
+    from rich.markup import escape
+
+    from bakeoff.console import out, table
+
+    out.print(table(
+        f"{title}: {rep['rows_in']} rows in, {rep['rows_out']} kept, {rep['dropped']} dropped, "
+        f"{rep['rewritten']} rewritten",
+        ["filter", "action", "roles", "rows hit", "share", "dropped", "notes"],
+        [(name, f["action"], f["roles"], f["hits"], f"{f['share']:.1%}", f["dropped"],
+          ", ".join(f"{k} {f[k]}" for k in ("detected", "repaired", "unrepairable", "redacted") if k in f))
+         for name, f in rep["filters"].items()]))
+    for name, f in rep["filters"].items():
+        if not f["examples"]:
+            continue
+        out.print(table(f"{name}: examples", ["row id", "side", "detail", "text"],
+                        [(e["id"][:12], e["side"], escape(e.get("detail") or ""), escape(e["text"]))
+                         for e in f["examples"]]))
+    names = rep["overlap"]["filters"]
+    matrix = rep["overlap"]["matrix"]
+    hit = [i for i, n in enumerate(names) if matrix[i][i]]
+    if len(hit) > 1:
+        out.print(table("overlap (rows hit by both)", ["", *[names[i] for i in hit]],
+                        [(names[i], *[matrix[i][j] for j in hit]) for i in hit]))
+
+
+@click.command("filter")
+@click.argument("ref")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML: filter name -> options (enabled, roles, action, thresholds).")
+@click.option("--dry-run", is_flag=True, help="Report what would happen; write no version.")
+@json_option
+def command(ref: str, config_path: str | None, dry_run: bool, as_json: bool) -> None:
+    """Run the noise filters on NAME@vN and write the next version.
+
+    Filters: structure, empty, length, control, mojibake, repetition, refusal,
+    pii, echo, truncated, language. Each has an action (flag | drop, redact for
+    pii, repair for mojibake/control) and roles (prompt | response | both).
+    Dropped rows go to the ledger (stage 'filter', rule = filter name).
+
+    \b
+    Example:
+      bakeoff curate filter fin-train@v1 --dry-run
+      bakeoff curate filter fin-train@v1 --config filters.yaml --json
+
+    \b
+    filters.yaml:
+      pii: {action: drop}
+      language: {enabled: false}
+      length: {max_chars: 8000, roles: response}
+    """
+    from bakeoff.console import emit, log
+    from bakeoff.steps import commit_step
+
+    from .filters import FilterSuiteConfig, filter_rows, load_filter_config
+
+    ws = get_workspace()
+    parent = ws.resolve(ref)
+    config = FilterSuiteConfig(filters=load_filter_config(config_path))
+    log(f"filtering {parent.ref} ({parent.rows} rows)")
+    output = filter_rows(ws.load(parent), config)
+    rep = output.report["filter"]
+    result: dict[str, Any] = {"parent": parent.ref, "dry_run": dry_run, **rep}
+    if not dry_run:
+        version = commit_step(ws, parent, "filter", {"config": config.to_dict(), "config_file": config_path},
+                              output)
+        result["version"] = version.ref
+    del result["config"]
+
+    def render(r: dict[str, Any]) -> None:
+        from bakeoff.console import out
+
+        render_filter_report(r, title=f"filter {r['parent']}")
+        out.print(f"dry run: no version written" if r["dry_run"] else f"wrote {r['version']}")
+
+    emit(result, as_json, render)

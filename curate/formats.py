@@ -1,0 +1,479 @@
+"""Input formats: detection, validation and conversion to the shared row schema.
+
+Records arrive as JSON object text (``bakeoff.curate.readers``). Each format is a
+set of *fields* (a message list such as ``messages``/``conversations``/``chosen``,
+or a string such as ``instruction``/``output``); one DuckDB query per file pulls
+every field out with JSON-path functions, checks types and role order, and
+builds the ``messages``/``chosen``/``rejected`` lists, all vectorized. A record
+that fails a check gets a reason (the first check it fails) and goes to the
+quarantine instead of the rows.
+
+Formats (``--format``):
+
+- ``alpaca``      instruction, input, output (+ optional system, history)  -> sft
+- ``sharegpt``    conversations [{from, value}] (+ optional system)        -> sft;
+                  with chosen/rejected ({from, value} or lists)            -> preference
+- ``messages``    messages [{role, content}] (OpenAI)                      -> sft
+- ``completion``  prompt, completion (strings or message lists)            -> sft
+- ``preference``  prompt, chosen, rejected (strings or message lists)      -> preference
+- ``prompt``      prompt (string or messages), or messages/conversations whose
+                  trailing assistant turns are dropped                     -> prompt
+
+``--map field=column`` renames: the canonical field (left) is read from the
+input column (right, dotted for nested keys), e.g. ``--map output=answer``,
+``--map domain=category``, ``--map role=speaker --map content=text`` for the
+keys inside message lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import json
+
+import duckdb
+import polars as pl
+
+from bakeoff.schema import META_FIELDS
+from bakeoff.workspace import BakeoffError
+
+FORMAT_NAMES = ("alpaca", "sharegpt", "messages", "completion", "preference", "prompt")
+
+#: Role names seen in the wild -> bakeoff roles.
+ROLE_ALIASES = {
+    "system": "system", "developer": "system",
+    "user": "user", "human": "user", "prompter": "user", "question": "user",
+    "assistant": "assistant", "gpt": "assistant", "model": "assistant", "bot": "assistant",
+    "chatgpt": "assistant", "function_call": "assistant", "answer": "assistant",
+    "tool": "tool", "function": "tool", "observation": "tool", "ipython": "tool",
+}
+
+#: Which fields each format needs (for auto-detection); a field may be renamed by --map.
+REQUIRED = {
+    "alpaca": ("instruction", "output"),
+    "sharegpt": ("conversations",),
+    "messages": ("messages",),
+    "completion": ("prompt", "completion"),
+    "preference": ("prompt", "chosen", "rejected"),
+    "prompt": ("prompt",),
+}
+
+MAPPABLE = ("instruction", "input", "output", "system", "history", "conversations", "messages",
+            "prompt", "completion", "chosen", "rejected", "role", "content", "meta", *META_FIELDS)
+
+
+def _lit(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def json_path(column: str) -> str:
+    """``a.b`` -> ``$."a"."b"`` (keys quoted so any character works)."""
+    return "$" + "".join('."' + part.replace('"', '\\"') + '"' for part in column.split("."))
+
+
+@dataclass
+class Plan:
+    """How to read one file: its format, the input column of each field, the keys
+    inside message lists, and whether it is the preference variant."""
+
+    fmt: str
+    columns: dict[str, str]
+    role_key: str = "role"
+    content_key: str = "content"
+    preference: bool = False
+    present: set[str] = field(default_factory=set)   # keys most records have
+    keys: list[str] = field(default_factory=list)      # every top-level key seen
+
+    def col(self, f: str) -> str:
+        return self.columns.get(f, f)
+
+    def has(self, f: str) -> bool:
+        return self.col(f).split(".")[0] in self.present
+
+
+# --- detection ------------------------------------------------------------------------
+
+def key_stats(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int]]:
+    """(number of records, {top-level key: records that have it}) of table ``recs``."""
+    (n,) = con.execute("SELECT count(*) FROM recs").fetchone()
+    rows = con.execute("SELECT k, count(*) FROM (SELECT unnest(json_keys(raw)) AS k FROM recs) GROUP BY k").fetchall()
+    return n, dict(rows)
+
+
+def candidates(present: set[str], mapping: dict[str, str]) -> list[str]:
+    def has(f: str) -> bool:
+        return mapping.get(f, f).split(".")[0] in present
+
+    found = [f for f, req in REQUIRED.items() if all(has(x) for x in req)]
+    # A format whose fields are a strict subset of another match's is not a real
+    # alternative (prompt+completion is not also "prompt").
+    return [f for f in found
+            if not any(set(REQUIRED[f]) < set(REQUIRED[g]) for g in found if g != f)]
+
+
+def detect(path: str, mapping: dict[str, str], n: int, stats: dict[str, int]) -> str:
+    """The format of a file's records, from the keys most records have (``stats``
+    from ``key_stats``). Raises a one-line BakeoffError if none or several fit."""
+    if n == 0:
+        return "messages"
+    present = {k for k, c in stats.items() if c * 2 >= n}
+    found = candidates(present, mapping)
+    if len(found) == 1:
+        return found[0]
+    cols = ", ".join(sorted(present)) or "none"
+    if not found:
+        raise BakeoffError(
+            f"cannot detect the format of {path} (columns: {cols}); pass --format "
+            f"{{{'|'.join(FORMAT_NAMES)}}} and/or --map field=column")
+    desc = " or ".join(f"{f} ({', '.join(mapping.get(x, x) for x in REQUIRED[f])})" for f in found)
+    raise BakeoffError(f"ambiguous format for {path}: looks like {desc}; pass --format to choose")
+
+
+def plan_for(con: duckdb.DuckDBPyConnection, fmt: str, mapping: dict[str, str],
+             n: int, stats: dict[str, int]) -> Plan:
+    """Decide the message keys (from/value vs role/content) and the variant."""
+    present = {k for k, c in stats.items() if c * 2 >= n} if n else set()
+    plan = Plan(fmt=fmt, columns=dict(mapping), present=present, keys=sorted(stats))
+    list_field = {"sharegpt": "conversations", "messages": "messages"}.get(fmt)
+    if fmt == "prompt":
+        for f in ("prompt", "messages", "conversations"):
+            if plan.has(f):
+                list_field = f
+                break
+        else:
+            raise BakeoffError("format 'prompt' needs a 'prompt', 'messages' or 'conversations' column "
+                               "(or --map prompt=COLUMN)")
+        plan.columns.setdefault("_prompt_source", list_field)
+    elif fmt == "preference":
+        list_field = "prompt"
+    elif fmt == "completion":
+        list_field = "prompt"
+    if fmt == "sharegpt":
+        plan.preference = plan.has("chosen") and plan.has("rejected")
+    # Keys inside the turns: whatever most first turns use, unless --map says.
+    if list_field and ("role" not in mapping or "content" not in mapping):
+        path = json_path(plan.col(list_field))
+        rows = con.execute(
+            f"SELECT k, count(*) FROM (SELECT unnest(json_keys(raw, {_lit(path + '[0]')})) AS k "
+            f"FROM (SELECT raw FROM recs WHERE json_type(raw, {_lit(path)}) = 'ARRAY' LIMIT 2000)) GROUP BY k"
+        ).fetchall()
+        keys = dict(rows)
+        if keys.get("from", 0) + keys.get("value", 0) > keys.get("role", 0) + keys.get("content", 0):
+            plan.role_key, plan.content_key = "from", "value"
+    plan.role_key = mapping.get("role", plan.role_key)
+    plan.content_key = mapping.get("content", plan.content_key)
+    return plan
+
+
+# --- SQL building blocks ----------------------------------------------------------------
+#
+# Each record is parsed once: ``from_json(raw, {every key: JSON})`` gives every
+# top-level field as JSON text, whose type is its first character (``jt``). A
+# message list is parsed once more into turns whose role/content are again JSON
+# text. Checks and conversion are list expressions over those: no record is
+# parsed a third time, and nothing runs per row in Python.
+
+_WS = "E' \\t\\n\\r'"
+
+
+def install_macros(con: duckdb.DuckDBPyConnection) -> None:
+    """``jt(json)``: the JSON type of a JSON text (NULL when absent);
+    ``role_norm(text)``: a role name as bakeoff spells it."""
+    con.execute(
+        "CREATE OR REPLACE MACRO jt(x) AS CASE WHEN x IS NULL THEN NULL ELSE CASE left(x::VARCHAR, 1) "
+        "WHEN '\"' THEN 'VARCHAR' WHEN '[' THEN 'ARRAY' WHEN '{' THEN 'OBJECT' WHEN 'n' THEN 'NULL' "
+        "WHEN 't' THEN 'BOOLEAN' WHEN 'f' THEN 'BOOLEAN' ELSE 'NUMBER' END END")
+    cases = " ".join(f"WHEN {_lit(k)} THEN {_lit(v)}" for k, v in ROLE_ALIASES.items())
+    con.execute(f"CREATE OR REPLACE MACRO role_norm(x) AS CASE lower(trim(x)) {cases} ELSE lower(trim(x)) END")
+
+
+def _ident(s: str) -> str:
+    return '"' + s.replace('"', '""') + '"'
+
+
+def _turn(role: str, content_sql: str) -> str:
+    return f"{{'role': {_lit(role)}, 'content': {content_sql}}}"
+
+
+_EMPTY = "CAST([] AS STRUCT(role VARCHAR, content VARCHAR)[])"
+_NULL_MSGS = "CAST(NULL AS STRUCT(role VARCHAR, content VARCHAR)[])"
+_TYPE_WORD = "CASE {t} WHEN 'VARCHAR' THEN 'a string' WHEN 'ARRAY' THEN 'a list' WHEN 'OBJECT' THEN 'an object' " \
+             "WHEN 'NUMBER' THEN 'a number' WHEN 'BOOLEAN' THEN 'a boolean' ELSE lower({t}) END"
+
+
+class _Query:
+    """Collects the columns of the extraction query, stage by stage, and the
+    checks in the order they are tried (the first failing one is the reason)."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.top: list[str] = []    # top-level keys to pull out of raw
+        self.s1: list[str] = []     # from the parsed record f
+        self.s2: list[str] = []     # from s1
+        self.s3: list[str] = []     # from s2
+        self.s4: list[str] = []     # from s3
+        self.checks: list[tuple[str, str]] = []
+
+    def access(self, column: str) -> str:
+        """SQL for the JSON value of an input column (dotted = nested)."""
+        head, *rest = column.split(".")
+        if head not in self.top:
+            self.top.append(head)
+        expr = f"f.{_ident(head)}"
+        if rest:
+            expr = f"json_extract({expr}, {_lit(json_path('.'.join(rest)))})"
+        return expr
+
+    def string_field(self, name: str, column: str, required: bool) -> None:
+        self.s1 += [f"{self.access(column)} AS {name}_j"]
+        self.s2 += [f"jt({name}_j) AS {name}_t",
+                    f"json_extract_string({name}_j, '$') AS {name}_s"]
+        label = _lit(column)
+        if required:
+            self.checks.append((f"{name}_t IS NULL OR {name}_t = 'NULL'", f"'missing field ' || {label}"))
+        self.checks.append((f"{name}_t IS NOT NULL AND {name}_t NOT IN ('VARCHAR', 'NULL')",
+                            f"{label} || ' must be a string, got ' || {_TYPE_WORD.format(t=f'{name}_t')}"))
+        if required:
+            self.checks.append((f"length(trim({name}_s, {_WS})) = 0", f"'empty ' || {label}"))
+
+    def message_field(self, name: str, column: str, *, purpose: str, string_role: str | None) -> None:
+        """A list of turns (or one turn object, or a plain string = one turn of
+        ``string_role``; None: a list only). ``purpose``: 'conversation' (sft: ends with assistant),
+        'prompt' (ends with a user/tool turn), 'prompt-strip' (trailing assistant
+        turns dropped, see ``{name}_keep``), 'response' (assistant turns only)."""
+        rk, ck = self.plan.role_key, self.plan.content_key
+        label = _lit(column)
+        acc = self.access(column)
+        self.s1 += [f"{acc} AS {name}_j"]
+        self.s2 += [
+            f"jt({name}_j) AS {name}_t",
+            f"CASE jt({name}_j) WHEN 'ARRAY' THEN {name}_j "
+            + (f"WHEN 'OBJECT' THEN json_array({name}_j) "
+               f"WHEN 'VARCHAR' THEN json_array(json_object({_lit(rk)}, {_lit(string_role)}, {_lit(ck)}, {name}_j)) "
+               if string_role else "")
+            + f"END AS {name}_norm",
+        ]
+        # Two parses of the turns: with JSON leaves (to check each leaf is a string)
+        # and with VARCHAR leaves (the values). Both are cheaper than per-leaf
+        # json_extract_string, which measured ~2x slower.
+        self.s3 += [
+            f"from_json({name}_norm, {_lit(json.dumps([{rk: 'JSON', ck: 'JSON'}]))}) AS {name}_turns",
+            f"from_json({name}_norm, {_lit(json.dumps([{rk: 'VARCHAR', ck: 'VARCHAR'}]))}) AS {name}_typed",
+        ]
+        e_r, e_c = f"e.{_ident(rk)}", f"e.{_ident(ck)}"
+        known = "('system', 'user', 'assistant', 'tool')"
+        self.s4 += [
+            f"list_position(list_transform({name}_turns, lambda e: e IS NULL OR ({e_r} IS NULL AND {e_c} IS NULL)), true) AS {name}_nonobj",
+            f"list_position(list_transform({name}_turns, lambda e: NOT coalesce(starts_with({e_r}::VARCHAR, '\"'), false)), true) AS {name}_badrole",
+            f"list_position(list_transform({name}_turns, lambda e: NOT coalesce(starts_with({e_c}::VARCHAR, '\"'), false)), true) AS {name}_badcontent",
+            f"list_transform({name}_typed, lambda e: CASE WHEN {e_r} IN {known} THEN {e_r} ELSE role_norm({e_r}) END) AS {name}_r",
+            f"list_transform({name}_typed, lambda e: {e_c}) AS {name}_c",
+        ]
+        r, c = f"{name}_r", f"{name}_c"
+        allowed = "('ARRAY', 'OBJECT', 'VARCHAR')" if string_role else "('ARRAY')"
+        self.checks += [
+            (f"{name}_t IS NULL OR {name}_t = 'NULL'", f"'missing field ' || {label}"),
+            (f"{name}_t NOT IN {allowed}",
+             f"{label} || ' must be a list of turns, got ' || {_TYPE_WORD.format(t=f'{name}_t')}"),
+            (f"len({name}_turns) = 0", f"'empty ' || {label}"),
+            (f"{name}_nonobj IS NOT NULL", f"{label} || ' turn ' || {name}_nonobj || ' is not a turn object'"),
+            (f"{name}_badrole IS NOT NULL",
+             f"{label} || ' turn ' || {name}_badrole || ' has no string ' || {_lit(repr(rk))}"),
+            (f"{name}_badcontent IS NOT NULL",
+             f"{label} || ' turn ' || {name}_badcontent || ' has no string ' || {_lit(repr(ck))}"),
+            (f"len(list_filter({r}, lambda x: x NOT IN ('system', 'user', 'assistant', 'tool'))) > 0",
+             f"{label} || ' has an unknown role ''' || list_filter({r}, lambda x: x NOT IN ('system', 'user', 'assistant', 'tool'))[1] || ''''"),
+            (f"list_position(list_transform({c}, lambda x: regexp_full_match(x, '\\s*')), true) IS NOT NULL",
+             f"'empty turn in ' || {label} || ' (turn ' || list_position(list_transform({c}, lambda x: regexp_full_match(x, '\\s*')), true) "
+             f"|| ', ' || {r}[list_position(list_transform({c}, lambda x: regexp_full_match(x, '\\s*')), true)] || ')'"),
+        ]
+        if purpose == "response":
+            self.checks.append((f"len(list_filter({r}, lambda x: x <> 'assistant')) > 0",
+                                f"{label} || ' must hold assistant turns only, has a ' || "
+                                f"list_filter({r}, lambda x: x <> 'assistant')[1] || ' turn'"))
+            return
+        # Role order. s = the non-system turns; system turns may only lead.
+        nsys = f"len(list_filter({r}, lambda x: x = 'system'))"
+        s = f"list_filter({r}, lambda x: x <> 'system')"
+        pairs = f"list_zip({s}[1:-2], {s}[2:])"
+        dup = "lambda p: p[1] = p[2] AND p[1] IN ('user', 'assistant')"
+        self.checks += [
+            (f"len(list_filter({r}[1:{nsys}], lambda x: x <> 'system')) > 0",
+             f"'system turn after the start of ' || {label}"),
+            (f"len({s}) = 0", f"{label} || ' has only system turns'"),
+            (f"{s}[1] <> 'user'",
+             f"{label} || ' starts with ' || CASE {s}[1] WHEN 'assistant' THEN 'an assistant' ELSE 'a ' || {s}[1] END "
+             f"|| ' turn (expected a user turn first)'"),
+            (f"coalesce(list_bool_or(list_transform({pairs}, {dup})), false)",
+             f"'two ' || list_filter({pairs}, {dup})[1][1] || ' turns in a row in ' || {label}"),
+        ]
+        if purpose == "conversation":
+            self.checks.append((f"{r}[-1] <> 'assistant'",
+                                f"{label} || ' does not end with an assistant turn (ends with ' || {r}[-1] || ')'"))
+        elif purpose == "prompt":
+            self.checks.append((f"{r}[-1] NOT IN ('user', 'tool')",
+                                f"'prompt ' || {label} || ' does not end with a user turn (ends with ' || {r}[-1] || ')'"))
+        elif purpose == "prompt-strip":
+            # Trailing assistant turns (an sft row's answer) are dropped; what is
+            # left must end with a user turn.
+            keep = (f"len({r}) + 1 - coalesce(list_position(list_reverse(list_transform({r}, "
+                    f"lambda x: x <> 'assistant')), true), len({r}) + 1)")
+            self.checks += [
+                (f"{keep} = 0", f"{label} || ' has only assistant turns'"),
+                (f"{r}[{keep}] NOT IN ('user', 'tool')",
+                 f"'prompt ' || {label} || ' does not end with a user turn (ends with ' || {r}[{keep}] || ')'"),
+            ]
+
+    def turns(self, name: str, keep: str | None = None) -> str:
+        """The validated turns of a message field as LIST(STRUCT(role, content))."""
+        r, c = f"{name}_r", f"{name}_c"
+        n = keep or f"len({r})"
+        return f"list_transform(range(1, {n} + 1), lambda i: {{'role': {r}[i], 'content': {c}[i]}})"
+
+
+# --- conversion ----------------------------------------------------------------------------
+
+def build_query(plan: Plan) -> str:
+    """The extraction SQL for ``plan`` over table ``recs``. Result columns:
+    source_line, raw, reason, kind, messages, chosen, rejected, domain, doctype,
+    task, tags, extra."""
+    q = _Query(plan)
+    fmt = plan.fmt
+    chosen_sql = rejected_sql = _NULL_MSGS
+    system_sql = _EMPTY
+
+    def optional_system() -> str:
+        if not plan.has("system"):
+            return _EMPTY
+        q.string_field("sys", plan.col("system"), required=False)
+        return (f"CASE WHEN length(trim(coalesce(sys_s, ''), {_WS})) > 0 "
+                f"THEN [{_turn('system', 'sys_s')}] ELSE {_EMPTY} END")
+
+    if fmt == "alpaca":
+        q.string_field("ins", plan.col("instruction"), required=True)
+        q.string_field("inp", plan.col("input"), required=False)
+        q.string_field("out", plan.col("output"), required=True)
+        system_sql = optional_system()
+        hist = _EMPTY
+        if plan.has("history"):
+            hcol = plan.col("history")
+            q.s1.append(f"{q.access(hcol)} AS hist_j")
+            q.s2.append("jt(hist_j) AS hist_t")
+            q.s2.append("CASE WHEN jt(hist_j) = 'ARRAY' THEN from_json(hist_j, '[[\"JSON\"]]') END AS hist_p")
+            q.checks.append((
+                "hist_t NOT IN ('ARRAY', 'NULL') OR list_bool_or(list_transform(hist_p, lambda p: p IS NULL OR len(p) <> 2 "
+                "OR jt(p[1]) IS DISTINCT FROM 'VARCHAR' OR jt(p[2]) IS DISTINCT FROM 'VARCHAR'))",
+                f"{_lit(hcol)} || ' must be a list of [instruction, response] string pairs'"))
+            hist = (f"CASE WHEN hist_t = 'ARRAY' THEN flatten(list_transform(hist_p, lambda p: "
+                    f"[{_turn('user', 'json_extract_string(p[1], $$$$$$)')}, "
+                    f"{_turn('assistant', 'json_extract_string(p[2], $$$$$$)')}])) ELSE {_EMPTY} END").replace("$$$$$$", "'$'")
+        user = (f"CASE WHEN length(trim(coalesce(inp_s, ''), {_WS})) > 0 "
+                "THEN ins_s || E'\\n\\n' || inp_s ELSE ins_s END")
+        messages_sql = f"list_concat({system_sql}, {hist}, [{_turn('user', user)}, {_turn('assistant', 'out_s')}])"
+        kind = "sft"
+    elif fmt in ("sharegpt", "messages"):
+        col = plan.col("conversations" if fmt == "sharegpt" else "messages")
+        system_sql = optional_system() if fmt == "sharegpt" else _EMPTY
+        if plan.preference:
+            q.message_field("conv", col, purpose="prompt", string_role=None)
+            for nm, f in (("ch", "chosen"), ("rj", "rejected")):
+                q.message_field(nm, plan.col(f), purpose="response", string_role="assistant")
+            chosen_sql, rejected_sql = q.turns("ch"), q.turns("rj")
+            kind = "preference"
+        else:
+            q.message_field("conv", col, purpose="conversation", string_role=None)
+            kind = "sft"
+        messages_sql = f"list_concat({system_sql}, {q.turns('conv')})"
+    elif fmt == "completion":
+        q.message_field("pr", plan.col("prompt"), purpose="prompt", string_role="user")
+        q.message_field("co", plan.col("completion"), purpose="response", string_role="assistant")
+        system_sql = optional_system()
+        messages_sql = f"list_concat({system_sql}, {q.turns('pr')}, {q.turns('co')})"
+        kind = "sft"
+    elif fmt == "preference":
+        q.message_field("pr", plan.col("prompt"), purpose="prompt", string_role="user")
+        for nm, f in (("ch", "chosen"), ("rj", "rejected")):
+            q.message_field(nm, plan.col(f), purpose="response", string_role="assistant")
+        system_sql = optional_system()
+        messages_sql = f"list_concat({system_sql}, {q.turns('pr')})"
+        chosen_sql, rejected_sql = q.turns("ch"), q.turns("rj")
+        kind = "preference"
+    elif fmt == "prompt":
+        col = plan.col(plan.columns.get("_prompt_source", "prompt"))
+        q.message_field("pr", col, purpose="prompt-strip", string_role="user")
+        system_sql = optional_system()
+        keep = ("(len(pr_r) + 1 - coalesce(list_position(list_reverse(list_transform(pr_r, "
+                "lambda x: x <> 'assistant')), true), len(pr_r) + 1))")
+        messages_sql = f"list_concat({system_sql}, {q.turns('pr', keep)})"
+        kind = "prompt"
+    else:
+        raise BakeoffError(f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMAT_NAMES)}")
+
+    # --- labels: meta.<label>, else a top-level column of that name (or --map) ------------
+    meta_col = plan.col("meta")
+    q.s1.append(f"{q.access(meta_col)} AS meta_j")
+    q.s2.append("jt(meta_j) AS meta_t")
+    q.s2.append("CASE WHEN jt(meta_j) = 'OBJECT' THEN from_json(meta_j, "
+                + _lit(json.dumps({f: "JSON" for f in META_FIELDS})) + ") END AS meta_f")
+    q.checks.append(("meta_t NOT IN ('OBJECT', 'NULL')",
+                     f"{_lit(meta_col)} || ' must be an object, got ' || {_TYPE_WORD.format(t='meta_t')}"))
+    labels = {}
+    for f in META_FIELDS:
+        top = plan.col(f)
+        top_sql = q.access(top) if (plan.has(f) or f in plan.columns) else "NULL::JSON"
+        q.s3.append(f"coalesce(meta_f.{f}, {top_sql}) AS {f}_j")
+        lt = f"jt({f}_j)"
+        if f == "tags":
+            q.checks.append((f"{lt} NOT IN ('ARRAY', 'VARCHAR', 'NULL')", "'tags must be a list of strings or a string'"))
+            q.checks.append((f"{lt} = 'ARRAY' AND len(list_filter(json_type({f}_j, '$[*]'), lambda x: x <> 'VARCHAR')) > 0",
+                             "'tags must be a list of strings'"))
+            labels[f] = (f"CASE {lt} WHEN 'ARRAY' THEN json_extract_string({f}_j, '$[*]') "
+                         f"WHEN 'VARCHAR' THEN [json_extract_string({f}_j, '$')] END")
+        else:
+            q.checks.append((f"{lt} IN ('ARRAY', 'OBJECT')",
+                             f"{_lit(f)} || ' label must be a string, got ' || {_TYPE_WORD.format(t=lt)}"))
+            labels[f] = f"CASE WHEN {lt} <> 'NULL' THEN nullif(trim(json_extract_string({f}_j, '$')), '') END"
+
+    # --- extra: every top-level input key no field consumed, and unknown meta keys ---------
+    unknown = [k for k in plan.keys if k not in q.top]
+    entries = ", ".join(f"{{'k': {_lit(k)}, 'v': f.{_ident(k)}}}" for k in unknown)
+    for k in unknown:
+        q.top.append(k)
+    meta_known = "(" + ", ".join(_lit(k) for k in META_FIELDS) + ")"
+    q.s2.append(
+        f"CASE WHEN jt(meta_j) = 'OBJECT' THEN list_transform(list_filter(json_keys(meta_j), lambda k: k NOT IN {meta_known}), "
+        "lambda k: {'k': k, 'v': json_extract(meta_j, '$.\"' || replace(k, '\"', '\\\"') || '\"')}) END AS xm")
+    q.s1.append(f"list_filter([{entries}], lambda e: e.v IS NOT NULL) AS xt" if unknown
+                else "CAST([] AS STRUCT(k VARCHAR, v JSON)[]) AS xt")
+    extra_sql = ("CASE WHEN len(xt) = 0 AND coalesce(len(xm), 0) = 0 THEN NULL ELSE CAST(to_json(map_from_entries("
+                 "list_concat(xt, CASE WHEN len(xm) > 0 THEN [{'k': 'meta', 'v': to_json(map_from_entries(xm))}] "
+                 "ELSE [] END))) AS VARCHAR) END")
+
+    schema = _lit(json.dumps({k: "JSON" for k in q.top}))
+    reason = "CASE " + " ".join(f"WHEN {cond} THEN {why}" for cond, why in q.checks) + " END"
+    return f"""
+    WITH p AS (SELECT source_line, raw, from_json(raw, {schema}) AS f FROM recs),
+         s1 AS (SELECT source_line, raw, f, {', '.join(q.s1)} FROM p),
+         s2 AS (SELECT *, {', '.join(q.s2)} FROM s1),
+         s3 AS (SELECT *, {', '.join(q.s3)} FROM s2),
+         s4 AS (SELECT *, {', '.join(q.s4 or ['NULL AS _none'])} FROM s3),
+         r AS (SELECT *, {reason} AS reason FROM s4)
+    SELECT source_line, raw, reason,
+           {_lit(kind)} AS kind,
+           CASE WHEN reason IS NULL THEN {messages_sql} END AS messages,
+           CASE WHEN reason IS NULL THEN {chosen_sql} END AS chosen,
+           CASE WHEN reason IS NULL THEN {rejected_sql} END AS rejected,
+           {labels['domain']} AS domain, {labels['doctype']} AS doctype, {labels['task']} AS task,
+           {labels['tags']} AS tags,
+           CASE WHEN reason IS NULL THEN {extra_sql} END AS extra
+    FROM r
+    """
+
+
+def convert(con: duckdb.DuckDBPyConnection, plan: Plan) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(rows without ids, rejected records with reason) for table ``recs``."""
+    install_macros(con)
+    out = con.sql(build_query(plan)).pl()
+    bad = out.filter(pl.col("reason").is_not_null()).select("source_line", "reason", "raw")
+    good = out.filter(pl.col("reason").is_null()).drop("reason", "raw")
+    return good, bad

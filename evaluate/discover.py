@@ -1,0 +1,130 @@
+"""Find the checkpoints to evaluate.
+
+A checkpoint is a directory ``ws.runs_dir()/<experiment>/<run_id>/checkpoint-<step>/``
+with a ``bakeoff_checkpoint.json`` (the checkpoint contract). ``--checkpoints``
+takes any mix of:
+
+- a checkpoint directory, or a directory holding checkpoints (a run, an experiment);
+- a run id or an experiment name (looked up under ``ws.runs_dir()``);
+- a plain model directory or a model name (``tiny``, ``smollm2``, a hub id),
+  evaluated as a model without training metadata.
+
+The base model of the checkpoints (``base_model`` in their metadata) is added as a
+baseline unless ``--base-model none``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bakeoff.evaluate.runner import ModelSpec
+from bakeoff.workspace import BakeoffError, Workspace
+
+META_FILE = "bakeoff_checkpoint.json"
+
+
+def _read_meta(ckpt: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((ckpt / META_FILE).read_text())
+    except ValueError as exc:
+        raise BakeoffError(f"{ckpt / META_FILE} is not valid JSON: {exc}") from exc
+    meta.setdefault("run_id", ckpt.parent.name)
+    meta.setdefault("experiment_name", ckpt.parent.parent.name)
+    if meta.get("step") is None:
+        tail = ckpt.name.rsplit("-", 1)[-1]
+        meta["step"] = int(tail) if tail.isdigit() else None
+    return meta
+
+
+def _under(root: Path) -> list[Path]:
+    return sorted({f.parent for f in root.rglob(META_FILE)})
+
+
+def _is_model_dir(p: Path) -> bool:
+    return (p / "config.json").exists() or (p / "adapter_config.json").exists()
+
+
+def label_for(meta: dict[str, Any], path: Path) -> str:
+    run = str(meta.get("run_id") or path.parent.name)
+    run = run if len(run) <= 14 else run[:8]
+    step = meta.get("step")
+    return f"{run}@{step}" if step is not None else f"{run}/{path.name}"
+
+
+def find_checkpoints(ws: Workspace, targets: list[str], experiment: str | None = None) -> list[ModelSpec]:
+    """Checkpoints named by ``targets`` and/or all checkpoints of ``experiment``."""
+    runs = ws.runs_dir()
+    found: dict[Path, ModelSpec] = {}
+
+    def add_ckpt(ckpt: Path) -> None:
+        meta = _read_meta(ckpt)
+        found.setdefault(ckpt.resolve(), ModelSpec(label=label_for(meta, ckpt), path=str(ckpt.resolve()), meta=meta))
+
+    if experiment:
+        ckpts = _under(runs / experiment) if (runs / experiment).is_dir() else []
+        if not ckpts:
+            raise BakeoffError(f"no checkpoints of experiment {experiment!r} under {runs}")
+        for c in ckpts:
+            add_ckpt(c)
+    for target in targets:
+        p = Path(target).expanduser()
+        if p.is_dir():
+            if (p / META_FILE).exists():
+                add_ckpt(p)
+            elif ckpts := _under(p):
+                for c in ckpts:
+                    add_ckpt(c)
+            elif _is_model_dir(p):
+                found.setdefault(p.resolve(), ModelSpec(label=p.name, path=str(p.resolve()), meta={}))
+            else:
+                raise BakeoffError(f"{p} holds no checkpoint ({META_FILE}) and no model (config.json)")
+            continue
+        by_run = sorted({c for run_dir in runs.glob(f"*/{target}") if run_dir.is_dir() for c in _under(run_dir)})
+        by_exp = _under(runs / target) if (runs / target).is_dir() else []
+        if by_run or by_exp:
+            for c in by_run or by_exp:
+                add_ckpt(c)
+            continue
+        if target.lower() in ("tiny", "smollm2"):
+            from bakeoff.train.models import resolve_model
+
+            path = Path(resolve_model(target, ws))
+            found.setdefault(path, ModelSpec(label=target.lower(), path=str(path), meta={}, is_base=True))
+            continue
+        raise BakeoffError(f"{target!r} is not a checkpoint directory, run id or experiment under {runs}")
+    specs = sorted(found.values(), key=lambda s: (str(s.meta.get("experiment_name") or ""),
+                                                  str(s.meta.get("run_id") or ""), s.meta.get("step") or 0,
+                                                  s.label))
+    _unique_labels(specs)
+    return specs
+
+
+def base_models(ws: Workspace, specs: list[ModelSpec], base_model: str | None = None) -> list[ModelSpec]:
+    """Baselines: ``base_model`` if given ('none' for no baseline), else every
+    distinct ``base_model`` recorded in the checkpoints."""
+    if base_model and base_model.lower() == "none":
+        return []
+    names = [base_model] if base_model else list(dict.fromkeys(
+        str(s.meta["base_model"]) for s in specs if s.meta.get("base_model")))
+    have = {Path(s.path).resolve() for s in specs if s.path}
+    out = []
+    for name in names:
+        from bakeoff.train.models import resolve_model
+
+        path = resolve_model(name, ws)
+        if Path(path).exists() and Path(path).resolve() in have:
+            continue
+        label = "base:" + (name if not Path(name).exists() else Path(name).name)
+        out.append(ModelSpec(label=label, path=path, meta={"base_model": name, "kind": "base"}, is_base=True))
+    return out
+
+
+def _unique_labels(specs: list[ModelSpec]) -> None:
+    seen: dict[str, int] = {}
+    for s in specs:
+        n = seen.get(s.label, 0)
+        seen[s.label] = n + 1
+        if n:
+            s.label = f"{s.label}#{n + 1}"

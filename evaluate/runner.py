@@ -1,0 +1,201 @@
+"""Evaluate models on a test set through the cache.
+
+For each model: identify it by its weights digest, look up which prompts already
+have an output under (digest, template, generation config), generate only the
+rest in batches (each batch stored as it finishes, so an interruption loses at
+most one batch), then score every item whose score under the current scorer
+version is missing, from stored outputs. A model whose outputs are all stored is
+never loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import polars as pl
+
+from bakeoff.evaluate import cache
+from bakeoff.evaluate.generate import GenerationSettings, Generator, HFGenerator, load_template_id
+from bakeoff.evaluate.scorers import RewardScorer, score_one
+from bakeoff.workspace import BakeoffError, Version, Workspace
+
+
+@dataclass
+class ModelSpec:
+    """A model to evaluate. ``digest``/``template_id``/``generator_factory`` are
+    filled from ``path`` when not given (tests give them for scripted fakes)."""
+
+    label: str
+    path: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    is_base: bool = False
+    digest: str | None = None
+    template_id: str | None = None
+    generator_factory: Callable[[GenerationSettings, str | None], Generator] | None = None
+
+    def make_generator(self, settings: GenerationSettings, device: str | None) -> Generator:
+        if self.generator_factory is not None:
+            return self.generator_factory(settings, device)
+        if self.path is None:
+            raise BakeoffError(f"model {self.label} has neither a path nor a generator")
+        return HFGenerator.from_path(self.path, settings, device)
+
+
+@dataclass
+class EvalResult:
+    label: str
+    weights_digest: str
+    n_items: int
+    generated: int
+    reused: int
+    scored: int
+    seconds: float
+    mean_score: float
+    is_base: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _batches(seq: list, size: int):
+    for i in range(0, len(seq), max(1, size)):
+        yield seq[i:i + size]
+
+
+def score_items(ws: Workspace, items: pl.DataFrame, digest: str, template: str, gen_config: str,
+                reward: RewardScorer | None = None) -> tuple[pl.DataFrame, int]:
+    """Scores of ``items`` for one model: stored ones reused, missing ones computed
+    from stored outputs (never generating). Returns (frame of item_digest,
+    scorer, score, output for items that have an output, number newly scored)."""
+    outputs = cache.load_outputs(ws, digest, template, gen_config)
+    have = items.join(outputs, on="prompt_digest", how="inner")
+    stored = cache.load_scores(ws, digest, template, gen_config)
+    todo = have.join(stored, on=["item_digest", "scorer"], how="anti").unique("item_digest")
+    if todo.height:
+        needs_model = todo.filter(pl.col("method") == "reward")
+        plain = todo.filter(pl.col("method") != "reward")
+        new_d, new_s, new_v = [], [], []
+        if plain.height:
+            # Scorers are string parsing (regexes, LCS): per-row Python by nature.
+            import json
+
+            for d, s, out, ref, spec in plain.select("item_digest", "scorer", "output", "reference",
+                                                     "scoring").iter_rows():
+                new_d.append(d), new_s.append(s), new_v.append(score_one(out, ref, json.loads(spec)))
+        if needs_model.height:
+            if reward is None:
+                raise BakeoffError(f"{needs_model.height} items are scored by a reward model: "
+                                   "pass --reward-model PATH")
+            vals = reward.score(needs_model["prompt"].to_list(), needs_model["output"].to_list())
+            new_d += needs_model["item_digest"].to_list()
+            new_s += needs_model["scorer"].to_list()
+            new_v += vals
+        for chunk in _batches(list(range(len(new_d))), 5000):
+            cache.write_scores(ws, digest, template, gen_config, [new_d[i] for i in chunk],
+                               [new_s[i] for i in chunk], [new_v[i] for i in chunk])
+        stored = cache.load_scores(ws, digest, template, gen_config)
+    scored = have.join(stored, on=["item_digest", "scorer"], how="inner")
+    return scored.select("item_digest", "scorer", "score", "output").unique("item_digest"), todo.height
+
+
+def evaluate_model(ws: Workspace, version: Version, items: pl.DataFrame, spec: ModelSpec,
+                   settings: GenerationSettings, device: str | None = None,
+                   reward: RewardScorer | None = None, loglik: bool = True,
+                   progress: Any = None, flush_seconds: float = 1.0) -> EvalResult:
+    """Evaluate one model on every item, through the cache (see module docstring)."""
+    t0 = time.perf_counter()
+    template = spec.template_id or load_template_id(spec.path)
+    gen_config = settings.digest()
+    with cache.connect(ws):  # one catalog connection for the lookups
+        digest = spec.digest or cache.weights_digest(spec.path, ws)
+        cache.register_model(ws, digest, spec.label, spec.path or "", spec.meta, spec.is_base)
+        done = cache.stored_prompts(ws, digest, template, gen_config)
+        ll_done = cache.stored_logliks(ws, digest, template) if loglik else set()
+    prompts = items.unique("prompt_digest", keep="first", maintain_order=True)
+    todo = prompts.filter(~pl.col("prompt_digest").is_in(list(done)))
+    # Similar lengths in one batch waste less on padding.
+    todo = todo.with_columns(pl.col("prompt").list.eval(pl.element().struct.field("content").str.len_chars())
+                             .list.sum().alias("_len")).sort("_len")
+    ll_todo = items.head(0)
+    if loglik:
+        ll_todo = items.filter(~pl.col("item_digest").is_in(list(ll_done))).unique("item_digest")
+
+    generator: Generator | None = None
+    if todo.height or ll_todo.height:
+        generator = spec.make_generator(settings, device)
+        if generator.template_id != template:
+            raise BakeoffError(f"{spec.label}: template id {generator.template_id} != {template}")
+    task = None
+    if progress is not None and (todo.height or ll_todo.height):
+        task = progress.add_task(f"{spec.label}", total=todo.height + ll_todo.height)
+    out_writer = cache.BatchWriter(
+        lambda keys, vals: cache.write_outputs(ws, digest, template, gen_config, keys, vals), flush_seconds)
+    with out_writer:
+        for batch in _batches(list(todo.select("prompt_digest", "prompt").iter_rows()), settings.batch_size):
+            out_writer.add([b[0] for b in batch], generator.generate([b[1] for b in batch]))
+            if task is not None:
+                progress.advance(task, len(batch))
+    ll_writer = cache.BatchWriter(
+        lambda keys, vals: cache.write_logliks(ws, digest, template, keys, vals), flush_seconds)
+    with ll_writer:
+        for batch in _batches(list(ll_todo.select("item_digest", "prompt", "reference").iter_rows()),
+                              settings.batch_size):
+            ll_writer.add([b[0] for b in batch], generator.loglik([b[1] for b in batch], [b[2] for b in batch]))
+            if task is not None:
+                progress.advance(task, len(batch))
+    if task is not None:
+        progress.remove_task(task)
+
+    with cache.connect(ws):
+        scored, n_scored = score_items(ws, items, digest, template, gen_config, reward)
+        joined = items.join(scored, on="item_digest", how="inner")
+        if joined.height != items.height:
+            raise BakeoffError(f"{spec.label}: {items.height - joined.height} items have no score after "
+                               "evaluation")
+        seconds = time.perf_counter() - t0
+        cache.record_run(ws, version.ref, version.digest, digest, template, gen_config,
+                         {**settings.key_dict(), "batch_size": settings.batch_size, "loglik": loglik,
+                          "reward_digest": reward.digest if reward is not None else None},
+                         items.height, seconds, todo.height)
+    return EvalResult(spec.label, digest, items.height, todo.height, prompts.height - todo.height, n_scored,
+                      seconds, float(joined["score"].mean()), spec.is_base)
+
+
+def evaluate_models(ws: Workspace, version: Version, items: pl.DataFrame, specs: list[ModelSpec],
+                    settings: GenerationSettings, devices: list[str] | None = None,
+                    reward: RewardScorer | None = None, loglik: bool = True) -> list[EvalResult]:
+    """Evaluate several models; with several ``devices``, one model per device at
+    a time, in threads (torch releases the GIL in its kernels)."""
+    from bakeoff.console import progress
+
+    devices = devices or [None]  # type: ignore[list-item]
+    with progress() as p:
+        overall = p.add_task("models", total=len(specs))
+        if len(devices) == 1:
+            results = []
+            for spec in specs:
+                results.append(evaluate_model(ws, version, items, spec, settings, devices[0], reward,
+                                              loglik, p))
+                p.advance(overall)
+            return results
+
+        import queue
+
+        free: "queue.Queue[str | None]" = queue.Queue()
+        for d in devices:
+            free.put(d)
+
+        def work(spec: ModelSpec) -> EvalResult:
+            device = free.get()  # a device no other model is using
+            try:
+                res = evaluate_model(ws, version, items, spec, settings, device, reward, loglik, p)
+            finally:
+                free.put(device)
+            p.advance(overall)
+            return res
+
+        with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+            return list(pool.map(work, specs))

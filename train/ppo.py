@@ -1,0 +1,746 @@
+"""PPO for a LoRA policy against a reward model, on torch + transformers + PEFT.
+
+TRL 1.16 dropped its PPOTrainer, so this follows the design of TRL's last one
+(``trl/trainer/ppo_trainer.py``, v0.11-0.2x), trimmed to a single process:
+
+1. **Rollout.** Prompts (chat template, left padding) are sampled from the policy
+   with a temperature. Each response is cut after its first EOS. Log-probs of the
+   sampled tokens are recomputed from temperature-scaled logits (the
+   distribution actually sampled), under the policy and under the reference.
+   The policy is the SFT model with a fresh LoRA adapter; the reference is the
+   *same* model with the adapter disabled (``with model.disable_adapter():``) —
+   no second copy in memory, and at step 0 policy == reference exactly.
+2. **Scoring.** The reward model scores prompt+response at the EOS token
+   (tokens after it are padding); a response that never emitted EOS loses
+   ``missing_eos_penalty``. Scores are normalised with the reward checkpoint's
+   ``reward_stats.json`` so ``kl_coef`` means the same for every reward model.
+3. **Advantages.** Per-token reward = ``-kl_coef * KL`` (k1 or k3) plus the score
+   at the last response token; GAE (gamma, lambda) with the value head; the
+   advantages are whitened over valid tokens.
+4. **Update.** Several PPO epochs over shuffled minibatches: clipped policy loss
+   + ``vf_coef`` x clipped value loss, gradient clipping, AdamW.
+
+The value head starts as the reward model (it already knows which answers are
+good): by default a LoRA adapter plus a trainable copy of the score head on the
+reward model itself, so scoring (adapter disabled) and values (adapter enabled)
+share one set of weights, as the policy and reference do. ``value_model='copy'``
+trains a full copy instead.
+
+The math is in :mod:`bakeoff.train.ppo_core`; MLflow and checkpoints are in
+:func:`train_ppo`; the click layer is :mod:`bakeoff.train.ppo_cmd`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+
+from bakeoff.workspace import BakeoffError
+
+if TYPE_CHECKING:  # heavy imports stay inside functions (bakeoff --help stays fast)
+    import torch
+    from bakeoff.workspace import Workspace
+
+CHECKPOINT_META = "bakeoff_checkpoint.json"
+REWARD_STATS = "reward_stats.json"
+
+#: A toy/scripted reward: (prompts, completions, completion token ids) -> one score each.
+RewardFn = Callable[[list[str], list[str], list[list[int]]], Sequence[float]]
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyperparameters. Defaults follow TRL's last PPOConfig where it had one,
+    adjusted for a LoRA policy (higher learning rate)."""
+
+    steps: int = 100                 # PPO iterations (one rollout batch each)
+    batch_size: int = 16             # prompts sampled per iteration
+    mini_batch_size: int = 4         # rollouts per optimizer step
+    ppo_epochs: int = 4              # passes over each rollout batch
+    learning_rate: float = 5e-5      # LoRA policy + value head
+    warmup_steps: float = 0.05       # < 1: a fraction of the optimizer steps
+    lr_floor: float = 0.45           # linear step-down to this fraction of the peak, not to 0
+    max_grad_norm: float = 1.0
+    temperature: float = 0.7
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    max_prompt_length: int = 512
+    kl_coef: float = 0.05
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_rewards: bool = False
+    missing_eos_penalty: float | None = 1.0
+    normalize_scores: bool = True    # with reward_stats.json
+    value_model: Literal["lora", "copy"] = "lora"
+    # "adapter": the reference is the policy with its adapter disabled (no extra
+    # memory). "copy": a frozen second copy of the SFT model, as TRL did without
+    # PEFT; kept to measure what the adapter trick saves (benchmarks/bench_ppo.py).
+    reference: Literal["adapter", "copy"] = "adapter"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str | list[str] = "all-linear"
+    forward_batch_size: int = 16     # rollouts per no-grad forward pass
+    save_steps: int = 0              # 0: a checkpoint at the end only
+    seed: int = 0
+    device: str | None = None
+
+    def validate(self) -> None:
+        if self.batch_size % self.mini_batch_size:
+            raise BakeoffError(f"batch_size ({self.batch_size}) must be a multiple of "
+                               f"mini_batch_size ({self.mini_batch_size})")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise BakeoffError(f"kl_estimator must be 'k1' or 'k3', not {self.kl_estimator!r}")
+        if self.value_model not in ("lora", "copy"):
+            raise BakeoffError(f"value_model must be 'lora' or 'copy', not {self.value_model!r}")
+        if self.reference not in ("adapter", "copy"):
+            raise BakeoffError(f"reference must be 'adapter' or 'copy', not {self.reference!r}")
+        if self.temperature <= 0:
+            raise BakeoffError("temperature must be > 0 (PPO samples its rollouts)")
+        if self.steps < 1 or self.ppo_epochs < 1:
+            raise BakeoffError("steps and ppo_epochs must be >= 1")
+
+
+# --- helpers -------------------------------------------------------------------------
+
+def eos_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
+    """EOS ids: the tokenizer's, plus the generation config's (chat models often
+    end turns with a different token than the tokenizer's eos)."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    g = getattr(gen, "eos_token_id", None)
+    for i in (g if isinstance(g, (list, tuple)) else [g]):
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    if not ids:
+        raise BakeoffError("the tokenizer has no EOS token: PPO scores responses at their EOS")
+    return ids
+
+
+def check_pad_not_eos(tokenizer: Any, model: Any | None = None) -> None:
+    """PPO cuts responses at EOS and treats pad as 'no token': pad == EOS would
+    make every padded position look like the end of a response (and mask real EOS
+    tokens out of the loss). Refuse it."""
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        raise BakeoffError("the tokenizer has no pad token; PPO needs one distinct from EOS")
+    if pad in eos_token_ids(tokenizer, model):
+        raise BakeoffError(f"pad token id {pad} equals the EOS token id: PPO needs a pad token "
+                           "distinct from EOS (add one, e.g. tokenizer.add_special_tokens({'pad_token': '<|pad|>'}))")
+
+
+def disable_dropout(model: Any) -> None:
+    """Dropout makes the recomputed log-probs differ from the rollout's, which
+    biases the ratio; TRL's PPO disables it in every model too."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+def find_checkpoint_meta(path: str | os.PathLike) -> tuple[dict, Path] | None:
+    """``bakeoff_checkpoint.json`` in ``path`` or the nearest folder above it."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    p = p.resolve()
+    for d in (p, *p.parents):
+        f = d / CHECKPOINT_META
+        if f.is_file():
+            try:
+                return json.loads(f.read_text()), d
+            except json.JSONDecodeError as e:
+                raise BakeoffError(f"{f}: not valid JSON ({e})") from None
+    return None
+
+
+def check_sft_lineage(policy_path: str | os.PathLike, force: bool = False) -> dict | None:
+    """The SFT checkpoint metadata behind ``policy_path``. PPO on a model that was
+    never fine-tuned on the domain mostly teaches it to game the reward model, so
+    without one this refuses unless ``force``. An RL checkpoint whose own chain
+    starts at an SFT run counts as well (continuing PPO)."""
+    found = find_checkpoint_meta(policy_path)
+    meta = found[0] if found else None
+    ok = meta is not None and (meta.get("kind") == "sft" or meta.get("sft_lineage") is True)
+    if not ok and not force:
+        what = "no bakeoff_checkpoint.json" if meta is None else f"a checkpoint of kind {meta.get('kind')!r}"
+        raise BakeoffError(f"policy {policy_path} has {what} from an SFT run: run `bakeoff train sft` "
+                           "first and pass one of its checkpoints (or --force to run PPO on it anyway)")
+    return meta if ok else None
+
+
+def load_reward_stats(reward_path: str | os.PathLike) -> dict | None:
+    """``reward_stats.json`` ({"mean", "std"}) in the reward checkpoint or above it."""
+    p = Path(reward_path)
+    if not p.exists():
+        return None
+    p = p.resolve()
+    for d in (p, *p.parents):
+        f = d / REWARD_STATS
+        if f.is_file():
+            stats = json.loads(f.read_text())
+            if not stats.get("std") or not math.isfinite(float(stats["std"])) or float(stats["std"]) <= 0:
+                raise BakeoffError(f"{f}: std must be a positive number, got {stats.get('std')!r}")
+            return {"mean": float(stats["mean"]), "std": float(stats["std"])}
+        if (d / CHECKPOINT_META).is_file():
+            break  # don't wander above the checkpoint's run
+    return None
+
+
+def _unwrap(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (LoRA layers stay injected)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _score_head(model: Any) -> Any:
+    inner = _unwrap(model)
+    head = getattr(inner, "score", None) or getattr(inner, "classifier", None)
+    if head is None:
+        raise BakeoffError(f"{type(inner).__name__} has no 'score' head: the reward model must be a "
+                           "sequence-classification model (num_labels=1)")
+    return head
+
+
+def sequence_hidden(model: Any, input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
+    """Last hidden states of a sequence-classification model's backbone, with
+    position ids that ignore left padding."""
+    from bakeoff.train.ppo_core import position_ids_from_mask
+
+    inner = _unwrap(model)
+    backbone = getattr(inner, inner.base_model_prefix)
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def token_values(model: Any, input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
+    """The score head applied at every position: (B, T) values. This is how a
+    sequence classifier becomes a per-token value model (as in TRL)."""
+    return _score_head(model)(sequence_hidden(model, input_ids, attention_mask)).squeeze(-1).float()
+
+
+def scores_at(model: Any, input_ids: "torch.Tensor", attention_mask: "torch.Tensor",
+              index: "torch.Tensor") -> "torch.Tensor":
+    """The reward model's score at ``index`` per row (the EOS / last token)."""
+    import torch
+
+    hidden = sequence_hidden(model, input_ids, attention_mask)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return _score_head(model)(hidden[rows, index]).squeeze(-1).float()
+
+
+def merged_state_dict(peft_model: Any) -> dict[str, "torch.Tensor"]:
+    """The base model's weights with the LoRA deltas folded in, computed without
+    touching the live model (PEFT's ``merge_and_unload`` is destructive and
+    ``merge_adapter``/``unmerge_adapter`` round-trips lose precision in bf16)."""
+    from peft.tuners.lora import LoraLayer
+
+    base = peft_model.get_base_model()
+    adapter = peft_model.active_adapter
+    merged: dict[str, Any] = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            w = module.get_base_layer().weight
+            merged[f"{name}.weight"] = (w + module.get_delta_weight(adapter).to(w.dtype)).detach()
+    out: dict[str, Any] = {}
+    for key, value in base.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        out[key] = merged.get(key, value).detach().cpu().contiguous()
+    return out
+
+
+# --- the trainer ---------------------------------------------------------------------
+
+@dataclass
+class Rollout:
+    """One batch of sampled episodes, everything the PPO update needs."""
+
+    input_ids: "torch.Tensor"       # (B, Q+R) query + truncated response
+    attention_mask: "torch.Tensor"  # (B, Q+R)
+    query_len: int
+    mask: "torch.Tensor"            # (B, R) valid response tokens
+    logprobs: "torch.Tensor"        # (B, R)
+    ref_logprobs: "torch.Tensor"
+    values: "torch.Tensor"
+    scores: "torch.Tensor"          # (B,) after normalisation and EOS penalty
+    raw_scores: "torch.Tensor"      # (B,) straight from the reward model / function
+    has_eos: "torch.Tensor"         # (B,)
+    completions: list[str] = field(default_factory=list)
+
+
+class PPOTrainer:
+    """PPO on a causal LM with a LoRA adapter.
+
+    ``policy`` is the SFT model (a plain transformers model; a LoRA adapter is
+    added here) and ``tokenizer`` its tokenizer (pad != EOS). Rewards come from
+    ``reward_model`` (sequence classification, same tokenizer) or, for tests and
+    scripted objectives, ``reward_fn(prompts, completions, completion_ids)``.
+    ``prompts`` are chat message lists or plain strings."""
+
+    def __init__(self, config: PPOConfig, policy: Any, tokenizer: Any, prompts: Sequence[Any],
+                 reward_model: Any | None = None, reward_fn: RewardFn | None = None,
+                 reward_stats: dict | None = None,
+                 log_fn: Callable[[dict[str, float], int], None] | None = None) -> None:
+        import torch
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        config.validate()
+        if (reward_model is None) == (reward_fn is None):
+            raise BakeoffError("PPOTrainer needs exactly one of reward_model or reward_fn")
+        if not prompts:
+            raise BakeoffError("no prompts to train on")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.prompts = list(prompts)
+        self.reward_fn = reward_fn
+        self.reward_stats = reward_stats if config.normalize_scores else None
+        self.log_fn = log_fn
+        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch.manual_seed(config.seed)
+        self._rng = random.Random(config.seed)
+
+        check_pad_not_eos(tokenizer, policy)
+        self.eos_ids = eos_token_ids(tokenizer, policy)
+        self.pad_id = int(tokenizer.pad_token_id)
+        tokenizer.padding_side = "left"
+
+        # Policy: SFT weights frozen, a fresh LoRA adapter trained. With the
+        # adapter disabled the same module is the reference policy.
+        if isinstance(policy, PeftModel):
+            raise BakeoffError("pass the SFT model without a PEFT wrapper (load_causal_lm merges "
+                               "adapters): PPO adds its own adapter and uses the model without it "
+                               "as the reference")
+        disable_dropout(policy)
+        self.ref_model = None
+        if config.reference == "copy":
+            self.ref_model = copy.deepcopy(policy).requires_grad_(False).eval().to(self.device)
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+        self.policy = get_peft_model(policy, lora).to(self.device)
+
+        # Reward and value models.
+        self.reward_model = None
+        if reward_model is not None:
+            self._check_same_vocab(reward_model)
+            disable_dropout(reward_model)
+            reward_model.requires_grad_(False)
+            reward_model.eval()
+            if config.value_model == "lora":
+                head_name = "score" if hasattr(_unwrap(reward_model), "score") else "classifier"
+                vlora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                                   lora_dropout=config.lora_dropout,
+                                   target_modules=config.lora_target_modules,
+                                   modules_to_save=[head_name])
+                self.value_model = get_peft_model(reward_model, vlora).to(self.device)
+                self.reward_model = self.value_model  # scored with the adapter disabled
+            else:
+                self.reward_model = reward_model.to(self.device)
+                self.value_model = copy.deepcopy(reward_model).requires_grad_(True).to(self.device)
+        else:
+            self.value_model = self._value_from_policy(policy).to(self.device)
+        if self.reward_model is not None and self.reward_model.config.pad_token_id is None:
+            self.reward_model.config.pad_token_id = self.pad_id
+
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        params += [p for p in self.value_model.parameters() if p.requires_grad]
+        self._params = params
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, eps=1e-5)
+        # The project's LR practice: warm-up, then a linear step-down to a floor.
+        from bakeoff.train.schedule import make_schedule
+
+        n_opt = config.steps * config.ppo_epochs * (config.batch_size // config.mini_batch_size)
+        self.schedule = make_schedule(n_opt, config.warmup_steps, 0.0, config.lr_floor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self._order: list[int] = []
+
+    # -- construction helpers --
+
+    def _check_same_vocab(self, reward_model: Any) -> None:
+        pv = _unwrap(self.policy).get_input_embeddings().weight.shape[0]
+        rv = _unwrap(reward_model).get_input_embeddings().weight.shape[0]
+        if pv != rv:
+            raise BakeoffError(f"the reward model's vocabulary ({rv}) differs from the policy's ({pv}): "
+                               "PPO scores the policy's token ids directly, so both must share a tokenizer")
+
+    def _value_from_policy(self, policy: Any) -> Any:
+        """With a scripted reward there is no reward model to start the value head
+        from: use a sequence classifier over a copy of the policy's backbone."""
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        cfg = copy.deepcopy(policy.get_base_model().config if hasattr(policy, "get_base_model") else policy.config)
+        cfg.num_labels = 1
+        cfg.pad_token_id = self.pad_id
+        value = AutoModelForSequenceClassification.from_config(cfg)
+        value.load_state_dict({k: v for k, v in merged_state_dict(self.policy).items()
+                               if not k.startswith("lm_head")}, strict=False)
+        with torch.no_grad():
+            _score_head(value).weight.zero_()
+        disable_dropout(value)
+        return value.to(torch.float32)
+
+    # -- rollout --
+
+    def _prompt_text(self, prompt: Any) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant: "
+
+    def _next_prompts(self) -> list[Any]:
+        """Without replacement through a shuffled order; reshuffled each pass."""
+        out = []
+        while len(out) < self.config.batch_size:
+            if not self._order:
+                self._order = list(range(len(self.prompts)))
+                self._rng.shuffle(self._order)
+            out.append(self.prompts[self._order.pop()])
+        return out
+
+    def _encode(self, texts: list[str]) -> dict[str, "torch.Tensor"]:
+        self.tokenizer.padding_side = "left"
+        # Over-long prompts lose their beginning: the question is at the end.
+        side, self.tokenizer.truncation_side = self.tokenizer.truncation_side, "left"
+        try:
+            # The chat template already carries the special tokens it wants.
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                                 max_length=self.config.max_prompt_length, add_special_tokens=False)
+        finally:
+            self.tokenizer.truncation_side = side
+        return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    def _policy_logprobs(self, input_ids: "torch.Tensor", attention_mask: "torch.Tensor",
+                         query_len: int, with_entropy: bool = False,
+                         model: Any = None) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+        from bakeoff.train.ppo_core import entropy_from_logits, logprobs_from_logits, position_ids_from_mask
+
+        R = input_ids.shape[1] - query_len
+        out = (model or self.policy)(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids_from_mask(attention_mask),
+                          use_cache=False, logits_to_keep=R + 1)
+        logits = out.logits[:, :-1]  # logits at position i predict token i+1
+        logprobs = logprobs_from_logits(logits, input_ids[:, query_len:], self.config.temperature)
+        entropy = None
+        if with_entropy:
+            import torch
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits, self.config.temperature)
+        return logprobs, entropy
+
+    def _generate(self, enc: dict[str, "torch.Tensor"]) -> "torch.Tensor":
+        from transformers import GenerationConfig
+
+        gen = GenerationConfig(do_sample=True, temperature=self.config.temperature,
+                               top_k=self.config.top_k, top_p=self.config.top_p,
+                               max_new_tokens=self.config.max_new_tokens, min_new_tokens=1,
+                               pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
+                               bos_token_id=self.tokenizer.bos_token_id)
+        self.policy.eval()
+        return self.policy.generate(**enc, generation_config=gen)
+
+    def rollout(self, prompts: list[Any]) -> tuple[Rollout, dict[str, float]]:
+        """Sample, score and evaluate one batch of prompts (no gradients)."""
+        import torch
+        from bakeoff.train.ppo_core import truncate_after_eos, last_token_index
+
+        timing: dict[str, float] = {}
+        texts = [self._prompt_text(p) for p in prompts]
+        enc = self._encode(texts)
+        Q = enc["input_ids"].shape[1]
+        with torch.no_grad():
+            t = time.perf_counter()
+            seq = self._generate(enc)
+            timing["time/generate"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            responses, mask, has_eos = truncate_after_eos(seq[:, Q:], self.eos_ids, self.pad_id)
+            input_ids = torch.cat([enc["input_ids"], responses], dim=1)
+            attention_mask = torch.cat([enc["attention_mask"], mask.to(enc["attention_mask"].dtype)], dim=1)
+            logprobs, ref_logprobs, values = [], [], []
+            fb = self.config.forward_batch_size
+            for i in range(0, input_ids.shape[0], fb):
+                ids, am = input_ids[i:i + fb], attention_mask[i:i + fb]
+                logprobs.append(self._policy_logprobs(ids, am, Q)[0])
+                if self.ref_model is not None:
+                    ref_logprobs.append(self._policy_logprobs(ids, am, Q, model=self.ref_model)[0])
+                else:
+                    with self.policy.disable_adapter():
+                        ref_logprobs.append(self._policy_logprobs(ids, am, Q)[0])
+                values.append(token_values(self.value_model, ids, am)[:, Q - 1:-1])
+            logprobs_t = torch.cat(logprobs)
+            ref_t = torch.cat(ref_logprobs)
+            values_t = torch.cat(values)
+            timing["time/forward"] = time.perf_counter() - t
+            timing["time/rollout"] = timing["time/generate"] + timing["time/forward"]
+
+            t = time.perf_counter()
+            completion_ids = [r[m.bool()].tolist() for r, m in zip(responses.cpu(), mask.cpu())]
+            completions = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+            if self.reward_fn is not None:
+                raw = torch.as_tensor(list(self.reward_fn(texts, completions, completion_ids)),
+                                      dtype=torch.float32, device=self.device)
+                if raw.shape != (len(prompts),):
+                    raise BakeoffError(f"reward_fn returned {tuple(raw.shape)} scores for {len(prompts)} completions")
+            else:
+                at = Q + last_token_index(mask)
+                ctx = (self.reward_model.disable_adapter() if self.reward_model is self.value_model
+                       else nullcontext())
+                raw_parts = []
+                with ctx:
+                    for i in range(0, input_ids.shape[0], fb):
+                        raw_parts.append(scores_at(self.reward_model, input_ids[i:i + fb],
+                                                   attention_mask[i:i + fb], at[i:i + fb]))
+                raw = torch.cat(raw_parts)
+            scores = self.normalise_scores(raw, has_eos)
+            timing["time/scoring"] = time.perf_counter() - t
+
+        ro = Rollout(input_ids=input_ids, attention_mask=attention_mask, query_len=Q, mask=mask,
+                     logprobs=logprobs_t, ref_logprobs=ref_t, values=values_t, scores=scores,
+                     raw_scores=raw, has_eos=has_eos, completions=completions)
+        return ro, timing
+
+    def normalise_scores(self, raw: "torch.Tensor", has_eos: "torch.Tensor") -> "torch.Tensor":
+        """(score - mean) / std from reward_stats.json, then the missing-EOS penalty."""
+        scores = raw.float().clone()
+        if self.reward_stats:
+            scores = (scores - self.reward_stats["mean"]) / self.reward_stats["std"]
+        if self.config.missing_eos_penalty is not None:
+            scores = scores - self.config.missing_eos_penalty * (~has_eos).to(scores.dtype)
+        return scores
+
+    # -- update --
+
+    def train_step(self) -> dict[str, float]:
+        """One PPO iteration: rollout, advantages, ``ppo_epochs`` of minibatch updates."""
+        import torch
+        from bakeoff.train import ppo_core as core
+
+        c = self.config
+        t0 = time.perf_counter()
+        ro, timing = self.rollout(self._next_prompts())
+
+        with torch.no_grad():
+            rw = core.compute_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, c.kl_coef, c.kl_estimator)
+            rewards = rw.rewards
+            if c.whiten_rewards:
+                rewards = core.masked_whiten(rewards, ro.mask, shift_mean=False)
+            advantages, returns = core.gae(rewards, ro.values, ro.mask, c.gamma, c.lam)
+            advantages = core.masked_whiten(advantages, ro.mask)
+
+        lr = self.optimizer.param_groups[0]["lr"]  # the LR this step's first update uses
+        t = time.perf_counter()
+        self.policy.train()
+        self.value_model.train()
+        B = ro.input_ids.shape[0]
+        stats: dict[str, list[float]] = {k: [] for k in
+                                         ("policy_loss", "value_loss", "clipfrac", "value_clipfrac",
+                                          "approx_kl", "ratio", "entropy")}
+        for _ in range(c.ppo_epochs):
+            perm = torch.randperm(B, device=self.device)
+            for i in range(0, B, c.mini_batch_size):
+                idx = perm[i:i + c.mini_batch_size]
+                ids, am, m = ro.input_ids[idx], ro.attention_mask[idx], ro.mask[idx]
+                new_logprobs, entropy = self._policy_logprobs(ids, am, ro.query_len, with_entropy=True)
+                vpred = token_values(self.value_model, ids, am)[:, ro.query_len - 1:-1]
+                pl = core.clipped_policy_loss(new_logprobs, ro.logprobs[idx], advantages[idx], m, c.cliprange)
+                vl = core.clipped_value_loss(vpred, ro.values[idx], returns[idx], m, c.cliprange_value)
+                loss = pl.loss + c.vf_coef * vl.loss
+                if not torch.isfinite(loss):
+                    raise BakeoffError(f"PPO loss became {loss.item()} at step {self.step}: lower the "
+                                       "learning rate or kl_coef")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self._params, c.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                stats["policy_loss"].append(pl.loss.item())
+                stats["value_loss"].append(vl.loss.item())
+                stats["clipfrac"].append(pl.clipfrac.item())
+                stats["value_clipfrac"].append(vl.clipfrac.item())
+                stats["approx_kl"].append(pl.approx_kl.item())
+                stats["ratio"].append(pl.ratio.item())
+                stats["entropy"].append(core.masked_mean(entropy, m).item())
+        timing["time/update"] = time.perf_counter() - t
+        timing["time/step"] = time.perf_counter() - t0
+
+        lengths = ro.mask.sum(1).float()
+        kl_sum = rw.kl.sum(1)
+        out = {k: float(sum(v) / len(v)) for k, v in stats.items()}
+        out.update({
+            "reward": ro.scores.mean().item(),            # what PPO optimises (normalised, penalised)
+            "reward_raw": ro.raw_scores.mean().item(),
+            "reward_std": ro.scores.std().item() if B > 1 else 0.0,
+            "kl": kl_sum.mean().item(),                   # per sequence, summed over tokens
+            "non_score_reward": rw.non_score.sum(1).mean().item(),
+            "rlhf_reward": (ro.scores + rw.non_score.sum(1)).mean().item(),
+            "response_length": lengths.mean().item(),
+            "eos_rate": ro.has_eos.float().mean().item(),
+            "learning_rate": lr,
+            **timing,
+        })
+        self.step += 1
+        self.history.append(out)
+        if self.log_fn is not None:
+            self.log_fn(out, self.step)
+        self.last_completions = ro.completions
+        return out
+
+    def train(self, on_checkpoint: Callable[[int], None] | None = None,
+              progress: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+        """Run ``config.steps`` iterations; ``on_checkpoint(step)`` every
+        ``save_steps`` and at the end."""
+        for _ in range(self.config.steps):
+            stats = self.train_step()
+            if progress is not None:
+                progress(self.step, stats)
+            if on_checkpoint and self.config.save_steps and self.step % self.config.save_steps == 0 \
+                    and self.step != self.config.steps:
+                on_checkpoint(self.step)
+        if on_checkpoint:
+            on_checkpoint(self.step)
+        return self.history
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """The policy with its adapter merged (full weights + tokenizer), so the
+        checkpoint loads on its own whatever the SFT checkpoint was."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        base = self.policy.get_base_model()
+        base.save_pretrained(path, state_dict=merged_state_dict(self.policy))
+        self.tokenizer.save_pretrained(path)
+        (path / "ppo_config.json").write_text(json.dumps(asdict(self.config), indent=2, default=str))
+        return path
+
+
+# --- the API behind `bakeoff train ppo` ------------------------------------------------
+
+def load_prompts(ws: "Workspace", ref: str, limit: int | None = None) -> list[list[dict]]:
+    """Prompt turns of every row of a dataset version (prompt, sft or preference rows)."""
+    from bakeoff.schema import prompt_messages
+
+    df = ws.load(ref, columns=["kind", "messages"])
+    prompts = []
+    for row in df.iter_rows(named=True):  # messages are nested lists of structs: per-row is the natural form
+        msgs = [{"role": m["role"], "content": m["content"]} for m in prompt_messages(row)]
+        if msgs:
+            prompts.append(msgs)
+    if not prompts:
+        raise BakeoffError(f"{ref} has no prompts (rows with at least one non-assistant turn)")
+    return prompts[:limit] if limit else prompts
+
+
+def train_ppo(ws: "Workspace", policy: str, reward: str, prompts: str, experiment_name: str,
+              config: PPOConfig | None = None, force: bool = False,
+              hypothesis: str | None = None) -> dict[str, Any]:
+    """Run PPO as an MLflow run in ``experiment_name``; checkpoints under
+    ``ws.runs_dir()/<experiment>/<run_id>/checkpoint-<step>/`` with
+    ``bakeoff_checkpoint.json`` (kind 'ppo', parent = the SFT run/checkpoint).
+
+    Returns ``{"run_id", "tracking_uri", "experiment_name", "checkpoints", ...}``."""
+    import mlflow
+
+    from bakeoff.console import log, progress, warn
+    from bakeoff.train.models import load_causal_lm, load_reward_model, pick_device, resolve_model
+    from bakeoff.train.runs import run_dir, write_checkpoint_meta
+    from bakeoff.train.tracking import create_run, training_run
+
+    config = config or PPOConfig()
+    config.validate()
+    policy_path = resolve_model(policy, ws)
+    sft_meta = check_sft_lineage(policy_path, force=force)
+    if sft_meta is None:
+        warn(f"running PPO on {policy} without an SFT run behind it (--force)")
+    reward_path = resolve_model(reward, ws)
+    reward_meta = find_checkpoint_meta(reward_path)
+    if reward_meta is None or reward_meta[0].get("kind") != "reward":
+        warn(f"{reward} is not a bakeoff reward checkpoint: its scores may mean nothing")
+    stats = load_reward_stats(reward_path) if config.normalize_scores else None
+    if stats is None and config.normalize_scores:
+        warn(f"no {REWARD_STATS} for {reward}: rewards are used unnormalised, so kl_coef "
+             "and missing_eos_penalty are on the reward model's own scale")
+    version = ws.resolve(prompts)
+    prompt_rows = load_prompts(ws, version.ref)
+
+    device = pick_device(config.device)
+    config.device = device
+    model, tokenizer = load_causal_lm(policy_path, device=device)
+    reward_model, _ = load_reward_model(reward_path, device=device)
+    if device == "cpu":  # bf16 only on GPUs (load_*'s default); PPO's ratios want fp32 on CPU
+        model, reward_model = model.float(), reward_model.float()
+
+    run_id = create_run(ws, experiment_name, run_name=f"ppo-{Path(policy_path).name}")
+    out_dir = run_dir(ws, experiment_name, run_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parent_run = (sft_meta or {}).get("run_id")
+    params = {**asdict(config), "algorithm": "ppo", "policy": str(policy_path),
+              "reward_model": str(reward_path), "prompts": version.ref, "n_prompts": len(prompt_rows)}
+    if stats:
+        params.update(reward_mean=stats["mean"], reward_std=stats["std"])
+    tags = {"bakeoff.kind": "ppo", "bakeoff.algorithm": "ppo",
+            "bakeoff.parent_run_id": str(parent_run), "bakeoff.parent_checkpoint": str(policy_path),
+            "bakeoff.reward_model": str(reward_path)}
+    checkpoints: list[str] = []
+    with training_run(ws, experiment_name, run_id=run_id, params=params, tags=tags,
+                      datasets=[(version.ref, "training")], hypothesis=hypothesis) as run:
+        client = mlflow.MlflowClient()
+
+        def log_metrics(s: dict[str, float], step: int) -> None:
+            from mlflow.entities import Metric
+
+            ts = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in s.items()],
+                             synchronous=False)
+
+        trainer = PPOTrainer(config, model, tokenizer, prompt_rows, reward_model=reward_model,
+                             reward_stats=stats, log_fn=log_metrics)
+
+        def save(step: int) -> None:
+            path = trainer.save(out_dir / f"checkpoint-{step}")
+            write_checkpoint_meta(path, {
+                "run_id": run_id, "experiment_name": experiment_name, "step": step, "kind": "ppo",
+                "base_model": str((sft_meta or {}).get("base_model") or policy_path),
+                "datasets": [version.ref], "parent_run_id": parent_run,
+                "parent_checkpoint": str(policy_path),
+                # lets a PPO checkpoint be the policy of a further PPO run
+                "sft_lineage": sft_meta is not None, "reward_model": str(reward_path)})
+            checkpoints.append(str(path))
+            log(f"checkpoint {path}")
+
+        with progress() as bar:
+            task = bar.add_task("PPO", total=config.steps)
+
+            def tick(step: int, s: dict[str, float]) -> None:
+                bar.update(task, advance=1,
+                           description=f"PPO reward {s['reward']:+.3f} kl {s['kl']:.3f} eos {s['eos_rate']:.0%}")
+            with contextlib.redirect_stdout(sys.stderr):  # --json owns stdout
+                trainer.train(on_checkpoint=save, progress=tick)
+        mlflow.flush_async_logging()
+        mlflow.set_tag("bakeoff.checkpoints", json.dumps(checkpoints))
+        tracking_uri = mlflow.get_tracking_uri()
+    final = trainer.history[-1] if trainer.history else {}
+    return {"run_id": run.info.run_id, "tracking_uri": tracking_uri, "experiment_name": experiment_name,
+            "checkpoints": checkpoints, "algorithm": "ppo", "output_dir": str(out_dir),
+            "metrics": {k: v for k, v in final.items() if not k.startswith("time/")}}

@@ -1,0 +1,246 @@
+"""Reward model: TRL's RewardTrainer on a sequence-classification head (one output).
+
+The model reads the whole conversation rendered by the chat template (prompt +
+answer, ending with the answer's end-of-turn) and scores its last token. It is
+trained on preference pairs with the Bradley-Terry loss. What it reports, and why:
+
+- held-out pairwise accuracy: the share of unseen pairs where chosen outscores
+  rejected (0.5 = chance);
+- the reward mean and spread (std) on reference samples (both sides of the
+  held-out pairs): PPO normalises rewards with these to mean 0, std 1, so every
+  checkpoint gets ``reward_stats.json`` = {"mean", "std"}; a tiny spread relative
+  to the margin, or one that drifts between checkpoints, says the signal is unstable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from bakeoff.console import log, warn
+from bakeoff.train.common import (ScheduleMixin, ScheduleRef, TrainResult, collect_checkpoints,
+                                  load_rows, log_effective_params, parent_of, plan_run,
+                                  trainer_precision)
+from bakeoff.train.config import RewardRunConfig
+from bakeoff.train.models import adapter_base, fix_tokenizer, pick_device, resolve_model
+from bakeoff.train.schedule import check_lr_practice
+
+if TYPE_CHECKING:
+    from bakeoff.workspace import Workspace
+
+STATS_FILE = "reward_stats.json"
+
+
+def preference_datasets(rows: Any, eval_fraction: float, seed: int) -> tuple[Any, Any]:
+    """(train, eval) HF datasets with TRL's conversational columns prompt/chosen/rejected.
+    Rows with an empty chosen or rejected side carry no preference and are skipped."""
+    import polars as pl
+    from datasets import Dataset
+
+    ok = rows.filter((pl.col("chosen").list.len() > 0) & (pl.col("rejected").list.len() > 0))
+    if ok.height < rows.height:
+        warn(f"{rows.height - ok.height} preference rows lack a chosen or rejected answer; skipped")
+    if ok.height < 2:
+        from bakeoff.workspace import BakeoffError
+
+        raise BakeoffError(f"need at least 2 preference pairs, got {ok.height}")
+    ok = ok.sample(fraction=1.0, shuffle=True, seed=seed)
+    n_eval = min(ok.height - 1, max(1, int(round(ok.height * eval_fraction)))) if eval_fraction > 0 else 0
+    table = ok.select(pl.col("messages").alias("prompt"), "chosen", "rejected")
+    train = Dataset(table.slice(n_eval).to_arrow())
+    held = Dataset(table.slice(0, n_eval).to_arrow()) if n_eval else None
+    return train, held
+
+
+def score_conversations(model: Any, tok: Any, conversations: Sequence[list[dict]],
+                        batch_size: int = 16) -> list[float]:
+    """Rewards for full conversations (chat template applied, no generation prompt)."""
+    import torch
+
+    texts = [tok.apply_chat_template(list(c), tokenize=False) for c in conversations]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    scores: list[float] = []
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        with torch.no_grad():
+            for i in range(0, len(texts), batch_size):
+                enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True,
+                          add_special_tokens=False, truncation=True,
+                          max_length=getattr(tok, "model_max_length", 4096) or 4096).to(device)
+                scores.extend(model(**enc).logits[:, 0].float().cpu().tolist())
+    finally:
+        tok.padding_side = side
+        model.train(was_training)
+    return scores
+
+
+def pair_stats(model: Any, tok: Any, pairs: Any, batch_size: int = 16) -> dict[str, float]:
+    """Pairwise accuracy, mean margin, and reward mean/std over both sides of ``pairs``."""
+    chosen = [list(p) + list(c) for p, c in zip(pairs["prompt"], pairs["chosen"])]
+    rejected = [list(p) + list(r) for p, r in zip(pairs["prompt"], pairs["rejected"])]
+    rc = score_conversations(model, tok, chosen, batch_size)
+    rr = score_conversations(model, tok, rejected, batch_size)
+    allr = rc + rr
+    mean = sum(allr) / len(allr)
+    std = math.sqrt(sum((x - mean) ** 2 for x in allr) / max(1, len(allr) - 1))
+    return {"accuracy": sum(a > b for a, b in zip(rc, rr)) / len(rc),
+            "margin": sum(a - b for a, b in zip(rc, rr)) / len(rc),
+            "mean": mean, "std": std, "n_pairs": len(rc)}
+
+
+def write_reward_stats(checkpoint_dir: str | Path, stats: dict[str, float]) -> Path:
+    f = Path(checkpoint_dir) / STATS_FILE
+    f.write_text(json.dumps({"mean": stats["mean"], "std": stats["std"] if stats["std"] > 0 else 1.0,
+                             "accuracy": stats.get("accuracy"), "margin": stats.get("margin"),
+                             "n_pairs": stats.get("n_pairs")}, indent=2))
+    return f
+
+
+def load_trainable_reward_model(model_path: str, device: str, workdir: Path) -> tuple[Any, Any, str]:
+    """(model, tokenizer, base_model) with a fresh one-output score head.
+
+    Starting from a LoRA checkpoint (e.g. the SFT policy), the adapter is merged
+    and the merged backbone saved once under ``workdir/merged-base``: a reward
+    LoRA must sit on the weights it was trained on, and checkpoints name that
+    directory as their ``base_model``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from bakeoff.train.models import load_causal_lm
+
+    dtype = torch.bfloat16 if trainer_precision(device) else torch.float32
+    src = model_path
+    if adapter_base(model_path) is not None:
+        merged_dir = workdir / "merged-base"
+        if not (merged_dir / "config.json").exists():
+            lm, lm_tok = load_causal_lm(model_path, device="cpu", merge=True, dtype=dtype)
+            lm.save_pretrained(merged_dir)
+            lm_tok.save_pretrained(merged_dir)
+            del lm
+        src = str(merged_dir)
+    from transformers import AutoTokenizer
+
+    tok = fix_tokenizer(AutoTokenizer.from_pretrained(src))
+    model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, dtype=dtype)
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok, src
+
+
+def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | None = None,
+                 resume_run_id: str | None = None) -> TrainResult:
+    """Train a reward model on a preference version; returns run id, checkpoints, stats."""
+    import mlflow
+    from transformers import TrainerCallback
+    from trl import RewardConfig, RewardTrainer
+
+    from bakeoff.train.monitor import make_monitor_callback
+    from bakeoff.train.runs import make_checkpoint_callback
+    from bakeoff.train.sft import lora_config
+    from bakeoff.train.tracking import is_main_process, make_mlflow_callback, training_run
+
+    plan = plan_run(ws, cfg, "reward", resume_run_id)
+    cfg = plan.cfg
+    device = pick_device(cfg.device)
+    warnings = check_lr_practice(cfg.peak_lr(), cfg.mode, cfg.epochs if cfg.max_steps <= 0 else 1,
+                                 cfg.warmup, cfg.lr_floor)
+    rows, version, counts = load_rows(ws, cfg.dataset, "preference", cfg.subset, cfg.seed)
+    train_ds, held = preference_datasets(rows, cfg.eval_fraction, cfg.seed)
+    ref_pairs = held if held is not None else train_ds.select(range(min(64, len(train_ds))))
+    model_path = resolve_model(cfg.model, ws)
+    parent = parent_of(model_path)
+    model, tok, base_model = load_trainable_reward_model(model_path, device, plan.output_dir)
+    log(f"reward model ({cfg.mode}) on {len(train_ds)} pairs from {version.ref} "
+        f"({0 if held is None else len(held)} held out); model {model_path}; device {device}")
+
+    args = RewardConfig(
+        output_dir=str(plan.output_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.peak_lr(),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        weight_decay=cfg.weight_decay,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=None,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="no",
+        report_to="none",
+        seed=cfg.seed,
+        max_length=cfg.max_length,
+        center_rewards_coefficient=cfg.center_rewards_coefficient,
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+        disable_tqdm=not is_main_process(),
+        **trainer_precision(device),
+    )
+
+    class Trainer(ScheduleMixin, RewardTrainer):
+        bakeoff_warmup, bakeoff_hold, bakeoff_floor = cfg.warmup, cfg.hold, cfg.lr_floor
+
+    history: list[dict[str, Any]] = []
+
+    class RewardStatsCallback(TrainerCallback):
+        """Every checkpoint gets the reward mean/std PPO normalises with."""
+
+        def on_save(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+            if not state.is_world_process_zero:
+                return control
+            d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            stats = pair_stats(model, tok, ref_pairs, cfg.batch_size)
+            write_reward_stats(d, stats)
+            history.append({"step": state.global_step, **stats})
+            if mlflow.active_run():
+                mlflow.log_metrics({f"heldout_{k}": float(v) for k, v in stats.items() if k != "n_pairs"},
+                                   step=state.global_step)
+            return control
+
+    sched = ScheduleRef()
+    monitor_cb = make_monitor_callback(sched)
+    ckpt_meta = {"run_id": plan.run_id, "experiment_name": cfg.experiment_name, "kind": "reward",
+                 "base_model": base_model, "datasets": [version.ref],
+                 "parent_run_id": parent.run_id if parent else None,
+                 "parent_checkpoint": parent.path if parent else None}
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
+                      peft_config=lora_config(cfg, task_type="SEQ_CLS") if cfg.lora else None,
+                      callbacks=[make_checkpoint_callback(ckpt_meta), RewardStatsCallback(),
+                                 make_mlflow_callback(), monitor_cb, *(callbacks or [])])
+    sched.trainer = trainer
+    trainer.add_callback(log_effective_params(trainer, plan))
+
+    tags = {"bakeoff.kind": "reward", "bakeoff.base_model": base_model, "bakeoff.model": str(cfg.model),
+            "bakeoff.output_dir": str(plan.output_dir), "bakeoff.mode": cfg.mode, "bakeoff.device": device,
+            **({"bakeoff.parent_run_id": parent.run_id, "bakeoff.parent_checkpoint": parent.path}
+               if parent else {}),
+            **({"bakeoff.practice_warnings": " | ".join(warnings)[:5000]} if warnings else {}),
+            **cfg.extra_tags}
+    params = {**cfg.to_params(), "base_model": base_model, "device": device,
+              **{f"data.{k}": v for k, v in counts.items()}, "data.train_pairs": len(train_ds),
+              "data.heldout_pairs": 0 if held is None else len(held)}
+    with training_run(ws, cfg.experiment_name, run_id=plan.run_id, params=params, tags=tags,
+                      datasets=[(version.ref, "training")], hypothesis=cfg.hypothesis,
+                      resume=plan.resume_from is not None):
+        out = trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
+        metrics = {k: float(v) for k, v in out.metrics.items() if isinstance(v, (int, float))}
+        final = history[-1] if history else pair_stats(trainer.model, tok, ref_pairs, cfg.batch_size)
+        checkpoints = collect_checkpoints(plan.output_dir)
+        metrics.update({"heldout_accuracy": final["accuracy"], "heldout_margin": final["margin"],
+                        "reward_mean": final["mean"], "reward_std": final["std"]})
+        if final["std"] < 1e-3:
+            warn("reward spread on reference samples is ~0: the reward signal can't rank answers")
+        mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
+        mlflow.set_tags({"bakeoff.checkpoints": str(len(checkpoints)),
+                         "bakeoff.lr_monitor": "warned" if monitor_cb.monitor.alerts else "ok"})
+        uri = mlflow.get_tracking_uri()
+    return TrainResult(run_id=plan.run_id, tracking_uri=uri, experiment_name=cfg.experiment_name,
+                       checkpoints=checkpoints, output_dir=str(plan.output_dir), kind="reward",
+                       metrics=metrics, warnings=warnings, lr_alerts=list(monitor_cb.monitor.alerts),
+                       extra={"dataset": version.ref, "base_model": base_model,
+                              "heldout": final, "stats_by_checkpoint": history})

@@ -1,0 +1,176 @@
+"""Supervised fine-tuning: TRL's SFTTrainer with LoRA (default) or full weights.
+
+Choices, and why:
+
+- The tokenizer's chat template renders each conversation; the loss covers the
+  assistant's tokens only (``assistant_only_loss``, driven by the template's
+  ``{% generation %}`` markers), so the model learns to answer, not to predict
+  the user's questions.
+- Packing is TRL's best-fit-decreasing packing in padding-free form: samples are
+  concatenated without padding and carry their own position ids, from which the
+  attention mask is made block-diagonal, so packed samples never attend to each
+  other.
+- The LR follows warm-up -> linear step-down to a floor (schedule.py); a monitor
+  watches the loss at the peak LR (monitor.py).
+- A checkpoint every ``save_steps`` (10 % of the run by default), all kept:
+  evaluation ranks every one of them, and ``--resume`` continues from the last.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bakeoff.console import log, warn
+from bakeoff.train.common import (ScheduleMixin, ScheduleRef, TrainResult, collect_checkpoints,
+                                  load_rows, log_effective_params, parent_of, plan_run,
+                                  trainer_precision)
+from bakeoff.train.config import SFTRunConfig
+from bakeoff.train.models import adapter_base, fix_tokenizer, pick_device, resolve_model
+from bakeoff.train.schedule import check_lr_practice
+
+if TYPE_CHECKING:
+    from bakeoff.workspace import Workspace
+
+
+def sft_dataset(rows: Any) -> Any:
+    """A HF ``datasets.Dataset`` with one ``messages`` column (TRL's conversational
+    format) from schema rows. Rows whose conversation has no assistant turn would
+    contribute no loss; they are dropped here with a count."""
+    import polars as pl
+    from datasets import Dataset
+
+    has_answer = pl.col("messages").list.eval(pl.element().struct.field("role") == "assistant").list.any()
+    kept = rows.filter(has_answer)
+    if kept.height < rows.height:
+        warn(f"{rows.height - kept.height} rows have no assistant turn and contribute no loss; skipped")
+    if kept.height == 0:
+        from bakeoff.workspace import BakeoffError
+
+        raise BakeoffError("no rows with an assistant turn to train on")
+    return Dataset(kept.select("messages").to_arrow())
+
+
+def load_trainable_causal_lm(model_path: str, lora: bool, device: str) -> tuple[Any, Any, str, bool]:
+    """(model, tokenizer, base_model, adapter_continues).
+
+    Starting from a LoRA checkpoint: with ``lora`` the same adapter keeps
+    training on its base (so checkpoints stay small adapters on that base);
+    without, the adapter is merged and the result fully fine-tuned.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = adapter_base(model_path)
+    tok_src = model_path if (Path(model_path) / "tokenizer_config.json").exists() or base is None else base
+    tok = fix_tokenizer(AutoTokenizer.from_pretrained(tok_src))
+    dtype = torch.bfloat16 if trainer_precision(device) else torch.float32
+    if base is None:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        return model, tok, model_path, False
+    from peft import PeftModel
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    if lora:
+        return PeftModel.from_pretrained(model, model_path, is_trainable=True), tok, base, True
+    return PeftModel.from_pretrained(model, model_path).merge_and_unload(), tok, model_path, False
+
+
+def lora_config(cfg: SFTRunConfig, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None) -> Any:
+    from peft import LoraConfig
+
+    s = cfg.lora_settings
+    return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=s.target_modules,
+                      task_type=task_type, modules_to_save=modules_to_save)
+
+
+def train_sft(ws: "Workspace", cfg: SFTRunConfig, callbacks: list[Any] | None = None,
+              resume_run_id: str | None = None) -> TrainResult:
+    """Run SFT on a dataset version; returns the run id and checkpoints."""
+    import mlflow
+    from trl import SFTConfig, SFTTrainer
+
+    from bakeoff.train.monitor import make_monitor_callback
+    from bakeoff.train.runs import make_checkpoint_callback
+    from bakeoff.train.tracking import is_main_process, make_mlflow_callback, training_run
+
+    plan = plan_run(ws, cfg, "sft", resume_run_id)
+    cfg = plan.cfg
+    device = pick_device(cfg.device)
+    warnings = check_lr_practice(cfg.peak_lr(), cfg.mode, cfg.epochs if cfg.max_steps <= 0 else 1,
+                                 cfg.warmup, cfg.lr_floor)
+
+    rows, version, counts = load_rows(ws, cfg.dataset, "sft", cfg.subset, cfg.seed)
+    dataset = sft_dataset(rows)
+    model_path = resolve_model(cfg.model, ws)
+    parent = parent_of(model_path)
+    model, tok, base_model, continues = load_trainable_causal_lm(model_path, cfg.lora, device)
+    log(f"SFT {'LoRA' if cfg.lora else 'full'} on {len(dataset)} conversations from {version.ref}; "
+        f"model {model_path}; device {device}")
+
+    args = SFTConfig(
+        output_dir=str(plan.output_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.peak_lr(),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        weight_decay=cfg.weight_decay,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=None,
+        logging_steps=cfg.logging_steps,
+        report_to="none",
+        seed=cfg.seed,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        packing_strategy="bfd",
+        padding_free=cfg.packing,
+        assistant_only_loss=cfg.assistant_only_loss,
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+        disable_tqdm=not is_main_process(),
+        **trainer_precision(device),
+    )
+
+    class Trainer(ScheduleMixin, SFTTrainer):
+        bakeoff_warmup, bakeoff_hold, bakeoff_floor = cfg.warmup, cfg.hold, cfg.lr_floor
+
+    ref = ScheduleRef()
+    monitor_cb = make_monitor_callback(ref)
+    ckpt_meta = {"run_id": plan.run_id, "experiment_name": cfg.experiment_name, "kind": "sft",
+                 "base_model": base_model, "datasets": [version.ref],
+                 "parent_run_id": parent.run_id if parent else None,
+                 "parent_checkpoint": parent.path if parent else None}
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                      peft_config=lora_config(cfg) if cfg.lora and not continues else None,
+                      callbacks=[make_checkpoint_callback(ckpt_meta), make_mlflow_callback(),
+                                 monitor_cb, *(callbacks or [])])
+    ref.trainer = trainer
+    trainer.add_callback(log_effective_params(trainer, plan))
+
+    tags = {"bakeoff.kind": "sft", "bakeoff.base_model": base_model, "bakeoff.model": str(cfg.model),
+            "bakeoff.output_dir": str(plan.output_dir), "bakeoff.mode": cfg.mode, "bakeoff.device": device,
+            **({"bakeoff.parent_run_id": parent.run_id, "bakeoff.parent_checkpoint": parent.path}
+               if parent else {}),
+            **({"bakeoff.practice_warnings": " | ".join(warnings)[:5000]} if warnings else {}),
+            **cfg.extra_tags}
+    params = {**cfg.to_params(), "base_model": base_model, "device": device,
+              "packing_strategy": "bfd" if cfg.packing else "none", **{f"data.{k}": v for k, v in counts.items()},
+              "data.conversations": len(dataset)}
+    with training_run(ws, cfg.experiment_name, run_id=plan.run_id, params=params, tags=tags,
+                      datasets=[(version.ref, "training")], hypothesis=cfg.hypothesis,
+                      resume=plan.resume_from is not None):
+        out = trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
+        metrics = {k: float(v) for k, v in out.metrics.items() if isinstance(v, (int, float))}
+        checkpoints = collect_checkpoints(plan.output_dir)
+        alerts = monitor_cb.monitor.alerts
+        mlflow.set_tags({"bakeoff.checkpoints": str(len(checkpoints)),
+                         "bakeoff.lr_monitor": "warned" if alerts else "ok"})
+        mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
+        uri = mlflow.get_tracking_uri()
+    return TrainResult(run_id=plan.run_id, tracking_uri=uri, experiment_name=cfg.experiment_name,
+                       checkpoints=checkpoints, output_dir=str(plan.output_dir), kind="sft",
+                       metrics=metrics, warnings=warnings, lr_alerts=list(alerts),
+                       extra={"dataset": version.ref, "base_model": base_model})

@@ -1,0 +1,163 @@
+"""MLflow for training runs: params, per-step metrics, lineage, notes.
+
+Why our own callback instead of transformers' ``MLflowCallback``: that one
+starts its own run (we need the run id *before* the Trainer exists, because it
+names the checkpoint folder), logs the LR only at logging steps and after the
+scheduler stepped (the LR of the *next* step), and takes its settings from
+environment variables. Ours logs ``learning_rate`` at every optimizer step with
+the value the optimizer actually applied.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
+
+from bakeoff.tracking import log_dataset_version, setup_mlflow
+
+if TYPE_CHECKING:
+    from bakeoff.workspace import Workspace
+
+ENV_RUN_ID = "BAKEOFF_RUN_ID"  # set by the multi-GPU launcher so every rank uses one run
+
+
+def _system_metrics_flag() -> bool | None:
+    """True unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says otherwise (None: let MLflow read it)."""
+    return None if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING") else True
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+
+
+def flat_params(params: dict[str, Any]) -> dict[str, str]:
+    """MLflow params are strings of at most 6000 characters; lists/dicts as JSON."""
+    out: dict[str, str] = {}
+    for k, v in params.items():
+        s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+        out[k] = s[:6000]
+    return out
+
+
+def create_run(ws: "Workspace", experiment_name: str, run_name: str | None = None) -> str:
+    """Create a run without starting it (its id names the output folder up front)."""
+    import mlflow
+
+    setup_mlflow(ws, experiment_name)
+    exp = mlflow.get_experiment_by_name(experiment_name)
+    run = mlflow.MlflowClient().create_run(exp.experiment_id, run_name=run_name)
+    return run.info.run_id
+
+
+@contextmanager
+def training_run(ws: "Workspace", experiment_name: str, *, run_id: str | None = None,
+                 run_name: str | None = None, params: dict[str, Any] | None = None,
+                 tags: dict[str, str] | None = None, datasets: list[tuple[str, str]] = (),
+                 hypothesis: str | None = None, resume: bool = False) -> Iterator[Any]:
+    """An active MLflow run with params, tags and dataset inputs logged.
+
+    ``resume``: reopen ``run_id`` (params already logged are not re-logged: MLflow
+    refuses to change a param's value). ``datasets``: (ref, context) pairs.
+    """
+    import mlflow
+
+    setup_mlflow(ws, experiment_name)
+    run_id = run_id or os.environ.get(ENV_RUN_ID) or None
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+                          log_system_metrics=_system_metrics_flag()) as run:
+        if not resume:
+            if params:
+                items = list(flat_params(params).items())
+                for i in range(0, len(items), 100):  # log_params takes at most 100 at a time
+                    mlflow.log_params(dict(items[i:i + 100]))
+            for ref, context in datasets:
+                log_dataset_version(ws, ref, context)
+        all_tags = dict(tags or {})
+        if hypothesis:
+            all_tags["bakeoff.hypothesis"] = hypothesis
+            all_tags["mlflow.note.content"] = f"Hypothesis: {hypothesis}"
+        if resume:
+            all_tags["bakeoff.resumed"] = "true"
+        if all_tags:
+            mlflow.set_tags(all_tags)
+        yield run
+
+
+def note(ws: "Workspace", run_id: str, conclusion: str) -> dict[str, Any]:
+    """Record what was learned on a finished run: a tag plus the run description
+    (the hypothesis it tested, then the conclusion)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from bakeoff.workspace import BakeoffError
+
+    setup_mlflow(ws)
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise BakeoffError(f"no MLflow run {run_id} in {mlflow.get_tracking_uri()}") from exc
+    hypothesis = run.data.tags.get("bakeoff.hypothesis")
+    client.set_tag(run_id, "bakeoff.conclusion", conclusion)
+    text = (f"Hypothesis: {hypothesis}\n\n" if hypothesis else "") + f"Conclusion: {conclusion}"
+    client.set_tag(run_id, "mlflow.note.content", text)
+    exp = client.get_experiment(run.info.experiment_id)
+    return {"run_id": run_id, "experiment_name": exp.name, "hypothesis": hypothesis,
+            "conclusion": conclusion, "tracking_uri": mlflow.get_tracking_uri()}
+
+
+def make_mlflow_callback(extra_metrics: Any = None) -> Any:
+    """A ``TrainerCallback`` logging to the active MLflow run: Trainer logs at each
+    logging step, and ``learning_rate`` at every optimizer step (the LR the
+    optimizer used for that step)."""
+    import mlflow
+    from mlflow.entities import Metric
+    from transformers import TrainerCallback
+
+    class MlflowStepLogger(TrainerCallback):
+        def __init__(self) -> None:
+            self._lr: float | None = None
+            self._client = mlflow.MlflowClient()
+
+        def _run_id(self) -> str | None:
+            run = mlflow.active_run()
+            return run.info.run_id if run else None
+
+        def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):  # noqa: ANN001
+            if optimizer is not None:
+                self._lr = float(optimizer.param_groups[0]["lr"])
+            return control
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            run_id = self._run_id()
+            if run_id and state.is_world_process_zero and self._lr is not None:
+                ts = int(__import__("time").time() * 1000)
+                self._client.log_batch(run_id, metrics=[
+                    Metric("learning_rate", self._lr, ts, state.global_step)], synchronous=False)
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            run_id = self._run_id()
+            if not (run_id and state.is_world_process_zero and logs):
+                return control
+            ts = int(__import__("time").time() * 1000)
+            metrics = []
+            for k, v in logs.items():
+                if k == "learning_rate" or isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                v = float(v)
+                # MLflow stores NaN/inf; keep them: a NaN loss is information.
+                metrics.append(Metric(k, v if not math.isinf(v) else math.copysign(1e308, v), ts,
+                                      state.global_step))
+            if metrics:
+                self._client.log_batch(run_id, metrics=metrics, synchronous=False)
+            return control
+
+        def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            mlflow.flush_async_logging()
+            return control
+
+    return MlflowStepLogger()
