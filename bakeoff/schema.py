@@ -86,9 +86,11 @@ def _canonical_json(value: Any) -> str:
 
 def content_hash(kind: str, messages: list | None, chosen: list | None = None,
                  rejected: list | None = None) -> str:
-    """SHA-256 (first 128 bits, hex) of a row's canonical content."""
-    payload = _canonical_json([kind, messages or [], chosen or [], rejected or []])
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+    """SHA-256 (first 128 bits, hex) of a row's canonical content: the id
+    ``with_ids`` gives a row with this content (its first occurrence)."""
+    df = pl.DataFrame({"kind": [kind], "messages": [messages], "chosen": [chosen], "rejected": [rejected]},
+                      schema={c: SCHEMA[c] for c in CONTENT_FIELDS})
+    return with_ids(df)["id"][0]
 
 
 def with_ids(df: pl.DataFrame) -> pl.DataFrame:
@@ -104,6 +106,8 @@ def with_ids(df: pl.DataFrame) -> pl.DataFrame:
     canon = df.select(pl.struct(list(CONTENT_FIELDS)).struct.json_encode().alias("c"))
     hashes = duckdb.sql("SELECT left(sha256(c), 32) AS h FROM canon").pl()["h"]
     df = df.with_columns(hashes.alias("id"))
+    if not df["id"].is_duplicated().any():  # the common case; the window below is costly
+        return df
     occurrence = pl.int_range(pl.len()).over("id") + 1
     return df.with_columns(
         pl.when(occurrence > 1)

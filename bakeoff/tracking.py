@@ -20,8 +20,13 @@ def setup_mlflow(ws: "Workspace", experiment_name: str | None = None) -> str:
     select ``experiment_name``, creating it with the workspace's artifact folder."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or ws.tracking_uri
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = user_uri or ws.tracking_uri
     mlflow.set_tracking_uri(uri)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; undo that, or the
+    # next workspace opened in this process would log into this one's store.
+    if user_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     if experiment_name:
         if mlflow.get_experiment_by_name(experiment_name) is None:
             ws.artifact_root.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,9 @@ highest quality score):
 
 1. **exact** -- rows whose *normalised* text (lowercase, punctuation and
    whitespace runs collapsed; see :func:`bakeoff.curate.minhash.normalize`) is
-   identical: all but the highest-priority one are removed (similarity 1.0).
+   identical -- compared by a 128-bit SHA-1 digest computed in the same pass as
+   the shingles, so the normalised corpus is never held in memory: all but the
+   highest-priority one are removed (similarity 1.0).
 2. **minhash** -- the survivors are sketched (datasketch-equal MinHash, see
    :mod:`bakeoff.curate.minhash`) and walked in priority order: a row is removed
    only if an already-kept row shares an LSH bucket with it *and* their exact
@@ -61,7 +63,7 @@ class DedupConfig:
     # LSH bands/rows come from datasketch's optimiser with this false-positive
     # weight (false-negative weight = 1 - it). Candidates are verified, so a
     # false positive only costs one Jaccard; a false negative costs recall.
-    fp_weight: float = 0.3
+    fp_weight: float = 0.01
     batch_size: int = mh.DEFAULT_BATCH
 
     def validate(self) -> "DedupConfig":
@@ -145,61 +147,67 @@ def dedup_texts(texts: Sequence[str] | pl.Series, config: DedupConfig | None = N
         stats.update(removed_exact=0, removed_near=0, timings={})
         return DedupResult(partner, similarity, stage, stats)
 
-    norm = mh.normalize(series)
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
-    t1 = time.perf_counter()
+    # One batched pass: normalise, hash shingles, sign, and digest each whole
+    # normalised text (128 bits of SHA-1) for the exact stage. Rows the exact
+    # stage removes were sketched for nothing, but the normalised corpus never
+    # has to sit in memory (this is what keeps 200k rows under 1 GB).
+    kw = dict(num_perm=cfg.num_perm, ngram=cfg.ngram, seed=cfg.seed, unit=cfg.unit,
+              batch_size=cfg.batch_size, digests=True)
+    if show_progress:
+        from bakeoff.console import progress
 
-    # Stage 1: identical normalised text. The representative of a group is the
-    # member with the smallest rank (polars groups on the strings themselves,
-    # so this is exact, not a hash).
-    survivors = np.arange(n, dtype=np.int64)
+        with progress() as p:
+            task = p.add_task("minhash signatures", total=n)
+            sk = mh.sketch(series, progress_cb=lambda done: p.update(task, completed=done), **kw)
+    else:
+        sk = mh.sketch(series, **kw)
+    t1 = time.perf_counter()
+    nonempty = sk.sizes > 0  # an empty normalised text has no shingles
+
+    # Stage 1: identical normalised text (equal 128-bit digests). The group's
+    # representative is its member with the smallest rank.
+    active = nonempty.copy()
     if cfg.exact:
-        frame = pl.DataFrame({"norm": norm, "rank": rank, "idx": np.arange(n, dtype=np.int64)})
-        rep = (frame.filter(pl.col("norm") != "")
-               .with_columns(pl.col("idx").sort_by("rank").first().over("norm").alias("rep"))
-               .filter(pl.col("rep") != pl.col("idx")))
-        dup_idx = rep["idx"].to_numpy()
-        partner[dup_idx] = rep["rep"].to_numpy()
-        similarity[dup_idx] = 1.0
-        stage[dup_idx] = EXACT
-        survivors = np.flatnonzero(partner < 0)
-        del frame, rep
+        idx = np.flatnonzero(nonempty)
+        d = sk.digest[idx]
+        srt = idx[np.lexsort((rank[idx], d[:, 1], d[:, 0]))]
+        ds = sk.digest[srt]
+        new_group = np.ones(srt.size, bool)
+        new_group[1:] = (ds[1:] != ds[:-1]).any(axis=1)
+        rep = srt[np.flatnonzero(new_group)[np.cumsum(new_group) - 1]]
+        dup = srt[~new_group]
+        partner[dup] = rep[~new_group]
+        similarity[dup] = 1.0
+        stage[dup] = EXACT
+        active[dup] = False
     t2 = time.perf_counter()
     stats["removed_exact"] = int((stage == EXACT).sum())
 
-    # Stage 2: MinHash LSH over the survivors, greedy in rank order.
-    t3 = t4 = t2
-    if cfg.near and survivors.size:
-        sub = norm.gather(survivors) if survivors.size < n else norm
-        del norm
-        if show_progress:
-            from bakeoff.console import progress
-
-            with progress() as p:
-                task = p.add_task("minhash signatures", total=int(survivors.size))
-                sk = mh.sketch(sub, num_perm=cfg.num_perm, ngram=cfg.ngram, seed=cfg.seed, unit=cfg.unit,
-                               batch_size=cfg.batch_size, normalized=True,
-                               progress_cb=lambda done: p.update(task, completed=done))
-        else:
-            sk = mh.sketch(sub, num_perm=cfg.num_perm, ngram=cfg.ngram, seed=cfg.seed, unit=cfg.unit,
-                           batch_size=cfg.batch_size, normalized=True)
-        del sub
+    # Stage 2: MinHash LSH over the rest, greedy in rank order, verified.
+    t3 = t2
+    if cfg.near and active.any():
+        sub_order = order[active[order]]
+        near_partner, near_sim, lsh_stats = mh.greedy_dedup(sk, cfg.threshold, sub_order, cfg.fp_weight)
         t3 = time.perf_counter()
-        sub_order = np.argsort(rank[survivors], kind="stable")
-        sub_partner, sub_sim, lsh_stats = mh.greedy_dedup(sk, cfg.threshold, sub_order, cfg.fp_weight)
-        t4 = time.perf_counter()
-        hit = sub_partner >= 0
-        rows = survivors[hit]
-        partner[rows] = survivors[sub_partner[hit]]
-        similarity[rows] = sub_sim[hit]
-        stage[rows] = NEAR
+        hit = near_partner >= 0
+        partner[hit] = near_partner[hit]
+        similarity[hit] = near_sim[hit]
+        stage[hit] = NEAR
+        # An exact group's representative may itself be a near-duplicate of an
+        # earlier kept row: its copies then point at that kept row, with the
+        # same verified Jaccard (identical normalised text, identical shingles).
+        moved = (stage == EXACT) & (stage[np.maximum(partner, 0)] == NEAR)
+        rep = partner[moved]
+        partner[moved] = partner[rep]
+        similarity[moved] = similarity[rep]
+        stage[moved] = NEAR
         stats.update(lsh_stats)
-        stats["shingles"] = int(sk.hashes.size)
+    stats["shingles"] = int(sk.hashes.size)
     stats["removed_near"] = int((stage == NEAR).sum())
-    stats["timings"] = {"normalize_s": round(t1 - t0, 4), "exact_s": round(t2 - t1, 4),
-                        "sketch_s": round(t3 - t2, 4), "lsh_verify_s": round(t4 - t3, 4),
-                        "total_s": round(time.perf_counter() - t0, 4)}
+    stats["timings"] = {"sketch_s": round(t1 - t0, 4), "exact_s": round(t2 - t1, 4),
+                        "lsh_verify_s": round(t3 - t2, 4), "total_s": round(time.perf_counter() - t0, 4)}
     return DedupResult(partner, similarity, stage, stats)
 
 
@@ -262,6 +270,6 @@ def _report(df: pl.DataFrame, texts: pl.Series, res: DedupResult, cfg: DedupConf
         "rows_out": int(df.height - removed.size),
         "removed_exact": res.stats.get("removed_exact", 0), "removed_near": res.stats.get("removed_near", 0),
         "clusters": int(np.unique(res.partner[removed]).size) if removed.size else 0,
-        "lsh": {k: res.stats[k] for k in ("bands", "rows", "verified_pairs") if k in res.stats},
+        "lsh": {k: res.stats[k] for k in ("bands", "rows_per_band", "verified_pairs") if k in res.stats},
         "timings": res.stats.get("timings", {}), "largest_clusters": clusters,
     }

@@ -269,8 +269,8 @@ class EmbeddingCache:
             return
         try:
             merged = pl.read_parquet(shards).unique(subset="key", keep="first", maintain_order=True)
-        except (FileNotFoundError, OSError):
-            return  # another process is compacting the same shards
+        except (FileNotFoundError, OSError, pl.exceptions.ComputeError):
+            return  # another process is compacting the same shards: leave it to them
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         write_parquet_atomic(merged, self.dir / f"shard-{stamp}-{uuid.uuid4().hex[:12]}-merged.parquet")
         for s in shards:
@@ -342,7 +342,7 @@ def embed_texts(texts: list[str], ws: Workspace | None = None, model: str | None
         from bakeoff.console import progress
 
         with progress() if use_bar else contextlib.nullcontext() as bar:
-            task = bar.add_task(f"embedding ({name})", total=len(todo_texts)) if bar else None
+            task = bar.add_task(f"embedding ({name})", total=len(todo_texts)) if bar is not None else None
             for s in range(0, len(todo_texts), bs):
                 chunk = todo_texts[s:s + bs]
                 vecs = embedder.encode(chunk)

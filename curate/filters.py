@@ -203,11 +203,21 @@ def iban_ok(ibans: pl.Series) -> pl.Series:
     return ok & compact.str.len_chars().is_between(15, 34)
 
 
-# PII patterns (Rust regex in polars, Python re for redaction: both accept these)
+# ASCII word boundary. A Unicode \b (the default) makes Rust's regex engine give
+# up its DFA on non-ASCII text and run ~20x slower; the patterns that use it are
+# English/ASCII anyway. Python's re reads (?-u:\b) differently, so the Python
+# copies of patterns (for redaction) use plain \b.
+WB = r"(?-u:\b)"
+
+# PII patterns (Rust regex in polars, Python re for redaction)
 EMAIL_RE = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
-# digit runs with separators: candidates for phone and card numbers
-NUMBER_RE = r"\+?\(?\d[\d ().\-]{7,}\d"
-IBAN_RE = r"\b[A-Z]{2}\d{2} ?[A-Z0-9]{4}(?: ?[A-Z0-9]{1,4}){2,7}\b"
+# candidates for phone and card numbers: three or more digit groups joined by
+# single separators ("+1 (415) 555-0134", "4539 1488 0343 6467", "+49 30 1581214"),
+# or one long run of digits; "1,234.5" or "(521.5 - 400.0)" are not candidates
+_GROUP = r"(?:\(\d{1,4}\)|\d{1,8})"
+NUMBER_RE = r"\+?" + _GROUP + r"(?:[ .\-]{1,2}" + _GROUP + r"){2,}|\d{13,19}"
+IBAN_RE = WB + r"[A-Z]{2}\d{2} ?[A-Z0-9]{4}(?: ?[A-Z0-9]{1,4}){2,7}" + WB
+_IBAN_PY = re.compile(r"\b[A-Z]{2}\d{2} ?[A-Z0-9]{4}(?: ?[A-Z0-9]{1,4}){2,7}\b")
 _NANP_RE = r"^\+?1?[ .\-]?\(?\d{3}\)?[ .\-]?\d{3}[ .\-]\d{4}$"
 
 
@@ -238,11 +248,7 @@ _REFUSAL_PATTERNS = [
 _EN_STOPWORDS = ("the", "and", "of", "to", "in", "is", "was", "for", "that", "with", "from", "as",
                  "by", "on", "at", "are", "were", "be", "this", "it", "an", "or", "which", "so",
                  "has", "have", "its", "not", "but", "what", "how", "a")
-_STOP_RE = r"(?i)\b(?:" + "|".join(_EN_STOPWORDS) + r")\b"
-
-_CP1252_HIGH = "\u20ac\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152\u017d" \
-    "\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\u017e\u0178"
-MOJIBAKE_CANDIDATE_RE = "[\u00c2-\u00f4][\u0080-\u00bf" + _CP1252_HIGH + "]"
+_STOP_RE = r"(?i)" + WB + "(?:" + "|".join(_EN_STOPWORDS) + ")" + WB
 
 # C0 (but tab, newline, CR), DEL, C1, zero-width and bidi controls, BOM, U+FFFD
 CONTROL_RE = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\u200B-\u200F\u202A-\u202E\u2060-\u2064\uFEFF\uFFFD]"
@@ -366,7 +372,7 @@ class LengthFilter(Filter):
                         c.max_tokens is not None and n > c.max_tokens):
                     hit[i], score[i] = True, float(n)
                     detail[i] = f"{n} tokens on {'prompt' if side == '_p' else 'response'}"
-        return frame.with_columns(pl.Series(self.col("hit"), hit), pl.Series(self.col("score"), score),
+        return frame.with_columns(pl.Series(self.col("hit"), hit, dtype=pl.Boolean), pl.Series(self.col("score"), score, dtype=pl.Float64),
                                   pl.Series(self.col("detail"), detail, dtype=pl.String))
 
 
@@ -380,67 +386,148 @@ class ControlFilter(Filter):
                               lambda s: s.str.count_matches(CONTROL_RE).cast(pl.Float64))
 
 
+def rust_regex(py_pattern: str) -> str:
+    """A Python ``re.VERBOSE`` pattern as a Rust-regex pattern with the same
+    meaning: Rust's verbose mode also drops whitespace (and '#') inside character
+    classes, Python's keeps them, so those are escaped."""
+    out, in_class, i = [], False, 0
+    while i < len(py_pattern):
+        ch = py_pattern[i]
+        if ch == "\\":
+            out.append(py_pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            if ch == "]" and out[-1] != "[":
+                in_class = False
+            elif ch.isspace() or ch == "#":
+                out.append(f"\\x{{{ord(ch):x}}}")
+                i += 1
+                continue
+        elif ch == "[":
+            in_class = True
+        out.append(ch)
+        i += 1
+    return "(?x)" + "".join(out)
+
+
+_BADNESS_RE: str | None = None
+
+
+def ftfy_badness_re() -> str:
+    """ftfy's mojibake detector (``ftfy.badness.BADNESS_RE``) for polars: the same
+    matches (tested against ``ftfy.badness.badness``), run by the Rust engine
+    over the whole column -- ~200x faster than calling ftfy per row."""
+    global _BADNESS_RE
+    if _BADNESS_RE is None:
+        from ftfy.badness import BADNESS_RE
+
+        _BADNESS_RE = rust_regex(BADNESS_RE.pattern)
+    return _BADNESS_RE
+
+
 class MojibakeFilter(Filter):
+    """Mojibake as ftfy detects it (``ftfy.badness``: score = number of unlikely
+    character sequences); repair with ``ftfy.fix_encoding``."""
+
     name = "mojibake"
     config_cls = MojibakeConfig
     actions = ("flag", "drop", "repair")
 
     def exprs(self) -> list[pl.Expr]:
-        # Candidates, vectorized: a UTF-8 lead byte (Â..ô) read as Latin-1/cp1252
-        # followed by a continuation byte read the same way (\x80-\xBF or the
-        # cp1252 characters of bytes 0x80-0x9F). Every UTF-8 -> cp1252/Latin-1
-        # misreading (the common kind of mojibake) produces such a pair; ftfy's
-        # own check (``is_bad``, a Python regex per text) then decides on the
-        # candidates only.
-        return self._on_sides(lambda s: s.str.contains(MOJIBAKE_CANDIDATE_RE))
+        # mojibake needs non-ASCII characters: a cheap test first, ftfy's
+        # pattern (large) in post() on those rows only
+        return self._on_sides(lambda s: s.str.contains(r"[^\x00-\x7F]"))
 
     def post(self, frame: pl.DataFrame) -> pl.DataFrame:
-        from ftfy.badness import badness, is_bad
+        pattern = ftfy_badness_re()
+        idx = frame[self.col("hit")].arg_true()
+        sub = frame[idx].select(pl.max_horizontal(
+            [pl.col(s).str.count_matches(pattern) for s in self.sides]).cast(pl.Float64).alias("b"))["b"]
+        score = pl.Series(self.col("score"), [0.0] * frame.height, dtype=pl.Float64).scatter(idx, sub) \
+            if idx.len() else pl.Series(self.col("score"), [0.0] * frame.height, dtype=pl.Float64)
+        return frame.with_columns(score, (score > 0).alias(self.col("hit")))
 
-        cand = frame.with_row_index("_i").filter(pl.col(self.col("hit")))
-        hit = [False] * frame.height
-        score = [0.0] * frame.height
-        for row in cand.select(["_i", *self.sides]).iter_rows():
-            i, texts = row[0], row[1:]
-            if any(t and is_bad(t) for t in texts):
-                hit[i] = True
-                score[i] = float(max(badness(t) for t in texts if t))
-        return frame.with_columns(pl.Series(self.col("hit"), hit), pl.Series(self.col("score"), score))
+
+def dup_ngram_fraction(texts: pl.Series, n: int) -> pl.Series:
+    """Gopher's duplicate n-gram fraction per text: the share of word n-gram
+    positions whose n-gram occurs more than once in the same text.
+
+    Flat and vectorized: words of all texts exploded into one column, each word
+    hashed, an n-gram = the hash of n consecutive word hashes (a shift over the
+    whole column; n-grams crossing into the next text are discarded), then one
+    ``is_duplicated`` over (text, n-gram).
+    """
+    if texts.len() == 0:
+        return pl.Series(texts.name, [], dtype=pl.Float64)
+    w = (pl.DataFrame({"t": texts}).with_row_index("row")
+         .select("row", pl.col("t").str.split(" ").alias("w")).explode("w")
+         .filter(pl.col("w").is_not_null() & (pl.col("w") != ""))
+         .with_columns(pl.col("w").hash(seed=7).alias("h")))
+    gram = pl.struct([pl.col("h").shift(-k).alias(f"h{k}") for k in range(n)]).hash(seed=11)
+    g = (w.with_columns(gram.alias("g"), (pl.col("row").shift(-(n - 1)) == pl.col("row")).alias("ok"))
+         .filter(pl.col("ok"))
+         .with_columns(pl.struct("row", "g").is_duplicated().alias("d"))
+         .group_by("row").agg(pl.col("d").mean().alias("frac")))
+    out = pl.DataFrame({"row": pl.int_range(texts.len(), eager=True).cast(pl.UInt32)}).join(
+        g.with_columns(pl.col("row").cast(pl.UInt32)), on="row", how="left")
+    return out["frac"].fill_null(0.0).rename(texts.name)
 
 
 class RepetitionFilter(Filter):
+    """Gopher-style repetition (Rae et al. 2021): duplicate-line fraction,
+    duplicate word n-gram fraction, symbol-to-word ratio."""
+
     name = "repetition"
     config_cls = RepetitionConfig
 
     def exprs(self) -> list[pl.Expr]:
         c: RepetitionConfig = self.config  # type: ignore[assignment]
-        def parts(s: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
-            lines = s.str.split("\n").list.eval(pl.element().str.strip_chars().filter(pl.element() != ""))
-            n_lines = lines.list.len()
-            dup_lines = pl.when(n_lines > 1).then(
-                1 - lines.list.n_unique() / n_lines).otherwise(0.0)
-            words = s.str.split(" ").list.eval(pl.element().filter(pl.element() != ""))
-            n_words = words.list.len()
-            # word n-grams as joined strings; the share of n-gram positions whose
-            # n-gram occurs more than once (Gopher's duplicate n-gram fraction)
-            grams = words.list.eval(pl.concat_str([pl.element().shift(-k) for k in range(c.ngram)],
-                                                  separator=" ").drop_nulls())
-            dup_grams = pl.when(n_words >= c.min_words).then(
-                grams.list.eval(pl.element().is_duplicated().mean()).list.first()).otherwise(0.0)
-            symbols = sum(s.str.count_matches(re.escape(sym)) for sym in c.symbols)
-            sym_ratio = pl.when(n_words >= 1).then(symbols / n_words).otherwise(0.0)
-            return dup_lines.fill_null(0.0), dup_grams.fill_null(0.0), sym_ratio.fill_null(0.0)
-
+        out: list[pl.Expr] = []
         hits, scores = [], []
         for side in self.sides:
-            dl, dg, sr = parts(pl.col(side))
-            hits.append((dl > c.max_dup_line_fraction) | (dg > c.max_dup_ngram_fraction)
-                        | (sr > c.max_symbol_word_ratio))
-            scores.append(pl.max_horizontal(dl / c.max_dup_line_fraction, dg / c.max_dup_ngram_fraction,
-                                            sr / c.max_symbol_word_ratio))
+            s = pl.col(side)
+            # duplicate-line fraction over the non-empty lines (list.count_matches
+            # counts the empty ones; cheaper than filtering inside list.eval)
+            lines = s.str.split("\n")
+            empty = lines.list.count_matches("")
+            n_lines = lines.list.len() - empty
+            uniq = lines.list.n_unique() - (empty > 0).cast(pl.UInt32)
+            dup_lines = pl.when(n_lines > 1).then(1 - uniq / n_lines).otherwise(0.0)
+            words = s.str.split(" ")
+            nw = words.list.len()
+            symbols = sum(s.str.count_matches(sym, literal=True) for sym in c.symbols)
+            sym_ratio = pl.when(nw >= 1).then(symbols / nw).otherwise(0.0)
+            hits.append((dup_lines > c.max_dup_line_fraction) | (sym_ratio > c.max_symbol_word_ratio))
+            scores.append(pl.max_horizontal(dup_lines / c.max_dup_line_fraction,
+                                            sym_ratio / c.max_symbol_word_ratio).fill_null(0.0))
+            # n-grams are costly; only texts that repeat enough words can exceed
+            # the threshold: if a share f of n-gram positions is duplicated, at
+            # least f/2 of them are later copies, whose words all repeat earlier
+            # ones -- so repeated words >= f/2 * (positions). A necessary
+            # condition, hence no recall is lost.
+            repeated = nw - words.list.n_unique()
+            need = (c.max_dup_ngram_fraction / 2) * (nw - c.ngram + 1)
+            out.append(((nw >= c.min_words) & (repeated >= need)).fill_null(False).alias(self.col(f"cand{side}")))
         hit = pl.any_horizontal(hits) if len(hits) > 1 else hits[0]
         score = pl.max_horizontal(scores) if len(scores) > 1 else scores[0]
-        return [hit.alias(self.col("hit")), score.alias(self.col("score"))]
+        return [hit.fill_null(False).alias(self.col("hit")), score.cast(pl.Float64).alias(self.col("score")), *out]
+
+    def post(self, frame: pl.DataFrame) -> pl.DataFrame:
+        c: RepetitionConfig = self.config  # type: ignore[assignment]
+        hit = frame[self.col("hit")]
+        score = frame[self.col("score")]
+        for side in self.sides:
+            cand = frame[self.col(f"cand{side}")]
+            idx = cand.arg_true()
+            if idx.len():
+                frac = dup_ngram_fraction(frame[side].gather(idx), c.ngram)
+                full = pl.Series([0.0] * frame.height, dtype=pl.Float64).scatter(idx, frac)
+                hit = hit | (full > c.max_dup_ngram_fraction)
+                score = pl.DataFrame({"a": score, "b": full / c.max_dup_ngram_fraction}).select(
+                    pl.max_horizontal("a", "b").alias(score.name)).to_series()
+        return frame.drop([self.col(f"cand{s}") for s in self.sides]).with_columns(
+            hit.alias(self.col("hit")), score.alias(self.col("score")))
 
 
 class RefusalFilter(Filter):
@@ -450,6 +537,7 @@ class RefusalFilter(Filter):
     def exprs(self) -> list[pl.Expr]:
         c: RefusalConfig = self.config  # type: ignore[assignment]
         pattern = "(?im)" + "|".join(f"(?:{p})" for p in [*_REFUSAL_PATTERNS, *c.extra_patterns])
+        pattern = pattern.replace(r"\b", WB)
         return self._on_sides(lambda s: s.str.contains(pattern))
 
 
@@ -468,15 +556,17 @@ class PiiFilter(Filter):
     def exprs(self) -> list[pl.Expr]:
         # cheap candidate test; exact validation (Luhn, mod 97, phone shape) in post()
         kinds = self.config.kinds  # type: ignore[attr-defined]
-        pats = []
-        if "email" in kinds:
-            pats.append(EMAIL_RE)
-        if "phone" in kinds or "card" in kinds:
-            pats.append(NUMBER_RE)
-        if "iban" in kinds:
-            pats.append(IBAN_RE)
-        pattern = "|".join(f"(?:{p})" for p in pats) or "$^"
-        return self._on_sides(lambda s: s.str.contains(pattern))
+        def candidate(s: pl.Expr) -> pl.Expr:
+            # one simple test per kind, OR-ed (one big alternation is much slower)
+            tests = []
+            if "email" in kinds:
+                tests.append(s.str.contains("@", literal=True))
+            if "phone" in kinds or "card" in kinds:
+                tests.append(s.str.contains(NUMBER_RE))
+            if "iban" in kinds:
+                tests.append(s.str.contains(IBAN_RE))
+            return pl.any_horizontal(tests) if tests else pl.lit(False)
+        return self._on_sides(candidate)
 
     def post(self, frame: pl.DataFrame) -> pl.DataFrame:
         kinds = self.config.kinds  # type: ignore[attr-defined]
@@ -509,8 +599,32 @@ class PiiFilter(Filter):
         detail: list[str | None] = [None] * frame.height
         for i, ks in found.items():
             hit[i], score[i], detail[i] = True, float(len(ks)), ",".join(sorted(ks))
-        return frame.with_columns(pl.Series(self.col("hit"), hit), pl.Series(self.col("score"), score),
+        return frame.with_columns(pl.Series(self.col("hit"), hit, dtype=pl.Boolean), pl.Series(self.col("score"), score, dtype=pl.Float64),
                                   pl.Series(self.col("detail"), detail, dtype=pl.String))
+
+
+def _luhn_valid(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def _iban_valid(iban: str) -> bool:
+    s = iban.replace(" ", "")
+    if not 15 <= len(s) <= 34:
+        return False
+    return int("".join(str(int(ch, 36)) for ch in s[4:] + s[:4])) % 97 == 1
+
+
+def _number_kind(candidate: str) -> tuple[bool, bool]:
+    """(is a card, is a phone) for one match; the scalar twin of classify_numbers."""
+    c = candidate.strip(" .-()")
+    d = re.sub(r"\D", "", c)
+    card = 13 <= len(d) <= 19 and _luhn_valid(d)
+    phone = not card and 10 <= len(d) <= 13 and (c.startswith("+") or re.search(_NANP_RE, c) is not None)
+    return card, phone
 
 
 def redact_pii(text: str, kinds: list[str] | tuple[str, ...] = PiiFilter.KINDS) -> str:
@@ -519,16 +633,16 @@ def redact_pii(text: str, kinds: list[str] | tuple[str, ...] = PiiFilter.KINDS) 
         return text
     if "iban" in kinds:
         def iban_sub(m: re.Match) -> str:
-            return "[IBAN]" if iban_ok(pl.Series([m.group(0)]))[0] else m.group(0)
-        text = re.sub(IBAN_RE, iban_sub, text)
+            return "[IBAN]" if _iban_valid(m.group(0)) else m.group(0)
+        text = _IBAN_PY.sub(iban_sub, text)
     if "email" in kinds:
         text = re.sub(EMAIL_RE, "[EMAIL]", text)
     if "phone" in kinds or "card" in kinds:
         def num_sub(m: re.Match) -> str:
-            cls = classify_numbers(pl.Series([m.group(0)])).row(0, named=True)
-            if cls["card"] and "card" in kinds:
+            card, phone = _number_kind(m.group(0))
+            if card and "card" in kinds:
                 return "[CARD]"
-            if cls["phone"] and "phone" in kinds:
+            if phone and "phone" in kinds:
                 lead = m.group(0)[: len(m.group(0)) - len(m.group(0).lstrip(" .-("))]
                 return lead + "[PHONE]"
             return m.group(0)
@@ -536,20 +650,26 @@ def redact_pii(text: str, kinds: list[str] | tuple[str, ...] = PiiFilter.KINDS) 
     return text
 
 
-def _norm(s: pl.Expr) -> pl.Expr:
-    return s.str.to_lowercase().str.replace_all(r"[^\w]+", " ").str.strip_chars()
+def n_words(s: pl.Expr) -> pl.Expr:
+    """Whitespace-separated word count (split + list length: far cheaper than a
+    regex count)."""
+    return s.str.split(" ").list.eval(pl.element().filter(pl.element() != "")).list.len()
 
 
 class EchoFilter(Filter):
+    """The response is a verbatim copy of (part of) the prompt, e.g. the question
+    repeated. Case-sensitive and literal (a copy is a copy); leading/trailing
+    whitespace and end punctuation of the response are ignored."""
+
     name = "echo"
     config_cls = EchoConfig
 
     def exprs(self) -> list[pl.Expr]:
         c: EchoConfig = self.config  # type: ignore[assignment]
-        r, p = _norm(pl.col("_r")), _norm(pl.col("_p"))
-        long_enough = pl.col("_r").str.count_matches(r"\S+") >= c.min_words
-        hit = (long_enough & (pl.col("kind") != "prompt") & p.str.contains(r, literal=True)).fill_null(False)
-        score = (r.str.len_chars() / pl.max_horizontal(p.str.len_chars(), pl.lit(1))).cast(pl.Float64)
+        r = pl.col("_r").str.strip_chars(" \t\n.?!")
+        long_enough = r.str.count_matches(" ", literal=True) >= c.min_words - 1
+        hit = (long_enough & (pl.col("kind") != "prompt") & pl.col("_p").str.contains(r, literal=True)).fill_null(False)
+        score = (r.str.len_chars() / pl.max_horizontal(pl.col("_p").str.len_chars(), pl.lit(1))).cast(pl.Float64)
         return [hit.alias(self.col("hit")), pl.when(hit).then(score).otherwise(0.0).alias(self.col("score"))]
 
 
@@ -561,13 +681,14 @@ class TruncatedFilter(Filter):
         c: TruncatedConfig = self.config  # type: ignore[assignment]
         def truncated(s: pl.Expr) -> pl.Expr:
             t = s.str.strip_chars_end()
-            fences = t.str.count_matches("```") % 2 == 1
+            fences = t.str.count_matches("```", literal=True) % 2 == 1
             unbalanced = pl.any_horizontal(
-                t.str.count_matches(re.escape(a)) != t.str.count_matches(re.escape(b))
+                t.str.count_matches(a, literal=True) != t.str.count_matches(b, literal=True)
                 for a, b in (("(", ")"), ("[", "]"), ("{", "}")))
-            last_line = t.str.extract(r"([^\n]*)$")
-            structured = last_line.str.contains(r"^\s*(?:[-*+|>#]|\d+[.)]\s|```|    )")
-            mid_sentence = (t.str.count_matches(r"\S+") >= c.min_words) & t.str.contains(r"[a-z,;:\-]$") & ~structured
+            # the last line is a list item, table row, quote, heading or code
+            structured = t.str.contains(r"(?:^|\n)[ \t]*(?:[-*+|>#]|\d+[.)]\s|```|    )[^\n]*$")
+            mid_sentence = t.str.contains(r"[a-z,;:\-]$") & (
+                t.str.count_matches(" ", literal=True) >= c.min_words - 1) & ~structured
             return (fences | unbalanced | mid_sentence).fill_null(False)
         return self._on_sides(truncated)
 
@@ -579,15 +700,18 @@ class LanguageFilter(Filter):
     def exprs(self) -> list[pl.Expr]:
         c: LanguageConfig = self.config  # type: ignore[assignment]
         def candidate(s: pl.Expr) -> pl.Expr:
-            letters = s.str.count_matches(r"\p{L}")
-            words = s.str.count_matches(r"\p{L}+")
+            letters = s.str.len_chars()
+            words = s.str.count_matches(" ") + 1
+            # structured answers (JSON, "field: value" lines) are not prose
+            structured = s.str.contains(r"^\s*[\[{]") | (
+                s.str.count_matches(": ", literal=True) * 2 >= s.str.count_matches("\n", literal=True) + 1)
             if c.expected == ["en"]:
                 # Most English text is recognisable by its function words alone;
                 # only the rest goes to langid (which runs per row in Python).
                 english = s.str.count_matches(_STOP_RE) >= c.stopword_ratio * words
             else:
                 english = pl.lit(False)
-            return (letters >= c.min_chars) & ~english
+            return (letters >= c.min_chars) & ~english & ~structured
         return self._on_sides(candidate)
 
     def post(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -603,10 +727,10 @@ class LanguageFilter(Filter):
                 for text in row[1:]:
                     if not text or len(text) < c.min_chars:
                         continue
-                    lang, prob = ident.classify(text)
+                    lang, prob = ident.classify(text[:1000])  # cost grows with length
                     if lang not in c.expected and prob >= c.min_confidence:
                         hit[row[0]], score[row[0]], detail[row[0]] = True, float(prob), lang
-        return frame.with_columns(pl.Series(self.col("hit"), hit), pl.Series(self.col("score"), score),
+        return frame.with_columns(pl.Series(self.col("hit"), hit, dtype=pl.Boolean), pl.Series(self.col("score"), score, dtype=pl.Float64),
                                   pl.Series(self.col("detail"), detail, dtype=pl.String))
 
 
@@ -731,36 +855,81 @@ class FilterSuiteConfig:
         return {name: dataclasses.asdict(c) for name, c in self.filters.items()}
 
 
-def detect(df: pl.DataFrame, config: FilterSuiteConfig | None = None) -> tuple[pl.DataFrame, list[Filter]]:
-    """Per-row hit/score/detail columns of every enabled filter (no rows changed)."""
+def detect(df: pl.DataFrame, config: FilterSuiteConfig | None = None,
+           show_progress: bool | None = None) -> tuple[pl.DataFrame, list[Filter]]:
+    """Per-row hit/score/detail columns of every enabled filter (no rows changed).
+    A progress bar (stderr) shows for large inputs (``show_progress=None``: from
+    50k rows)."""
+    from bakeoff.console import progress
+
     config = config or FilterSuiteConfig()
     active = [FILTERS[n](c) for n, c in config.filters.items() if c.enabled]
-    frame = df.select("kind", "messages", "chosen", "rejected").with_columns(
-        prompt_text().alias("_p"), response_text().alias("_r"))
-    exprs = [e for f in active for e in f.exprs()]
-    if exprs:
-        frame = frame.with_columns(exprs)
-    for f in active:
-        frame = f.post(frame)
-        if f.col("detail") not in frame.columns:
-            frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(f.col("detail")))
+    show = df.height >= 50_000 if show_progress is None else show_progress
+    with progress() if show else _nullcontext() as bar:
+        task = bar.add_task("filters: detect", total=len(active) + 1) if show else None
+        frame = df.select("kind", "messages", "chosen", "rejected").with_columns(
+            prompt_text().alias("_p"), response_text().alias("_r"))
+        exprs = [e for f in active for e in f.exprs()]
+        if exprs:  # one batch: polars runs the expressions in parallel
+            frame = frame.with_columns(exprs)
+        if show:
+            bar.advance(task)
+        for f in active:
+            if show:
+                bar.update(task, description=f"filters: {f.name}")
+            frame = f.post(frame)
+            if f.col("detail") not in frame.columns:
+                frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(f.col("detail")))
+            if show:
+                bar.advance(task)
     return frame, active
 
 
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
 def _map_contents(df: pl.DataFrame, mask: pl.Series, fn) -> pl.DataFrame:
-    """Apply ``fn(str) -> str`` to every turn of the masked rows (Python; hit rows only)."""
-    idx = [i for i, m in enumerate(mask.to_list()) if m]
-    if not idx:
+    """Apply ``fn(str) -> str`` to every turn of the masked rows. Python, but only
+    the masked rows are converted to Python objects and back; the rest stay in
+    Arrow and the row order is kept."""
+    if not bool(mask.any()):
         return df
+    sub = df.filter(mask)
     cols = {}
     for col in ("messages", "chosen", "rejected"):
-        values = df[col].to_list()
-        for i in idx:
-            if values[i]:
-                values[i] = [{"role": m["role"], "content": fn(m["content"]) if m["content"] else m["content"]}
-                             for m in values[i]]
+        values = sub[col].to_list()
+        values = [None if v is None else
+                  [{"role": m["role"], "content": fn(m["content"]) if m["content"] else m["content"]} for m in v]
+                  for v in values]
         cols[col] = pl.Series(col, values, dtype=df.schema[col])
-    return df.with_columns(**cols)
+    sub = sub.with_columns(**cols)
+    both = pl.concat([df.with_row_index("_o").filter(~mask), sub.with_columns(
+        mask.arg_true().cast(pl.UInt32).alias("_o")).select(["_o", *df.columns])], how="vertical")
+    return both.sort("_o").drop("_o")
+
+
+def reid_rows(df: pl.DataFrame, changed: pl.Series) -> pl.DataFrame:
+    """New content ids (``with_ids``) for the rewritten rows only: hashing every
+    row again would cost more than the filters themselves. A new id that equals an
+    existing one (a repaired row now identical to another row) gets the
+    ``~N`` suffix, as ``with_ids`` gives duplicates."""
+    idx = changed.arg_true()
+    fresh = with_ids(df[idx])["id"].str.replace(r"~\d+$", "")
+    ids = df["id"].scatter(idx, fresh)
+    taken = set(df["id"].filter(~changed).to_list())
+    out = ids.to_list()
+    for i in idx.to_list():
+        base, k = out[i], 1
+        while out[i] in taken:
+            k += 1
+            out[i] = f"{base}~{k}"
+        taken.add(out[i])
+    return df.with_columns(pl.Series("id", out, dtype=pl.String))
 
 
 def _snippet(text: str | None, n: int = 160) -> str:
@@ -807,11 +976,11 @@ def filter_rows(df: pl.DataFrame, config: FilterSuiteConfig | dict | None = None
     n = df.height
 
     # actions
-    drop = pl.Series("drop", [False] * n)
+    drop = pl.Series("drop", [False] * n, dtype=pl.Boolean)
     rule = pl.Series("rule", [None] * n, dtype=pl.String)
     rule_score = pl.Series("score", [None] * n, dtype=pl.Float64)
     rows = df
-    changed = pl.Series("changed", [False] * n)
+    changed = pl.Series("changed", [False] * n, dtype=pl.Boolean)
     extra_report: dict[str, dict[str, Any]] = {}
     flags: list[str] = []
     for f in active:
@@ -827,18 +996,20 @@ def filter_rows(df: pl.DataFrame, config: FilterSuiteConfig | dict | None = None
         elif act == "repair" and f.name == "mojibake":
             import ftfy
 
-            fixer = lambda t: ftfy.fix_text(t, uncurl_quotes=False)  # noqa: E731
+            # fix_encoding is the mojibake part of ftfy.fix_text (which would also
+            # uncurl quotes, unescape HTML, ...: not this filter's business); it
+            # returns good text unchanged
+            fixer = ftfy.fix_encoding
             todo = hit & ~drop
             rows = _map_contents(rows, todo, fixer)
             # re-check: a row ftfy could not fix is dropped
-            recheck, _ = detect(rows.filter(todo), FilterSuiteConfig(
+            idx = todo.arg_true()
+            recheck, _ = detect(rows[idx], FilterSuiteConfig(
                 filters={"mojibake": dataclasses.replace(f.config, action="flag")}))
-            still = pl.Series([False] * n)
-            if recheck.height:
-                idx = [i for i, m in enumerate(todo.to_list()) if m]
-                bad = recheck["mojibake.hit"].to_list()
-                still = pl.Series([False] * n).scatter([i for i, b in zip(idx, bad) if b], True) \
-                    if any(bad) else still
+            still = pl.Series([False] * n, dtype=pl.Boolean)
+            bad_idx = idx.filter(recheck["mojibake.hit"]) if idx.len() else idx
+            if bad_idx.len():
+                still = still.scatter(bad_idx, True)
             newly = still & ~drop
             rule = pl.select(pl.when(newly).then(pl.lit("mojibake")).otherwise(rule)).to_series()
             rule_score = pl.select(pl.when(newly).then(frame[f.col("score")]).otherwise(rule_score)).to_series()
@@ -865,24 +1036,28 @@ def filter_rows(df: pl.DataFrame, config: FilterSuiteConfig | dict | None = None
                                          flag_tags]).list.unique(maintain_order=True)).to_series()
         rows = rows.with_columns(tags.alias("tags"))
 
-    # ledger: one row per dropped row, with every filter that hit it
-    hits_list = frame.select(pl.concat_list([
+    # ledger: one row per dropped row, with every filter that hit it (built on the
+    # dropped rows only)
+    sub = frame.filter(drop)
+    hits_list = sub.select(pl.concat_list([
         pl.when(pl.col(c)).then(pl.lit(c.removesuffix(".hit"))).otherwise(None) for c in hit_cols]
-    ).list.drop_nulls().alias("h"))["h"] if hit_cols else pl.Series("h", [[]] * n, dtype=pl.List(pl.String))
-    details = frame.select(pl.concat_list([
+    ).list.drop_nulls().alias("h"))["h"] if hit_cols and sub.height else pl.Series("h", [], dtype=pl.List(pl.String))
+    details = sub.select(pl.concat_list([
         pl.when(pl.col(f"{x}.detail").is_not_null()).then(pl.lit(x + ": ") + pl.col(f"{x}.detail")).otherwise(None)
-        for x in names]).list.drop_nulls().list.join("; ").alias("d"))["d"] if names else pl.Series([""] * n)
-    dropped = pl.DataFrame({"row_id": df["id"], "rule": rule, "score": rule_score, "h": hits_list,
-                            "d": details, "drop": drop}).filter(pl.col("drop"))
+        for x in names]).list.drop_nulls().list.join("; ").alias("d"))["d"] if names and sub.height \
+        else pl.Series("d", [], dtype=pl.String)
+    dropped = pl.DataFrame({"row_id": df["id"].filter(drop), "rule": rule.filter(drop),
+                            "score": rule_score.filter(drop), "h": hits_list, "d": details})
     ledger = new_ledger(
         row_id=dropped["row_id"], stage=["filter"] * dropped.height, rule=dropped["rule"],
         score=dropped["score"],
         detail=dropped.select(pl.struct(filters=pl.col("h"), detail=pl.col("d")).struct.json_encode())
         .to_series() if dropped.height else pl.Series([], dtype=pl.String))
 
+    rewritten = changed & ~drop
+    if bool(rewritten.any()):
+        rows = reid_rows(rows, rewritten)
     kept = rows.filter(~drop)
-    if bool((changed & ~drop).any()):
-        kept = with_ids(kept)
 
     # report
     per_filter: dict[str, Any] = {}

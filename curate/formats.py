@@ -28,8 +28,10 @@ keys inside message lists.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import json
+import re
 
 import duckdb
 import polars as pl
@@ -167,11 +169,17 @@ def plan_for(con: duckdb.DuckDBPyConnection, fmt: str, mapping: dict[str, str],
 
 # --- SQL building blocks ----------------------------------------------------------------
 #
-# Each record is parsed once: ``from_json(raw, {every key: JSON})`` gives every
-# top-level field as JSON text, whose type is its first character (``jt``). A
-# message list is parsed once more into turns whose role/content are again JSON
-# text. Checks and conversion are list expressions over those: no record is
-# parsed a third time, and nothing runs per row in Python.
+# Two tiers, both one SQL query over all records, nothing per row in Python:
+#
+# - exact: ``from_json(raw, {every key: JSON})`` gives every top-level field as JSON
+#   text whose type is its first character (``jt``); a message list is parsed into
+#   turns with JSON leaves (to check each is a string) and with VARCHAR leaves (the
+#   values). Every check has its own reason, first failing one wins.
+# - fast: one typed parse per record (message lists as LIST(STRUCT(role, content))
+#   VARCHAR leaves); a regex on the raw text flags records where a checked key
+#   has a non-string value (the typed parse would coerce it), and the role order
+#   is checked as one comma-joined string. It only says accept or not; records
+#   it does not accept go through the exact tier (``convert``).
 
 _WS = "E' \\t\\n\\r'"
 
@@ -205,8 +213,12 @@ class _Query:
     """Collects the columns of the extraction query, stage by stage, and the
     checks in the order they are tried (the first failing one is the reason)."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, fast: bool = False) -> None:
         self.plan = plan
+        self.fast = fast
+        self.typed: dict[str, Any] = {}  # fast mode: top-level key -> type in the first parse
+        self.suspect_keys: set[str] = set()  # fast mode: keys whose non-string value sends a row to the exact path
+        self.fast_ok: list[str] = []  # fast mode: conditions a message field must meet to be accepted here
         self.top: list[str] = []    # top-level keys to pull out of raw
         self.s1: list[str] = []     # from the parsed record f
         self.s2: list[str] = []     # from s1
@@ -225,9 +237,17 @@ class _Query:
         return expr
 
     def string_field(self, name: str, column: str, required: bool) -> None:
-        self.s1 += [f"{self.access(column)} AS {name}_j"]
-        self.s2 += [f"jt({name}_j) AS {name}_t",
-                    f"json_extract_string({name}_j, '$') AS {name}_s"]
+        if self.fast:
+            # typed VARCHAR in the first parse; a non-string value is caught by
+            # the suspect regex and the row re-checked on the exact path
+            self.typed[column] = "VARCHAR"
+            self.suspect_keys.add(column)
+            self.s1 += [f"{self.access(column)} AS {name}_s"]
+            self.s2 += [f"CASE WHEN {name}_s IS NULL THEN NULL ELSE 'VARCHAR' END AS {name}_t"]
+        else:
+            self.s1 += [f"{self.access(column)} AS {name}_j"]
+            self.s2 += [f"jt({name}_j) AS {name}_t",
+                        f"json_extract_string({name}_j, '$') AS {name}_s"]
         label = _lit(column)
         if required:
             self.checks.append((f"{name}_t IS NULL OR {name}_t = 'NULL'", f"'missing field ' || {label}"))
@@ -243,39 +263,73 @@ class _Query:
         turns dropped, see ``{name}_keep``), 'response' (assistant turns only)."""
         rk, ck = self.plan.role_key, self.plan.content_key
         label = _lit(column)
-        acc = self.access(column)
-        self.s1 += [f"{acc} AS {name}_j"]
-        self.s2 += [
-            f"jt({name}_j) AS {name}_t",
-            f"CASE jt({name}_j) WHEN 'ARRAY' THEN {name}_j "
-            + (f"WHEN 'OBJECT' THEN json_array({name}_j) "
-               f"WHEN 'VARCHAR' THEN json_array(json_object({_lit(rk)}, {_lit(string_role)}, {_lit(ck)}, {name}_j)) "
-               if string_role else "")
-            + f"END AS {name}_norm",
-        ]
-        # Two parses of the turns: with JSON leaves (to check each leaf is a string)
-        # and with VARCHAR leaves (the values). Both are cheaper than per-leaf
-        # json_extract_string, which measured ~2x slower.
-        self.s3 += [
-            f"from_json({name}_norm, {_lit(json.dumps([{rk: 'JSON', ck: 'JSON'}]))}) AS {name}_turns",
-            f"from_json({name}_norm, {_lit(json.dumps([{rk: 'VARCHAR', ck: 'VARCHAR'}]))}) AS {name}_typed",
-        ]
+        typed_schema = json.dumps([{rk: "VARCHAR", ck: "VARCHAR"}])
         e_r, e_c = f"e.{_ident(rk)}", f"e.{_ident(ck)}"
         known = "('system', 'user', 'assistant', 'tool')"
-        self.s4 += [
-            f"list_position(list_transform({name}_turns, lambda e: e IS NULL OR ({e_r} IS NULL AND {e_c} IS NULL)), true) AS {name}_nonobj",
-            f"list_position(list_transform({name}_turns, lambda e: NOT coalesce(starts_with({e_r}::VARCHAR, '\"'), false)), true) AS {name}_badrole",
-            f"list_position(list_transform({name}_turns, lambda e: NOT coalesce(starts_with({e_c}::VARCHAR, '\"'), false)), true) AS {name}_badcontent",
-            f"list_transform({name}_typed, lambda e: CASE WHEN {e_r} IN {known} THEN {e_r} ELSE role_norm({e_r}) END) AS {name}_r",
-            f"list_transform({name}_typed, lambda e: {e_c}) AS {name}_c",
-        ]
+        if self.fast:
+            # Fast path: one typed parse; missing/null leaves come back NULL and
+            # non-string leaves are caught by the suspect regex (exact path).
+            self.suspect_keys |= {rk, ck}
+            if string_role is None:
+                self.typed[column] = [{rk: "VARCHAR", ck: "VARCHAR"}]
+                self.s1 += [f"{self.access(column)} AS {name}_typed"]
+                self.s2 += [f"CASE WHEN {name}_typed IS NULL THEN NULL ELSE 'ARRAY' END AS {name}_t"]
+            else:
+                self.s1 += [f"{self.access(column)} AS {name}_j"]
+                self.s2 += [f"jt({name}_j) AS {name}_t", self._norm(name, string_role)]
+                self.s3 += [f"from_json({name}_norm, {_lit(typed_schema)}) AS {name}_typed"]
+            # Accept-or-not in a few passes: one over the turns (null or blank
+            # leaves), the roles as one string checked with string/regex ops.
+            # Whatever is not accepted here is judged by the exact checks.
+            role = f"CASE WHEN {e_r} IN {known} THEN {e_r} ELSE role_norm({e_r}) END"
+            self.s4 += [
+                f"list_bool_or(list_transform({name}_typed, lambda e: e IS NULL OR {e_r} IS NULL OR {e_c} IS NULL "
+                f"OR regexp_full_match({e_c}, '\\s*'))) AS {name}_holes",
+                f"',' || array_to_string(list_transform({name}_typed, lambda e: {role}), ',') || ',' AS {name}_rs",
+                f"list_transform({name}_typed, lambda e: {{'role': {role}, 'content': {e_c}}}) AS {name}_msgs",
+            ]
+            rs = f"{name}_rs"
+            shape = {
+                "conversation": "(,system)*,user(,(user|assistant|tool))*,assistant,",
+                "prompt": "(,system)*,user((,(user|assistant|tool))*,(user|tool))?,",
+                "prompt-strip": "(,system)*,user(,(user|assistant|tool))*,",
+                "response": "(,assistant)+,",
+            }[purpose]
+            ok = (f"{name}_typed IS NOT NULL AND len({name}_typed) > 0 AND NOT {name}_holes "
+                  f"AND regexp_full_match({rs}, {_lit(shape)})")
+            if purpose != "response":
+                ok += f" AND NOT contains({rs}, ',user,user,') AND NOT contains({rs}, ',assistant,assistant,')"
+            self.fast_ok.append(f"({ok})")
+            if purpose == "prompt-strip":
+                # the exact tier checks what is left after the strip
+                keep = (f"len({name}_typed) + 1 - coalesce(list_position(list_reverse(list_transform({name}_msgs, "
+                        f"lambda x: x.role <> 'assistant')), true), len({name}_typed) + 1)")
+                self.fast_ok.append(f"({keep} > 0 AND {name}_msgs[{keep}].role IN ('user', 'tool'))")
+            return
+        else:
+            self.s1 += [f"{self.access(column)} AS {name}_j"]
+            self.s2 += [f"jt({name}_j) AS {name}_t", self._norm(name, string_role)]
+            # Two parses of the turns: with JSON leaves (to check each leaf is a
+            # string) and with VARCHAR leaves (the values); per-leaf
+            # json_extract_string measured ~2x slower.
+            self.s3 += [
+                f"from_json({name}_norm, {_lit(json.dumps([{rk: 'JSON', ck: 'JSON'}]))}) AS {name}_turns",
+                f"from_json({name}_norm, {_lit(typed_schema)}) AS {name}_typed",
+            ]
+            self.s4 += [
+                f"list_position(list_transform({name}_turns, lambda e: e IS NULL OR ({e_r} IS NULL AND {e_c} IS NULL)), true) AS {name}_nonobj",
+                f"list_position(list_transform({name}_turns, lambda e: NOT coalesce(starts_with({e_r}::VARCHAR, '\"'), false)), true) AS {name}_badrole",
+                f"list_position(list_transform({name}_turns, lambda e: NOT coalesce(starts_with({e_c}::VARCHAR, '\"'), false)), true) AS {name}_badcontent",
+                f"list_transform({name}_typed, lambda e: CASE WHEN {e_r} IN {known} THEN {e_r} ELSE role_norm({e_r}) END) AS {name}_r",
+                f"list_transform({name}_typed, lambda e: {e_c}) AS {name}_c",
+            ]
         r, c = f"{name}_r", f"{name}_c"
         allowed = "('ARRAY', 'OBJECT', 'VARCHAR')" if string_role else "('ARRAY')"
         self.checks += [
             (f"{name}_t IS NULL OR {name}_t = 'NULL'", f"'missing field ' || {label}"),
             (f"{name}_t NOT IN {allowed}",
              f"{label} || ' must be a list of turns, got ' || {_TYPE_WORD.format(t=f'{name}_t')}"),
-            (f"len({name}_turns) = 0", f"'empty ' || {label}"),
+            (f"len({name}_typed) = 0", f"'empty ' || {label}"),
             (f"{name}_nonobj IS NOT NULL", f"{label} || ' turn ' || {name}_nonobj || ' is not a turn object'"),
             (f"{name}_badrole IS NOT NULL",
              f"{label} || ' turn ' || {name}_badrole || ' has no string ' || {_lit(repr(rk))}"),
@@ -324,8 +378,20 @@ class _Query:
                  f"'prompt ' || {label} || ' does not end with a user turn (ends with ' || {r}[{keep}] || ')'"),
             ]
 
+    def _norm(self, name: str, string_role: str | None) -> str:
+        """The field as a JSON list of turns: a list as is; one turn object or a
+        plain string (a turn of ``string_role``) wrapped, where allowed."""
+        rk, ck = self.plan.role_key, self.plan.content_key
+        return (f"CASE jt({name}_j) WHEN 'ARRAY' THEN {name}_j "
+                + (f"WHEN 'OBJECT' THEN json_array({name}_j) "
+                   f"WHEN 'VARCHAR' THEN json_array(json_object({_lit(rk)}, {_lit(string_role)}, {_lit(ck)}, {name}_j)) "
+                   if string_role else "")
+                + f"END AS {name}_norm")
+
     def turns(self, name: str, keep: str | None = None) -> str:
         """The validated turns of a message field as LIST(STRUCT(role, content))."""
+        if self.fast:
+            return f"{name}_msgs" if keep is None else f"({name}_msgs)[1:{keep}]"
         r, c = f"{name}_r", f"{name}_c"
         n = keep or f"len({r})"
         return f"list_transform(range(1, {n} + 1), lambda i: {{'role': {r}[i], 'content': {c}[i]}})"
@@ -333,11 +399,18 @@ class _Query:
 
 # --- conversion ----------------------------------------------------------------------------
 
-def build_query(plan: Plan) -> str:
-    """The extraction SQL for ``plan`` over table ``recs``. Result columns:
+def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | None:
+    """The extraction SQL for ``plan`` over table ``source``. Result columns:
     source_line, raw, reason, kind, messages, chosen, rejected, domain, doctype,
-    task, tags, extra."""
-    q = _Query(plan)
+    task, tags, extra.
+
+    ``fast``: the common-case query (one typed parse per record). Its reason is
+    only "accept or not": rows it does not accept go through the exact query,
+    which names the precise reason. None if the plan has no fast form (nested
+    --map columns)."""
+    if fast and any("." in c for c in plan.columns.values()):
+        return None
+    q = _Query(plan, fast)
     fmt = plan.fmt
     chosen_sql = rejected_sql = _NULL_MSGS
     system_sql = _EMPTY
@@ -402,8 +475,9 @@ def build_query(plan: Plan) -> str:
         col = plan.col(plan.columns.get("_prompt_source", "prompt"))
         q.message_field("pr", col, purpose="prompt-strip", string_role="user")
         system_sql = optional_system()
-        keep = ("(len(pr_r) + 1 - coalesce(list_position(list_reverse(list_transform(pr_r, "
-                "lambda x: x <> 'assistant')), true), len(pr_r) + 1))")
+        roles = "list_transform(pr_msgs, lambda x: x.role)" if fast else "pr_r"
+        keep = (f"(len({roles}) + 1 - coalesce(list_position(list_reverse(list_transform({roles}, "
+                f"lambda x: x <> 'assistant')), true), len({roles}) + 1))")
         messages_sql = f"list_concat({system_sql}, {q.turns('pr', keep)})"
         kind = "prompt"
     else:
@@ -449,16 +523,27 @@ def build_query(plan: Plan) -> str:
                  "list_concat(xt, CASE WHEN len(xm) > 0 THEN [{'k': 'meta', 'v': to_json(map_from_entries(xm))}] "
                  "ELSE [] END))) AS VARCHAR) END")
 
-    schema = _lit(json.dumps({k: "JSON" for k in q.top}))
-    reason = "CASE " + " ".join(f"WHEN {cond} THEN {why}" for cond, why in q.checks) + " END"
+    schema = _lit(json.dumps({k: q.typed.get(k, "JSON") for k in q.top}))
+    checks = list(q.checks)
+    sus = "false"
+    if fast and q.suspect_keys:
+        # A string-typed key whose value is not a string (number, bool, list,
+        # object) would be coerced by the typed parse: such rows take the exact path.
+        keys = "|".join(re.escape(k) for k in sorted(q.suspect_keys))
+        pattern = '"(?:' + keys + r')"\s*:\s*[^"\sn]'
+        sus = f"regexp_matches(raw, {_lit(pattern)})"
+        checks.insert(0, ("sus", "'suspect'"))
+    if fast:
+        checks += [(f"NOT coalesce({ok}, false)", "'not accepted by the fast tier'") for ok in q.fast_ok]
+    reason = "CASE " + " ".join(f"WHEN {cond} THEN {why}" for cond, why in checks) + " END"
     return f"""
-    WITH p AS (SELECT source_line, raw, from_json(raw, {schema}) AS f FROM recs),
-         s1 AS (SELECT source_line, raw, f, {', '.join(q.s1)} FROM p),
-         s2 AS (SELECT *, {', '.join(q.s2)} FROM s1),
-         s3 AS (SELECT *, {', '.join(q.s3)} FROM s2),
-         s4 AS (SELECT *, {', '.join(q.s4 or ['NULL AS _none'])} FROM s3),
+    WITH p AS (SELECT source_line, raw, from_json(raw, {schema}) AS f, {sus} AS sus FROM {source}),
+         s1 AS (SELECT source_line, raw, f, sus, {', '.join(q.s1)} FROM p),
+         s2 AS (SELECT *, {', '.join(q.s2 or ['NULL AS _s2'])} FROM s1),
+         s3 AS (SELECT *, {', '.join(q.s3 or ['NULL AS _s3'])} FROM s2),
+         s4 AS (SELECT *, {', '.join(q.s4 or ['NULL AS _s4'])} FROM s3),
          r AS (SELECT *, {reason} AS reason FROM s4)
-    SELECT source_line, raw, reason,
+    SELECT source_line, CASE WHEN reason IS NOT NULL THEN raw END AS raw, reason,
            {_lit(kind)} AS kind,
            CASE WHEN reason IS NULL THEN {messages_sql} END AS messages,
            CASE WHEN reason IS NULL THEN {chosen_sql} END AS chosen,
@@ -471,9 +556,27 @@ def build_query(plan: Plan) -> str:
 
 
 def convert(con: duckdb.DuckDBPyConnection, plan: Plan) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(rows without ids, rejected records with reason) for table ``recs``."""
+    """(rows without ids, rejected records with reason) for table ``recs``.
+
+    Two tiers: the fast query accepts the clean majority with one typed parse per
+    record; the records it does not accept (bad or merely unusual, e.g. a
+    non-string value somewhere under a checked key) are re-run through the exact
+    query, which decides and names the reason. Both share the checks, so a record
+    the fast tier accepts is one the exact tier would accept."""
     install_macros(con)
-    out = con.sql(build_query(plan)).pl()
+    fast_sql = build_query(plan, fast=True)
+    if fast_sql is None:
+        out = con.sql(build_query(plan)).pl()
+    else:
+        first = con.sql(fast_sql).pl()
+        redo = first.filter(pl.col("reason").is_not_null()).select("source_line")
+        out = first.filter(pl.col("reason").is_null())
+        if redo.height:
+            con.register("redo_lines", redo)
+            con.execute("CREATE OR REPLACE TEMP TABLE recs_redo AS SELECT * FROM recs "
+                        "WHERE source_line IN (SELECT source_line FROM redo_lines)")
+            exact = con.sql(build_query(plan, source="recs_redo")).pl()
+            out = pl.concat([out, exact], how="vertical_relaxed").sort("source_line")
     bad = out.filter(pl.col("reason").is_not_null()).select("source_line", "reason", "raw")
     good = out.filter(pl.col("reason").is_null()).drop("reason", "raw")
     return good, bad

@@ -133,7 +133,8 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
             good = good.with_columns(pl.lit(source).alias("source_file"))
             n_in = recs.rows_in
             # Nothing disappears: every record of the file is a row or a quarantine entry.
-            assert n_in == good.height + q.height, (path, n_in, good.height, q.height)
+            if n_in != good.height + q.height:
+                raise AssertionError(f"{path}: {n_in} records in != {good.height} accepted + {q.height} quarantined")
             frames.append(good)
             quarantines.append(q)
             per_file.append({"path": str(path), "file_type": recs.file_type, "format": label,
@@ -149,7 +150,8 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
 
     rows_in = sum(f["rows_in"] for f in per_file)
     accepted, quarantined = rows.height, quarantine.height
-    assert rows_in == accepted + quarantined, (rows_in, accepted, quarantined)
+    if rows_in != accepted + quarantined:
+        raise AssertionError(f"{rows_in} records in != {accepted} accepted + {quarantined} quarantined")
     reasons = dict(Counter(_reason_key(r) for r in quarantine["reason"].to_list()).most_common())
 
     if strict and quarantined:

@@ -14,9 +14,9 @@ compared with any datasketch sketch. (The ``legacy`` scheme -- Mersenne prime
 
 Text -> shingles (shared by every function here, and by :func:`shingles`):
 
-1. normalise with polars: lowercase, every run of non-word characters (Unicode
-   ``\\W``) becomes one space, strip -- so punctuation and spacing do not hide
-   a duplicate;
+1. normalise (:func:`normalize`): lowercase, every run of non-word characters
+   (anything but Python's Unicode ``\\w``) becomes one space, strip -- so case,
+   punctuation and spacing do not hide a duplicate;
 2. ``unit='word'``: the n-grams of words joined by one space; ``unit='char'``:
    the n-grams of characters of the normalised text. A text shorter than ``n``
    units gives one shingle (the whole normalised text); an empty text none.
@@ -32,6 +32,7 @@ sets: a 64-bit collision inside one pair of short documents has probability
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -49,6 +50,26 @@ UNITS = ("word", "char")
 #: Rows per kernel call: bounds the memory of normalised text and raw shingle
 #: hashes; results do not depend on it.
 DEFAULT_BATCH = 32768
+
+
+#: Below this many rows a kernel runs on one thread: launching numba's thread
+#: pool costs ~0.1 ms on an idle machine but tens of ms on an oversubscribed one
+#: (the launch waits for every worker to be scheduled), which dominated
+#: one-text calls such as :func:`shingles`.
+SMALL = 2048
+
+
+@contextlib.contextmanager
+def _threads_for(n: int):
+    if n >= SMALL:
+        yield
+        return
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
 
 
 # --- text -> normalised UTF-8 bytes --------------------------------------------------
@@ -189,10 +210,11 @@ def _normalize_buffers(buf: np.ndarray, offs: np.ndarray) -> tuple[np.ndarray, n
     n = offs.shape[0] - 1
     ooffs = np.zeros(n + 1, np.int64)
     dummy = np.zeros(0, np.uint8)
-    _normalize_kernel(buf, offs, word, lower, ooffs, dummy, False)
-    np.cumsum(ooffs, out=ooffs)
-    out = np.empty(int(ooffs[-1]), np.uint8)
-    _normalize_kernel(buf, offs, word, lower, ooffs, out, True)
+    with _threads_for(n):
+        _normalize_kernel(buf, offs, word, lower, ooffs, dummy, False)
+        np.cumsum(ooffs, out=ooffs)
+        out = np.empty(int(ooffs[-1]), np.uint8)
+        _normalize_kernel(buf, offs, word, lower, ooffs, out, True)
     return out, ooffs
 
 
@@ -236,13 +258,14 @@ def _bswap32(x):
 def _rotl(x, n):
     return np.uint32((x << np.uint32(n)) | (x >> np.uint32(32 - n)))
 
+
 @numba.njit(cache=True)
-def _sha1_64(buf, s, e, w):
-    """First 8 bytes of SHA-1(buf[s:e]) read little-endian (= datasketch's
-    ``sha1_hash64``; its low 32 bits are ``sha1_hash32``). ``w``: uint32[80]
-    scratch. A plain SHA-1 (FIPS 180-4) in uint32 arithmetic (each sum is cast
-    back to uint32 because numba widens integer arithmetic); numba has no
-    hashlib, and calling hashlib per shingle is what makes datasketch slow."""
+def _sha1_words(buf, s, e, w):
+    """SHA-1 state words h0..h3 of buf[s:e] (the first 16 digest bytes, big-endian
+    words). ``w``: uint32[80] scratch. A plain SHA-1 (FIPS 180-4) in uint32
+    arithmetic (each sum is cast back to uint32 because numba widens integer
+    arithmetic); numba has no hashlib, and calling hashlib once per shingle is
+    what makes datasketch slow."""
     h0 = np.uint32(0x67452301); h1 = np.uint32(0xEFCDAB89); h2 = np.uint32(0x98BADCFE)
     h3 = np.uint32(0x10325476); h4 = np.uint32(0xC3D2E1F0)
     L = e - s
@@ -290,8 +313,15 @@ def _sha1_64(buf, s, e, w):
             t = np.uint32(_rotl(a, 5) + (b ^ c ^ d) + ee + np.uint32(0xCA62C1D6) + w[i])
             ee = d; d = c; c = _rotl(b, 30); b = a; a = t
         h0 = np.uint32(h0 + a); h1 = np.uint32(h1 + b); h2 = np.uint32(h2 + c); h3 = np.uint32(h3 + d); h4 = np.uint32(h4 + ee)
-    x0 = np.uint64(h0); x1 = np.uint64(h1)
-    return _bswap32(x0) | (_bswap32(x1) << np.uint64(32))
+    return h0, h1, h2, h3
+
+
+@numba.njit(cache=True)
+def _sha1_64(buf, s, e, w):
+    """First 8 bytes of SHA-1(buf[s:e]) read little-endian (= datasketch's
+    ``sha1_hash64``; its low 32 bits are ``sha1_hash32``)."""
+    h0, h1, _h2, _h3 = _sha1_words(buf, s, e, w)
+    return _bswap32(np.uint64(h0)) | (_bswap32(np.uint64(h1)) << np.uint64(32))
 
 
 @numba.njit(cache=True)
@@ -318,19 +348,26 @@ def _count_shingles(buf, offs, ngram, char_unit):
 
 
 @numba.njit(cache=True, parallel=True)
-def _hash_shingles(buf, offs, ngram, char_unit, starts, out, uniq):
+def _hash_shingles(buf, offs, ngram, char_unit, starts, out, uniq, digest):
     """SHA-1 every shingle of every document into ``out[starts[i]:starts[i+1]]``,
     sort each document's slice and move its unique values to the front;
-    ``uniq[i]`` = number of unique values."""
+    ``uniq[i]`` = number of unique values. ``digest[i]``: the first 16 bytes of
+    SHA-1 of the whole (normalised) text, for exact dedup (skipped if
+    ``digest`` has no rows)."""
     n = offs.shape[0] - 1
+    with_digest = digest.shape[0] == n
     for i in numba.prange(n):
         s = offs[i]
         e = offs[i + 1]
         o = starts[i]
         m = starts[i + 1] - o
+        w = np.empty(80, np.uint32)
+        if with_digest:
+            h0, h1, h2, h3 = _sha1_words(buf, s, e, w)
+            digest[i, 0] = (np.uint64(h0) << np.uint64(32)) | np.uint64(h1)
+            digest[i, 1] = (np.uint64(h2) << np.uint64(32)) | np.uint64(h3)
         if m == 0:
             continue
-        w = np.empty(80, np.uint32)
         # unit boundaries: pos[k] = byte where unit k starts, pos[units] = end (+1 for words)
         pos = np.empty(e - s + 2, np.int64)
         units = 0
@@ -407,6 +444,9 @@ class Sketches:
     sig: np.ndarray
     hashes: np.ndarray
     hoffs: np.ndarray
+    #: (n, 2) uint64: first 16 bytes of SHA-1 of each normalised text
+    #: (``sketch(..., digests=True)``), else None.
+    digest: np.ndarray | None = None
 
     @property
     def sizes(self) -> np.ndarray:
@@ -427,18 +467,22 @@ def _check(ngram: int, unit: str, num_perm: int) -> None:
 
 def sketch(texts: Sequence[str] | pl.Series, num_perm: int = 128, ngram: int = 3, seed: int = 1,
            unit: str = "word", batch_size: int = DEFAULT_BATCH,
-           progress_cb=None, normalized: bool = False) -> Sketches:
+           progress_cb=None, normalized: bool = False, digests: bool = False) -> Sketches:
     """Signatures and verification hashes of every text (see module docstring).
 
     ``batch_size`` bounds peak memory; the result is the same for any value.
     ``progress_cb(done_rows)`` is called after each batch. ``normalized``:
     the texts already went through :func:`normalize` (saves a second pass).
+    ``digests``: also a 128-bit digest of each normalised text (exact dedup).
+    Texts are normalised batch by batch, so the normalised corpus never sits
+    in memory at once.
     """
     _check(ngram, unit, num_perm)
     series = _as_series(texts)
     n = series.len()
     a, b = permutations(num_perm, seed)
     sig = np.empty((n, num_perm), np.uint32)
+    digest = np.empty((n if digests else 0, 2), np.uint64)
     hash_parts: list[np.ndarray] = []
     size_parts: list[np.ndarray] = []
     char_unit = unit == "char"
@@ -453,11 +497,13 @@ def sketch(texts: Sequence[str] | pl.Series, num_perm: int = 128, ngram: int = 3
         np.cumsum(counts, out=starts[1:])
         raw = np.empty(starts[-1], np.uint64)
         uniq = np.zeros(hi - lo, np.int64)
-        _hash_shingles(buf, offs, ngram, char_unit, starts, raw, uniq)
         hoffs = np.zeros(hi - lo + 1, np.int64)
-        np.cumsum(uniq, out=hoffs[1:])
-        hashes = np.empty(hoffs[-1], np.uint64)
-        _compact_and_sign(raw, starts, uniq, a, b, hoffs, hashes, sig[lo:hi])
+        with _threads_for(hi - lo):
+            _hash_shingles(buf, offs, ngram, char_unit, starts, raw, uniq,
+                           digest[lo:hi] if digests else digest)
+            np.cumsum(uniq, out=hoffs[1:])
+            hashes = np.empty(hoffs[-1], np.uint64)
+            _compact_and_sign(raw, starts, uniq, a, b, hoffs, hashes, sig[lo:hi])
         del raw, buf, offs
         hash_parts.append(hashes)
         size_parts.append(uniq)
@@ -467,7 +513,7 @@ def sketch(texts: Sequence[str] | pl.Series, num_perm: int = 128, ngram: int = 3
     hoffs = np.zeros(n + 1, np.int64)
     np.cumsum(sizes, out=hoffs[1:])
     hashes = np.concatenate(hash_parts) if hash_parts else np.zeros(0, np.uint64)
-    return Sketches(sig=sig, hashes=hashes, hoffs=hoffs)
+    return Sketches(sig=sig, hashes=hashes, hoffs=hoffs, digest=digest if digests else None)
 
 
 def signatures(texts: Sequence[str] | pl.Series, num_perm: int = 128, ngram: int = 3, seed: int = 1,
@@ -482,8 +528,8 @@ def signatures(texts: Sequence[str] | pl.Series, num_perm: int = 128, ngram: int
 def shingles(text: str, ngram: int = 3, unit: str = "word") -> set[bytes]:
     """The shingle set of one text, as UTF-8 bytes (what to feed datasketch).
 
-    Normalises through the same polars expression as :func:`sketch`, so the
-    two always agree."""
+    Normalises through the same kernel as :func:`sketch`, so the two always
+    agree (the tests check both against datasketch)."""
     _check(ngram, unit, 2)
     norm = normalize([text])[0]
     if not norm:
@@ -579,14 +625,14 @@ def _greedy(bucket, order, hashes, hoffs, threshold):
     head = np.full(nb, -1, np.int64)
     nxt = np.full(bands * n, -1, np.int64)
     stamp = np.full(n, -1, np.int64)
-    rank = np.empty(n, np.int64)
-    for p in range(n):
+    rank = np.full(n, n, np.int64)
+    for p in range(order.shape[0]):
         rank[order[p]] = p
     partner = np.full(n, -1, np.int64)
     sim = np.zeros(n, np.float64)
     checked = 0
     eps = 1e-12
-    for p in range(n):
+    for p in range(order.shape[0]):
         d = order[p]
         nd = hoffs[d + 1] - hoffs[d]
         if nd == 0:
@@ -623,7 +669,8 @@ def _greedy(bucket, order, hashes, hoffs, threshold):
 def greedy_dedup(sk: Sketches, threshold: float = 0.8, order: np.ndarray | None = None,
                  fp_weight: float = 0.5) -> tuple[np.ndarray, np.ndarray, dict]:
     """Near-duplicate removal over sketches, in keep-priority ``order``
-    (default: row order). Returns ``partner`` (int64, -1 = kept; else the kept
+    (default: row order; rows missing from ``order`` take no part -- e.g. rows
+    an exact stage already removed). Returns ``partner`` (int64, -1 = kept; else the kept
     row this one duplicates), ``similarity`` (its verified Jaccard) and stats.
     Every removed row has a verified Jaccard >= threshold with its partner,
     which is itself kept."""
@@ -632,13 +679,14 @@ def greedy_dedup(sk: Sketches, threshold: float = 0.8, order: np.ndarray | None 
         order = np.arange(n, dtype=np.int64)
     order = np.ascontiguousarray(order, dtype=np.int64)
     if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0), {"bands": 0, "rows": 0, "verified_pairs": 0}
+        return np.zeros(0, np.int64), np.zeros(0), {"bands": 0, "rows_per_band": 0, "verified_pairs": 0}
     bands, rows = lsh_params(float(threshold), sk.sig.shape[1], fp_weight)
-    keys = _band_keys(sk.sig, bands, rows)
+    with _threads_for(n):
+        keys = _band_keys(sk.sig, bands, rows)
     bucket = _bucket_ids(keys)
     del keys
     partner, sim, checked = _greedy(bucket, order, sk.hashes, sk.hoffs, float(threshold))
-    return partner, sim, {"bands": bands, "rows": rows, "verified_pairs": int(checked)}
+    return partner, sim, {"bands": bands, "rows_per_band": rows, "verified_pairs": int(checked)}
 
 
 @numba.njit(cache=True)
@@ -691,13 +739,14 @@ def _verify(pairs_a, pairs_b, hashes, hoffs):
 
 def jaccard_pairs(sk: Sketches, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Exact Jaccard (on 64-bit shingle hashes) of row pairs of one Sketches."""
-    return _verify(np.ascontiguousarray(left, np.int64), np.ascontiguousarray(right, np.int64),
-                   sk.hashes, sk.hoffs)
+    with _threads_for(len(left)):
+        return _verify(np.ascontiguousarray(left, np.int64), np.ascontiguousarray(right, np.int64),
+                       sk.hashes, sk.hoffs)
 
 
 def cross_matches(queries: Sequence[str] | pl.Series, corpus: Sequence[str] | pl.Series,
                   threshold: float = 0.8, num_perm: int = 128, ngram: int = 3, unit: str = "word",
-                  seed: int = 1, fp_weight: float = 0.3) -> pl.DataFrame:
+                  seed: int = 1, fp_weight: float = 0.01) -> pl.DataFrame:
     """Every (query, corpus) pair with exact shingle Jaccard >= threshold among
     the LSH candidates: columns ``query_idx``, ``corpus_idx`` (int64) and
     ``jaccard`` (float64), sorted by query then corpus index. Used to keep test
@@ -711,7 +760,8 @@ def cross_matches(queries: Sequence[str] | pl.Series, corpus: Sequence[str] | pl
     if nq == 0 or c.len() == 0:
         return empty
     bands, rows = lsh_params(float(threshold), num_perm, fp_weight)
-    keys = _band_keys(both.sig, bands, rows)
+    with _threads_for(len(both)):
+        keys = _band_keys(both.sig, bands, rows)
     qkeys = np.ascontiguousarray(keys[:, :nq])
     ckeys = keys[:, nq:]
     corder = np.argsort(ckeys, axis=1, kind="stable")

@@ -52,12 +52,12 @@ class Records:
 
     path: str
     file_type: str
-    table: pl.DataFrame
+    table: pa.Table  # Arrow, so DuckDB scans it without a copy
     quarantine: pl.DataFrame
 
     @property
     def rows_in(self) -> int:
-        return self.table.height + self.quarantine.height
+        return self.table.num_rows + self.quarantine.height
 
 
 def quarantine_frame(source_file: str, lines: list[int], reasons: list[str], raws: list[str]) -> pl.DataFrame:
@@ -114,12 +114,16 @@ def read_records(path: str | Path) -> Records:
         except (OSError, EOFError, zlib.error) as exc:
             raise BakeoffError(f"{name}: not a readable gzip file ({exc})") from None
     if ftype == "jsonl":
-        return Records(name, ftype, *_read_jsonl(name, data))
-    if ftype == "json":
-        return Records(name, ftype, *_read_json(name, data))
-    if ftype in ("csv", "tsv"):
-        return Records(name, ftype, *_read_csv(name, data, "\t" if ftype == "tsv" else ","))
-    return Records(name, ftype, *_read_parquet(name, data))
+        table, q = _read_jsonl(name, data)
+    elif ftype == "json":
+        table, q = _read_json(name, data)
+    elif ftype in ("csv", "tsv"):
+        table, q = _read_csv(name, data, "\t" if ftype == "tsv" else ",")
+    else:
+        table, q = _read_parquet(name, data)
+    if isinstance(table, pl.DataFrame):
+        table = table.to_arrow()
+    return Records(name, ftype, table, q)
 
 
 # --- UTF-8 --------------------------------------------------------------------------
@@ -153,7 +157,7 @@ def _line_offsets(data: bytes) -> np.ndarray:
 
 # --- JSON Lines ---------------------------------------------------------------------
 
-def _read_jsonl(name: str, data: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _read_jsonl(name: str, data: bytes) -> tuple[pa.Table, pl.DataFrame]:
     if data.startswith(codecs.BOM_UTF8):
         data = b"   " + data[3:]  # keep offsets; blanks are skipped like whitespace
     offsets = _line_offsets(data)
@@ -206,7 +210,12 @@ def _read_jsonl(name: str, data: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
     if drop.any():
         table = table.filter(pa.array(~drop))
     quarantine = quarantine_frame(name, q_lines, q_reasons, q_raws).sort("source_line")
-    return pl.from_arrow(table), quarantine
+    return table, quarantine
+
+
+def _msg(exc: json.JSONDecodeError) -> str:
+    # Python's messages can end in " at" ("Unterminated string starting at")
+    return exc.msg[:-3] if exc.msg.endswith(" at") else exc.msg
 
 
 def _json_error(raw: str) -> str:
@@ -214,7 +223,7 @@ def _json_error(raw: str) -> str:
     try:
         json.loads(raw)
     except json.JSONDecodeError as exc:
-        return f"malformed JSON: {exc.msg} at column {exc.colno}"
+        return f"malformed JSON: {_msg(exc)} at column {exc.colno}"
     except RecursionError:
         return "malformed JSON: nested too deeply"
     return "malformed JSON"
@@ -226,7 +235,7 @@ _WS = re.compile(r"[ \t\n\r]*")
 _SURROGATE = re.compile("[\udc80-\udcff]")
 
 
-def _read_json(name: str, data: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _read_json(name: str, data: bytes) -> tuple[pa.Table | pl.DataFrame, pl.DataFrame]:
     text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
     start = _WS.match(text).end()
     if text[start:start + 1] == "{":
@@ -245,7 +254,7 @@ def _read_json(name: str, data: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
     return _json_elements(name, text, start + 1, single=False)
 
 
-def _json_elements(name: str, text: str, pos: int, single: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _json_elements(name: str, text: str, pos: int, single: bool) -> tuple[pa.Table | pl.DataFrame, pl.DataFrame]:
     """Walk the elements of a JSON array with ``raw_decode`` (C speed per element)
     to keep each element's text and starting line. JSON arrays are not the hot
     path; JSONL is."""
@@ -272,7 +281,7 @@ def _json_elements(name: str, text: str, pos: int, single: bool) -> tuple[pl.Dat
             # Everything from here on cannot be split into records: quarantine it
             # as one record so nothing disappears silently.
             q_lines.append(line)
-            q_reasons.append(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; "
+            q_reasons.append(f"malformed JSON: {_msg(exc)} at line {exc.lineno} column {exc.colno}; "
                              "the rest of the file could not be parsed")
             q_raws.append(text[pos:].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
             break

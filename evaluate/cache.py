@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS eval_scores (
 CREATE TABLE IF NOT EXISTS eval_models (
     weights_digest VARCHAR PRIMARY KEY, label VARCHAR, path VARCHAR, run_id VARCHAR,
     experiment VARCHAR, step BIGINT, kind VARCHAR, base_model VARCHAR, datasets VARCHAR,
-    parent_run_id VARCHAR, is_base BOOLEAN, meta VARCHAR, updated_at TIMESTAMP);
+    parent_run_id VARCHAR, is_base BOOLEAN, meta VARCHAR, template VARCHAR, updated_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS eval_runs (
     testset VARCHAR, testset_digest VARCHAR, weights_digest VARCHAR, template VARCHAR,
     gen_config VARCHAR, settings VARCHAR, n_items INTEGER, seconds DOUBLE, generated INTEGER,
@@ -174,14 +174,23 @@ def weights_digest(path: str | Path, ws: Workspace | None = None) -> str:
 
 
 def register_model(ws: Workspace, digest: str, label: str, path: str, meta: dict[str, Any],
-                   is_base: bool = False) -> None:
+                   is_base: bool = False, template: str | None = None) -> None:
     """Record what a weights digest is (latest description wins)."""
     with connect(ws) as con:
         con.execute(
-            "INSERT OR REPLACE INTO eval_models VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO eval_models VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [digest, label, str(path), meta.get("run_id"), meta.get("experiment_name"), meta.get("step"),
              meta.get("kind"), meta.get("base_model"), json.dumps(meta.get("datasets") or []),
-             meta.get("parent_run_id"), is_base, json.dumps(meta, default=str), _now()])
+             meta.get("parent_run_id"), is_base, json.dumps(meta, default=str), template, _now()])
+
+
+def model_template(ws: Workspace, digest: str) -> str | None:
+    """The prompt template id recorded for a weights digest. The digest covers the
+    tokenizer files, so a known digest's template is known without loading its
+    tokenizer."""
+    with connect(ws) as con:
+        row = con.execute("SELECT template FROM eval_models WHERE weights_digest = ?", [digest]).fetchone()
+    return row[0] if row else None
 
 
 # --- outputs -------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
@@ -60,36 +59,26 @@ def run_cmd(testset: str, checkpoints: tuple[str, ...], experiment: str | None, 
       bakeoff evaluate run --testset fin-test@v1 --checkpoints runs/fin/abc123 --batch-size 16
       bakeoff evaluate run --testset fin-test@v1 --experiment fin --base-model smollm2
     """
-    from bakeoff.console import emit, log
-    from bakeoff.evaluate.discover import base_models, find_checkpoints
+    from bakeoff.console import emit
+    from bakeoff.evaluate.api import evaluate_checkpoints
     from bakeoff.evaluate.generate import GenerationSettings
-    from bakeoff.evaluate.items import load_items
-    from bakeoff.evaluate.runner import evaluate_models
-    from bakeoff.evaluate.scorers import RewardScorer
-    from bakeoff.workspace import BakeoffError
 
     ws = get_workspace()
-    targets = [t for c in (*checkpoints, *extra_checkpoints) for t in c.split()]
-    if not targets and not experiment:
-        raise BakeoffError("nothing to evaluate: pass --checkpoints PATH_OR_RUN... or --experiment NAME")
-    specs = find_checkpoints(ws, targets, experiment) if (targets or experiment) else []
-    specs = base_models(ws, specs, base_model) + specs
-    if not specs:
-        raise BakeoffError("no checkpoints found")
-    reward = RewardScorer(reward_model, device=(devices or "").split(",")[0] or None) if reward_model else None
-    version, items = load_items(ws, testset, reward.digest if reward else None)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature,
                                   seed=seed, batch_size=batch_size)
-    log(f"evaluating {len(specs)} models on {version.ref} ({items.height} items)")
-    results = evaluate_models(ws, version, items, specs, settings,
-                              devices=[d.strip() for d in devices.split(",")] if devices else None,
-                              reward=reward, loglik=not no_loglik)
+    results = evaluate_checkpoints(
+        ws, testset, [t for c in (*checkpoints, *extra_checkpoints) for t in c.split()], experiment,
+        base_model, settings, devices=[d.strip() for d in devices.split(",")] if devices else None,
+        reward_model=reward_model, loglik=not no_loglik)
+    version = ws.resolve(testset)
     result = {"testset": version.ref, "models": [r.to_dict() for r in results]}
     board = None
     if then_rank:
         from bakeoff.evaluate.rank import build_leaderboard
+        from bakeoff.evaluate.scorers import RewardScorer
 
-        board = build_leaderboard(ws, version.ref, reward=reward)
+        board = build_leaderboard(ws, version.ref, experiment=experiment,
+                                  reward=RewardScorer(reward_model) if reward_model else None)
         result["leaderboard"] = board.to_json()
 
     def render(_: dict) -> None:
@@ -135,21 +124,11 @@ def rank_cmd(testset: str, experiment: str | None, html_path: str | None, n_boot
       bakeoff evaluate rank --testset fin-test@v1
       bakeoff evaluate rank --testset fin-test@v1 --experiment fin --html board.html --json
     """
-    from bakeoff.console import emit, log
-    from bakeoff.evaluate.rank import build_leaderboard
-    from bakeoff.evaluate.report import dataset_lineage, log_to_mlflow, render_html, render_terminal
-    from bakeoff.evaluate.scorers import RewardScorer
+    from bakeoff.console import emit
+    from bakeoff.evaluate.api import rank_checkpoints
+    from bakeoff.evaluate.report import render_terminal
 
     ws = get_workspace()
-    reward = RewardScorer(reward_model) if reward_model else None
-    board = build_leaderboard(ws, testset, experiment=experiment, n_boot=n_boot, seed=seed, reward=reward)
-    safe = board.testset.replace("@", "_")
-    path = Path(html_path) if html_path else ws.reports_dir() / f"leaderboard-{safe}.html"
-    render_html(board, path, dataset_lineage(ws, board))
-    log(f"HTML report: {path}")
-    result = board.to_json(with_items=with_items)
-    result["html"] = str(path)
-    if to_mlflow:
-        result["mlflow_run_id"] = log_to_mlflow(ws, board, path)
-
+    board, info = rank_checkpoints(ws, testset, experiment, html_path, to_mlflow, n_boot, seed, reward_model)
+    result = {**board.to_json(with_items=with_items), **info}
     emit(result, as_json, lambda _: render_terminal(board))

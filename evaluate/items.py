@@ -68,8 +68,9 @@ def load_items(ws: Workspace, testset: str, reward_digest: str | None = None) ->
                                    "scorer": pl.String})
     df = df.join(spec_df, on="scoring", how="left", nulls_equal=True)
 
-    # Digests: canonical JSON by polars, sha256 by DuckDB (vectorized, as in schema.with_ids).
-    canon = df.select(pl.struct("prompt").struct.json_encode().alias("p")).with_columns(
+    # Digests: canonical JSON by polars, sha256 by DuckDB (vectorized, as in
+    # schema.with_ids); DuckDB reads the local frame `canon` by name.
+    canon = df.select(pl.struct("prompt").struct.json_encode().alias("p")).with_columns(  # noqa: F841
         pl.concat_str([pl.col("p"), df["reference"].fill_null(""), df["scoring_norm"]],
                       separator="\u0000").alias("i"))
     digests = duckdb.sql("SELECT left(sha256(p), 32) AS pd, left(sha256(i), 32) AS idg FROM canon").pl()

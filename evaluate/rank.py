@@ -153,7 +153,9 @@ def build_leaderboard(ws: Workspace, testset: str, experiment: str | None = None
     for run in runs.iter_rows(named=True):
         label = run["label"] or run["weights_digest"][:12]
         try:
-            scored, _ = score_items(ws, items, run["weights_digest"], run["template"], run["gen_config"], reward)
+            with cache.connect(ws):  # one catalog connection per model, not one per query
+                scored, _ = score_items(ws, items, run["weights_digest"], run["template"], run["gen_config"],
+                                        reward)
         except BakeoffError as exc:
             excluded.append({"label": label, "reason": str(exc)})
             continue
@@ -198,7 +200,7 @@ def build_leaderboard(ws: Workspace, testset: str, experiment: str | None = None
     board = Leaderboard(version.ref, version.digest, items.height, stats.test, [entries[j] for j in order],
                         slices, tasks, excluded=excluded, warnings=warnings)
     _explain_winner(board, items, S, [entries[j].label for j in range(len(entries))], stats.leader, outputs,
-                    max_listed)
+                    max_listed, stats.rank)
     return board
 
 
@@ -218,7 +220,7 @@ def _logliks(ws: Workspace, items: pl.DataFrame, runs: list[dict[str, Any]]) -> 
 
 
 def _explain_winner(board: Leaderboard, items: pl.DataFrame, S: np.ndarray, labels: list[str], leader: int,
-                    outputs: list[dict[str, str]], max_listed: int) -> None:
+                    outputs: list[dict[str, str]], max_listed: int, rank: np.ndarray) -> None:
     """Where the winner loses: items and slices, plus items checkpoints disagree on."""
     ids = items["id"].to_list()
     meta = items.select("id", "slice", "task", "prompt", "reference").to_dicts()
@@ -226,10 +228,13 @@ def _explain_winner(board: Leaderboard, items: pl.DataFrame, S: np.ndarray, labe
     win = S[:, leader]
     best_other = S[:, others].max(axis=1) if others else win
     losses = np.nonzero(best_other > win + 1e-12)[0]
-    losses = losses[np.argsort(-(best_other[losses] - win[losses]), kind="stable")]
+    # Largest loss first; among equal losses, items more models get right first.
+    n_beat = (S[:, others] > win[:, None] + 1e-12).sum(axis=1) if others else np.zeros(len(win))
+    losses = losses[np.lexsort((-n_beat[losses], -(best_other[losses] - win[losses])))]
     for i in losses[:max_listed]:
-        beaten_by = [labels[j] for j in others if S[i, j] > win[i] + 1e-12]
-        best_j = max(others, key=lambda j: S[i, j])
+        beaten_by = sorted((j for j in others if S[i, j] > win[i] + 1e-12), key=lambda j: rank[j])
+        best_j = max(others, key=lambda j: (S[i, j], -rank[j]))  # ties: the better-ranked model
+        beaten_by = [labels[j] for j in beaten_by]
         board.winner_losses.append({
             "id": ids[i], "slice": meta[i]["slice"], "task": meta[i]["task"],
             "prompt": _short(_prompt_text(meta[i]["prompt"])), "reference": _short(meta[i]["reference"]),

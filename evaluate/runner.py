@@ -2,8 +2,8 @@
 
 For each model: identify it by its weights digest, look up which prompts already
 have an output under (digest, template, generation config), generate only the
-rest in batches (each batch stored as it finishes, so an interruption loses at
-most one batch), then score every item whose score under the current scorer
+rest in batches (stored as they finish, see ``cache.BatchWriter``: an exception
+loses nothing finished, a hard kill at most ``flush_seconds`` of work), then score every item whose score under the current scorer
 version is missing, from stored outputs. A model whose outputs are all stored is
 never loaded.
 """
@@ -107,11 +107,11 @@ def evaluate_model(ws: Workspace, version: Version, items: pl.DataFrame, spec: M
                    progress: Any = None, flush_seconds: float = 1.0) -> EvalResult:
     """Evaluate one model on every item, through the cache (see module docstring)."""
     t0 = time.perf_counter()
-    template = spec.template_id or load_template_id(spec.path)
     gen_config = settings.digest()
     with cache.connect(ws):  # one catalog connection for the lookups
         digest = spec.digest or cache.weights_digest(spec.path, ws)
-        cache.register_model(ws, digest, spec.label, spec.path or "", spec.meta, spec.is_base)
+        template = spec.template_id or cache.model_template(ws, digest) or load_template_id(spec.path)
+        cache.register_model(ws, digest, spec.label, spec.path or "", spec.meta, spec.is_base, template)
         done = cache.stored_prompts(ws, digest, template, gen_config)
         ll_done = cache.stored_logliks(ws, digest, template) if loglik else set()
     prompts = items.unique("prompt_digest", keep="first", maintain_order=True)

@@ -64,17 +64,17 @@ def tokens(text: str | None) -> list[str]:
 _SCALES = {
     "thousand": 1e3, "k": 1e3, "thousands": 1e3,
     "million": 1e6, "mn": 1e6, "mm": 1e6, "m": 1e6, "millions": 1e6,
-    "billion": 1e9, "bn": 1e9, "b": 1e9, "billions": 1e9,
-    "trillion": 1e12, "tn": 1e12, "t": 1e12,
+    "billion": 1e9, "bn": 1e9, "billions": 1e9,
+    "trillion": 1e12, "tn": 1e12, "trillions": 1e12,
 }
 _NUMBER = re.compile(
     r"""(?P<neg_paren>\()?\s*
         (?P<sign>[-+−–])?\s*
         (?P<cur>[$€£¥])?\s*
-        (?P<num>\d{1,3}(?:[,\u202f\u00a0 ]\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)
+        (?P<num>\d{1,3}(?:[,\u202f\u00a0 ]\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)
         \s*(?P<close>\))?
         (?:\s*(?P<pct>%|percent\b|per\s+cent\b)
-          |\s*(?P<scale>thousands?|millions?|billions?|trillion|mn|bn|tn|k|mm|m|b|t)\b)?
+          |\s*(?P<scale>thousands?|millions?|billions?|trillions?|mn|bn|tn|k|mm|m)\b)?
     """,
     re.IGNORECASE | re.VERBOSE,
 )
@@ -189,16 +189,22 @@ def score_rouge_l(pred: str, ref: str, opts: dict[str, Any]) -> float:
     return _f1(p, r, lcs_length(p, r))
 
 
+def _label_norm(text: str | None) -> str:
+    """Labels compare without case, punctuation, and with ``_``/``-`` as spaces
+    (``limitation_of_liability`` == "Limitation of liability")."""
+    return re.sub(r"[\s_\-]+", " ", normalize(text)).strip()
+
+
 def _choice_of(text: str, choices: Sequence[str]) -> str | None:
     """Which choice an answer names: an exact (normalised) match, else the choice
     mentioned as a whole word — earliest in the text, longest on ties."""
-    norm = normalize(text)
-    by_norm = {normalize(c): c for c in choices}
+    norm = _label_norm(text)
+    by_norm = {_label_norm(c): c for c in choices}
     if norm in by_norm:
         return by_norm[norm]
     hits = []
     for c in choices:
-        m = re.search(r"(?<!\w)" + re.escape(normalize(c)) + r"(?!\w)", norm)
+        m = re.search(r"(?<!\w)" + re.escape(_label_norm(c)) + r"(?!\w)", norm)
         if m:
             hits.append((m.start(), -len(c), c))
     return min(hits)[2] if hits else None
@@ -209,7 +215,7 @@ def score_choice(pred: str, ref: str, opts: dict[str, Any]) -> float:
     if not choices:
         return score_exact(pred, ref, opts)
     picked = _choice_of(pred, choices)
-    return float(picked is not None and normalize(picked) == normalize(ref))
+    return float(picked is not None and _label_norm(picked) == _label_norm(ref))
 
 
 _FIELD_LINE = re.compile(r"^\s*[-*]?\s*\"?([A-Za-z_][\w .\-/]*?)\"?\s*[:=]\s*(.*?)\s*,?\s*$")
@@ -278,7 +284,7 @@ SCORERS: dict[str, Scorer] = {
     "numeric": Scorer("numeric", "1", score_numeric, True),
     "token_f1": Scorer("token_f1", "1", score_token_f1, False),
     "rouge_l": Scorer("rouge_l", "1", score_rouge_l, False),
-    "choice": Scorer("choice", "1", score_choice, True),
+    "choice": Scorer("choice", "2", score_choice, True),
     "fields": Scorer("fields", "1", score_fields, False),
     "reward": Scorer("reward", "1", None, False),
 }

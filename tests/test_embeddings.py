@@ -98,6 +98,22 @@ def test_compaction_keeps_every_vector(ws, monkeypatch):
     np.testing.assert_allclose(v, E.HashingEmbedder().encode(texts), atol=1e-6)
 
 
+def test_concurrent_writers_share_one_cache(ws, monkeypatch):
+    """Threads filling the same cache (with compaction racing) lose nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(E, "COMPACT_AT", 2)
+    texts = [f"shared text {i}" for i in range(60)]
+    chunks = [texts[i:i + 20] for i in range(0, 60, 10)]  # overlapping slices
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda c: E.embed_texts(c, ws, model="hashing", batch_size=5), chunks))
+    expected = E.HashingEmbedder().encode(texts)
+    for i, r in enumerate(results):
+        np.testing.assert_allclose(r, expected[i * 10:i * 10 + 20], atol=1e-6)
+    E.embed_texts(texts, ws, model="hashing")
+    assert E.last_stats.computed == 0
+
+
 def test_empty_input(ws):
     assert E.embed_texts([], ws, model="hashing").shape == (0, 384)
 

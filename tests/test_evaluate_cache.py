@@ -49,9 +49,10 @@ def test_resume_after_interruption_does_not_regenerate(ws, testset):
     version, items = testset
     spec, gen = fake("A", fail_after=2)
     with pytest.raises(GeneratorInterrupted):
-        evaluate_model(ws, version, items, spec, SETTINGS, loglik=False, flush_seconds=0)
+        # default buffering: the batches finished before the exception are written on the way out
+        evaluate_model(ws, version, items, spec, SETTINGS, loglik=False)
     done = cache.stored_prompts(ws, "digest-A", "scripted-v1", SETTINGS.digest())
-    assert len(done) == 8  # two batches of four were stored before the failure
+    assert len(done) == 8  # the two batches of four finished before the failure
     first = set(gen.generated)
 
     # The interrupted model is not ranked (its outputs do not cover the test set).
@@ -162,3 +163,71 @@ def test_batched_generation_matches_one_at_a_time(tmp_path):
     assert [n for _, n in lb] == [n for _, n in ls]
     assert [v for v, _ in lb] == pytest.approx([v for v, _ in ls], abs=1e-3)
     assert lb[2] == (0.0, 0) and all(v < 0 for v, n in lb if n)
+
+
+def test_several_devices_evaluate_models_in_parallel(ws, testset):
+    """--devices: each model gets a device no other running model holds."""
+    import threading
+
+    from bakeoff.evaluate.runner import evaluate_models
+
+    version, items = testset
+    busy: dict[str, int] = {}
+    lock = threading.Lock()
+    clashes = []
+
+    def factory(label):
+        class Gen(ScriptedGenerator):
+            def generate(self, prompts):
+                with lock:
+                    if busy.get(self.device, 0):
+                        clashes.append(self.device)
+                    busy[self.device] = busy.get(self.device, 0) + 1
+                import time
+                time.sleep(0.01)
+                with lock:
+                    busy[self.device] -= 1
+                return super().generate(prompts)
+
+        def make(settings, device):
+            g = Gen(RIGHT)
+            g.device = device
+            return g
+        return ModelSpec(label, digest=f"digest-{label}", template_id="scripted-v1", generator_factory=make)
+
+    results = evaluate_models(ws, version, items, [factory(x) for x in "ABCD"], SETTINGS,
+                              devices=["dev0", "dev1"], loglik=False)
+    assert [r.label for r in results] == list("ABCD") and all(r.generated == N for r in results)
+    assert clashes == []
+
+
+def test_adapter_checkpoint_digest_covers_its_base(ws, tmp_path):
+    """A LoRA adapter is identified by its files and its base model's weights: the
+    same adapter files on another base are another model."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from bakeoff.evaluate.discover import find_checkpoints
+
+    bases = [save_tiny_causal_lm(tmp_path / f"base{k}", seed=k) for k in (1, 2)]
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(bases[0]),
+                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ckpts = []
+    for k, base in enumerate(bases):
+        ckpt = ws.runs_dir() / "exp" / f"run{k}" / "checkpoint-5"
+        model.save_pretrained(ckpt)
+        (ckpt / "bakeoff_checkpoint.json").write_text(json.dumps(
+            {"run_id": f"run{k}", "experiment_name": "exp", "step": 5, "kind": "sft", "base_model": str(base),
+             "datasets": []}))
+        ckpts.append(ckpt)
+    d0, d1 = (cache.weights_digest(c, ws) for c in ckpts)
+    assert d0 != d1 and d0 != cache.weights_digest(bases[0], ws)
+    specs = find_checkpoints(ws, [], experiment="exp")
+    assert [s.label for s in specs] == ["run0@5", "run1@5"]
+    commit_testset(ws, "ts", ITEMS[:2])
+    version, items = load_items(ws, "ts@v1")
+    res = evaluate_model(ws, version, items, specs[0], GenerationSettings(batch_size=2, max_new_tokens=3),
+                         device="cpu", loglik=False)
+    assert res.generated == 2 and res.weights_digest == d0

@@ -88,3 +88,23 @@ def test_versions_and_specs():
     assert scorer_version({"method": "reward"}, "r1") != scorer_version({"method": "reward"}, "r2")
     with pytest.raises(BakeoffError):
         score_one("x", "y", {"method": "reward"})
+
+
+def test_realistic_demo_answers():
+    """Answer styles a model gives to the demo test set's references."""
+    spec = {"method": "numeric", "scale": 1e6, "tolerance": 0.005, "abs_tolerance": 0.005}
+    for pred in ("3.7", "€3.7 million", "3,700,000", "EUR 3.7m", "The answer is 3.70."):
+        assert score_one(pred, "€3.7 million", spec) == 1.0, pred
+    for pred in ("-9.8", "(9.8)", "−€9.8 million", "a decrease of -9.8 million"):
+        assert score_one(pred, "€-9.8 million", spec) == 1.0, pred
+    assert score_one("3.8", "€3.7 million", spec) == 0.0
+    choices = {"method": "choice", "choices": ["confidentiality", "limitation_of_liability", "non_compete"]}
+    assert score_one("Limitation of liability", "limitation_of_liability", choices) == 1.0
+    assert score_one("This is a non-compete clause.", "non_compete", choices) == 1.0
+    assert score_one("limitation_of_liability", "confidentiality", choices) == 0.0
+    ref = "vendor: Nordic Coffee Roasters AB\ndocument_number: INV-2025-09324\ndate: 2025-02-03\ncurrency: SEK\ntotal: 75.7"
+    fields = {"method": "fields", "fields": ["currency", "date", "document_number", "total", "vendor"]}
+    pred = ('{"vendor": "Nordic Coffee Roasters AB", "document_number": "INV-2025-09324", '
+            '"date": "2025-02-03", "currency": "SEK", "total": "75.70"}')
+    assert score_one(pred, ref, fields) == 1.0
+    assert score_one(pred.replace("09324", "09325"), ref, fields) == pytest.approx(0.8)

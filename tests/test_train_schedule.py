@@ -30,7 +30,7 @@ def test_schedule_hold_and_peak_window():
     assert (s.warmup_steps, s.hold_steps) == (5, 10)
     assert all(s(i) == 1.0 for i in range(4, 15)) and s(15) < 1.0
     assert s(49) == pytest.approx(0.5)
-    assert not s.at_peak(2) and s.at_peak(10) and not s.at_peak(49)
+    assert not s.at_peak(2) and s.at_peak(4) and s.at_peak(10) and not s.at_peak(49)
 
 
 def test_practice_warnings():

@@ -36,10 +36,14 @@ def _cfg(ref, **kw):
     return SFTRunConfig(**base)
 
 
-def _history(run_id, key):
+def _client(r):
     import mlflow
 
-    hist = mlflow.MlflowClient().get_metric_history(run_id, key)
+    return mlflow.MlflowClient(tracking_uri=r.tracking_uri)
+
+
+def _history(r, key):
+    hist = _client(r).get_metric_history(r, key)
     by_step = {}
     for m in sorted(hist, key=lambda m: m.timestamp):
         by_step[m.step] = m.value  # last write wins (a resumed run re-logs its tail)
@@ -47,11 +51,18 @@ def _history(run_id, key):
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, model_cache):
-    from bakeoff.train.sft import train_sft
+def mws(tmp_path_factory):
+    """One workspace for the module: each new MLflow store costs seconds of schema set-up."""
     from bakeoff.workspace import Workspace
 
-    ws = Workspace(tmp_path_factory.mktemp("ws"))
+    return Workspace(tmp_path_factory.mktemp("ws"))
+
+
+@pytest.fixture(scope="module")
+def full_run(mws, model_cache):
+    from bakeoff.train.sft import train_sft
+
+    ws = mws
     ref = commit(ws, "fin", sft_rows(32))
     result = train_sft(ws, _cfg(ref, hypothesis="tiny model learns the pattern"))
     return ws, ref, result
@@ -59,7 +70,7 @@ def full_run(tmp_path_factory, model_cache):
 
 def test_sft_loss_falls_and_checkpoints(full_run):
     ws, ref, r = full_run
-    losses, steps = _history(r.run_id, "loss")
+    losses, steps = _history(r, "loss")
     assert steps == list(range(1, 11))
     assert losses[-1] < losses[0] * 0.8
     assert [Path(c).name for c in r.checkpoints] == ["checkpoint-5", "checkpoint-10"]
@@ -76,7 +87,7 @@ def test_sft_loss_falls_and_checkpoints(full_run):
 
 def test_sft_learning_rate_metric_has_warmup_stepdown_floor(full_run):
     _, _, r = full_run
-    lrs, steps = _history(r.run_id, "learning_rate")
+    lrs, steps = _history(r, "learning_rate")
     assert steps == list(range(1, 11))  # every optimizer step
     peak = 3e-3
     # warm-up: 20 % of 10 steps = 2 steps rising to the peak
@@ -92,7 +103,7 @@ def test_sft_mlflow_lineage(full_run):
     import mlflow
 
     ws, ref, r = full_run
-    run = mlflow.MlflowClient().get_run(r.run_id)
+    run = _client(r).get_run(r.run_id)
     v = ws.resolve(ref)
     inputs = run.inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == [ref]
@@ -121,17 +132,18 @@ def test_sft_checkpoint_loads_and_note(full_run):
     res = note(ws, r.run_id, "loss fell; pattern learnt")
     import mlflow
 
-    tags = mlflow.MlflowClient().get_run(r.run_id).data.tags
+    tags = _client(r).get_run(r.run_id).data.tags
     assert tags["bakeoff.conclusion"] == "loss fell; pattern learnt"
     assert "Hypothesis: tiny model learns the pattern" in tags["mlflow.note.content"]
     assert res["experiment_name"] == "exp"
 
 
-def test_lora_run_adapter_checkpoint_loads_merged(ws, model_cache):
+def test_lora_run_adapter_checkpoint_loads_merged(mws, model_cache):
     from bakeoff.train.models import load_causal_lm
     from bakeoff.train.sft import train_sft
 
-    ref = commit(ws, "fin", sft_rows(8))
+    ws = mws
+    ref = commit(ws, "fin-lora", sft_rows(8))
     r = train_sft(ws, _cfg(ref, lora=True, lr=2e-4, max_steps=2, save_steps=2, warmup=0.05,
                                 experiment_name="lora"))
     ckpt = Path(r.checkpoints[-1])
@@ -141,18 +153,19 @@ def test_lora_run_adapter_checkpoint_loads_merged(ws, model_cache):
     assert r.warnings == []  # 2e-4 is the usual LoRA LR
 
 
-def test_monitor_fires_on_too_high_lr(ws, model_cache):
+def test_monitor_fires_on_too_high_lr(mws, model_cache):
     import mlflow
 
     from bakeoff.train.sft import train_sft
 
-    ref = commit(ws, "fin", sft_rows(16))
+    ws = mws
+    ref = commit(ws, "fin-hot", sft_rows(16))
     r = train_sft(ws, _cfg(ref, lr=30.0, max_steps=6, save_steps=6, warmup=1, experiment_name="hot"))
     assert r.lr_alerts, "a too-high LR should trip the monitor"
-    tags = mlflow.MlflowClient().get_run(r.run_id).data.tags
+    tags = _client(r).get_run(r.run_id).data.tags
     assert tags["bakeoff.lr_monitor"] == "warned"
     assert set(tags["bakeoff.lr_warning"].split(",")) & {"nan", "spike", "rising"}
-    assert mlflow.MlflowClient().get_metric_history(r.run_id, "lr_monitor_alert")
+    assert mlflow.MlflowClient().get_metric_history(r, "lr_monitor_alert")
 
 
 def test_assistant_only_labels_and_packing_positions(model_cache):
@@ -195,35 +208,40 @@ def test_packed_samples_do_not_attend_to_each_other(model_cache):
     packed = torch.cat([a, b]).unsqueeze(0)
     pos = torch.cat([torch.arange(len(a)), torch.arange(len(b))]).unsqueeze(0)
     with torch.no_grad():
-        lp = model(input_ids=packed, position_ids=pos).logits[0]
+        # use_cache=False as in training (TRL sets it): with a KV cache the
+        # packed-sequence mask is not derived from the position ids
+        lp = model(input_ids=packed, position_ids=pos, use_cache=False).logits[0]
+        crossed = model(input_ids=packed, use_cache=False).logits[0]
         la = model(input_ids=a.unsqueeze(0)).logits[0]
         lb = model(input_ids=b.unsqueeze(0)).logits[0]
     assert torch.allclose(lp[: len(a)], la, atol=1e-5)
     assert torch.allclose(lp[len(a):], lb, atol=1e-5)
+    assert not torch.allclose(crossed[len(a):], lb, atol=1e-3)  # without position ids they would mix
 
 
-def test_resume_continues_with_the_same_loss_curve(ws, model_cache):
+def test_resume_continues_with_the_same_loss_curve(mws, model_cache):
     from transformers import TrainerCallback
 
     from bakeoff.train.sft import train_sft
 
-    ref = commit(ws, "fin", sft_rows(24))
-    whole = train_sft(ws, _cfg(ref, max_steps=6, save_steps=2, experiment_name="whole", lora=True, lr=1e-2))
+    ws = mws
+    ref = commit(ws, "fin-resume", sft_rows(24))
+    whole = train_sft(ws, _cfg(ref, max_steps=4, save_steps=2, experiment_name="whole", lora=True, lr=1e-2))
 
     class Crash(TrainerCallback):
         def on_save(self, args, state, control, **kw):
             raise KeyboardInterrupt("simulated crash right after the first checkpoint")
 
     with pytest.raises(KeyboardInterrupt):
-        train_sft(ws, _cfg(ref, max_steps=6, save_steps=2, experiment_name="crash", lora=True, lr=1e-2),
+        train_sft(ws, _cfg(ref, max_steps=4, save_steps=2, experiment_name="crash", lora=True, lr=1e-2),
                   callbacks=[Crash()])
     resumed = train_sft(ws, _cfg(ref, experiment_name="crash", resume=True))
-    assert [Path(c).name for c in resumed.checkpoints] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
-    a, sa = _history(whole.run_id, "loss")
-    b, sb = _history(resumed.run_id, "loss")
-    assert sa == sb == list(range(1, 7))
+    assert [Path(c).name for c in resumed.checkpoints] == ["checkpoint-2", "checkpoint-4"]
+    a, sa = _history(whole, "loss")
+    b, sb = _history(resumed, "loss")
+    assert sa == sb == list(range(1, 5))
     assert b == pytest.approx(a, rel=1e-4)
-    la, _ = _history(whole.run_id, "learning_rate")
-    lb, _ = _history(resumed.run_id, "learning_rate")
+    la, _ = _history(whole, "learning_rate")
+    lb, _ = _history(resumed, "learning_rate")
     assert lb == pytest.approx(la)
     assert not any(math.isnan(x) for x in b)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import polars as pl
 
@@ -129,9 +130,10 @@ def paraphrase(text: str, r: random.Random, changes: int = 2) -> str:
     """A light paraphrase: ``changes`` words replaced by a synonym-ish word or swapped
     with their neighbour."""
     words = text.split(" ")
+    wordy = [i for i in range(1, len(words) - 1) if re.search(r"\w", words[i])]
     for _ in range(changes):
-        i = r.randrange(1, len(words) - 1)
-        if r.random() < 0.5:
+        i = r.choice(wordy)
+        if r.random() < 0.5 and words[i] != words[i + 1] and re.search(r"\w", words[i + 1]):
             words[i], words[i + 1] = words[i + 1], words[i]
         else:
             words[i] = r.choice(["approximately", "roughly", "overall", "reported", "indeed", "namely"])

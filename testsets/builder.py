@@ -16,8 +16,11 @@ training data is measured on embeddings two ways: the cosine between the domain'
 centroid and the training centroid, and the mean nearest-neighbour cosine of its
 rows to training rows. The second decides the band: by default relative to the
 in-domain baseline (the same figure for pool rows of training domains, or for
-training rows against the rest of training when the pool has none), so the same
-thresholds work for embedders whose cosines live on different scales.
+training rows against the rest of training when the pool has none or domains are
+clusters), so the same thresholds work for embedders whose cosines live on
+different scales. With clusters, a pool-only cluster as close to training as
+training is to itself (``in_domain_min``) is in-domain too: the same domain
+written by another template clusters apart from the training rows.
 
 Sampling is stratified by (slice, domain, task): each slice's target is shared
 equally among its strata, water-filling the share a small stratum cannot use into
@@ -71,6 +74,7 @@ class BuildConfig:
     band_mode: str = "relative"         # relative | absolute
     adjacent_min: float = 0.5
     far_max: float = 0.5
+    in_domain_min: float = 0.75         # clusters only: a pool-only cluster this close is in-domain
     adjacent: tuple[str, ...] = ()
     far: tuple[str, ...] = ()
     similarity_sample: int = 300        # pool rows per domain embedded for similarity
@@ -97,7 +101,8 @@ class BuildResult:
         rep = self.report
         return {
             "version": self.version.ref,
-            "slices": {s: {"size": v["size"], "domains": v["domains"]} for s, v in rep["slices"].items()},
+            "slices": {s: {"size": v["size"], "domains": v["domains"], "nn_cosine_mean": v["nn_cosine_mean"]}
+                       for s, v in rep["slices"].items()},
             "removed_as_contaminated": rep["contamination"]["removed"],
             "flagged_kept": rep["contamination"]["kept_flagged"],
             "train": rep["train"], "pools": rep["pools"],
@@ -201,14 +206,14 @@ def cluster_domains(train_emb: np.ndarray, cand_emb: np.ndarray, k: int | None, 
     return t_assign, c_assign, info
 
 
-def domain_similarity(train_emb: np.ndarray, dom_emb: np.ndarray, train_centroid: np.ndarray) -> dict[str, float]:
-    """Centroid cosine and mean nearest-neighbour cosine of one domain's rows."""
+def domain_similarity(dom_emb: np.ndarray, train_centroid: np.ndarray, nn_cos: np.ndarray) -> dict[str, float]:
+    """Centroid cosine and mean nearest-neighbour cosine (``nn_cos``: each row's
+    cosine to its nearest training row) of one domain's rows."""
     if dom_emb.shape[0] == 0:
         return {"centroid_cos": float("nan"), "nn_mean": float("nan")}
     c = dom_emb.mean(axis=0)
     c = c / (np.linalg.norm(c) or 1.0)
-    sims, _ = nearest_neighbours(dom_emb, train_emb, k=1)
-    return {"centroid_cos": float(c @ train_centroid), "nn_mean": float(np.mean(sims[:, 0]))}
+    return {"centroid_cos": float(c @ train_centroid), "nn_mean": float(np.mean(nn_cos))}
 
 
 def _train_self_baseline(train_emb: np.ndarray, sample: int, rng: np.random.Generator) -> float:
@@ -282,7 +287,7 @@ def build_testset(ws: Workspace, train_ref: str, pool_refs: list[str], name: str
 
     ``html``: where to write the HTML report ("auto" = ``ws.reports_dir()``, None = no HTML).
     """
-    from bakeoff.curate.embeddings import embed_texts
+    from bakeoff.curate.embeddings import embed_texts, resolve_model_name
 
     config = config or BuildConfig()
     if not pool_refs:
@@ -364,13 +369,14 @@ def build_testset(ws: Workspace, train_ref: str, pool_refs: list[str], name: str
     sample = cand.filter(pl.int_range(pl.len()).over("_domain", order_by="_rank") < config.similarity_sample)
     sample_emb = embed_texts(sample["_text"].to_list(), ws=ws, model=dcfg.embedding_model)
     sample_dom = sample["_domain"].to_numpy()
+    sample_nn = nearest_neighbours(sample_emb, train_emb, k=1)[0][:, 0]  # one index, one search
     dom_rows = dict(cand.group_by("_domain").len().iter_rows())
     domains: dict[str, dict[str, Any]] = {}
     for d in sorted(dom_rows):
-        sim = domain_similarity(train_emb, sample_emb[sample_dom == d], train_centroid)
+        sim = domain_similarity(sample_emb[sample_dom == d], train_centroid, sample_nn[sample_dom == d])
         domains[d] = {"domain": d, "pool_rows": dom_rows[d], "in_training": d in in_domain_set, **sim}
     in_nn = [v["nn_mean"] for v in domains.values() if v["in_training"]]
-    if in_nn:
+    if in_nn and use_labels:
         baseline = float(np.average(in_nn, weights=[v["pool_rows"] for v in domains.values() if v["in_training"]]))
         baseline_from = "in-domain pool rows"
     else:
@@ -384,7 +390,13 @@ def build_testset(ws: Workspace, train_ref: str, pool_refs: list[str], name: str
         v["relative"] = v["nn_mean"] / baseline if baseline > 0 else float("nan")
         score = v["relative"] if config.band_mode == "relative" else v["nn_mean"]
         if v["in_training"]:
-            v["slice"], v["why"] = "in-domain", "domain is in the training data"
+            v["slice"], v["why"] = "in-domain", ("domain is in the training data" if use_labels else
+                                                 "cluster holds its share of training rows")
+        elif not use_labels and score >= config.in_domain_min and d not in (*config.adjacent, *config.far):
+            # a cluster of pool rows only, but as close to training as training is to
+            # itself: the same domain written differently (another template, source)
+            v["in_training"] = True
+            v["slice"], v["why"] = "in-domain", f"cluster similarity {score:.3f} >= {config.in_domain_min}"
         elif d in config.adjacent:
             v["slice"], v["why"] = "adjacent", "forced (--adjacent)"
         elif d in config.far:
@@ -410,13 +422,20 @@ def build_testset(ws: Workspace, train_ref: str, pool_refs: list[str], name: str
                 warnings.append(msg)
             targets[s] = 0
 
+    if sum(targets.values()) == 0:
+        raise BakeoffError("nothing to sample: every slice's target is 0 or has no pool domain ("
+                           + ", ".join(f"{d}: {v['slice']}" for d, v in domains.items()) + ")")
+
     # --- exact training copies anywhere in the pool (cheap: a hash join)
     exact = check_contamination(cand.select("id", "kind", "messages", "chosen"), train,
                                 DecontamConfig(**{**asdict(dcfg), "signals": ("exact",)}), ws)
-    state = np.zeros(cand.height, np.int8)  # 0 unchecked, 1 clean, 2 flagged
+    # 0 unchecked, 1 clean, 2 flagged, 3 a training row (removed even with keep_flagged:
+    # the in-domain slice never holds a row of the training version)
+    state = np.zeros(cand.height, np.int8)
     exact_flag = exact.items["flagged"].to_numpy()
     checks: list[pl.DataFrame] = [exact.items.filter(pl.col("flagged"))]
-    state[exact_flag] = 2
+    checked: list[pl.DataFrame] = []
+    state[exact_flag] = 3
 
     # --- stratified sampling with decontamination and top-up
     cand = cand.with_row_index("_i")
@@ -424,7 +443,7 @@ def build_testset(ws: Workspace, train_ref: str, pool_refs: list[str], name: str
               .group_by("slice", "_domain", "task").agg(pl.col("_i").sort_by("_rank"))
               .sort("slice", "_domain", "task", nulls_last=True))
     order = {(s, d, t): np.asarray(ix, np.int64) for s, d, t, ix in strata.iter_rows()}
-    keep_ok = (lambda st: st >= 1) if config.keep_flagged else (lambda st: st == 1)
+    keep_ok = (lambda st: (st == 1) | (st == 2)) if config.keep_flagged else (lambda st: st == 1)
     cand_rows = cand.select("id", "kind", "messages", "chosen")
     full_cfg = DecontamConfig(**{**asdict(dcfg), "signals": tuple(s for s in dcfg.signals if s != "exact")})
     for _ in range(8):
@@ -447,9 +466,10 @@ def build_testset(ws: Workspace, train_ref: str, pool_refs: list[str], name: str
             break
         batch = np.sort(np.concatenate(to_check))
         log(f"testsets: decontaminating {batch.size} candidates")
-        res = check_contamination(cand_rows[batch], train, full_cfg, ws)
+        res = check_contamination(cand_rows[batch], train, full_cfg, ws, train_emb=train_emb)
         flagged = res.items["flagged"].to_numpy()
         state[batch] = np.where(flagged, 2, 1)
+        checked.append(res.items.select("id", "cosine", "ngram_len"))
         checks.append(res.items.filter(pl.col("flagged")))
         checks.append(res.items.filter(~pl.col("flagged") & (pl.col("ngram_len") >= dcfg.ngram_report)))
     # final selection
@@ -488,12 +508,16 @@ def build_testset(ws: Workspace, train_ref: str, pool_refs: list[str], name: str
     rows = conform(rows).select(out_cols).sort(["slice", "domain", "task", "id"], nulls_last=True)
 
     # --- ledger: every pool candidate removed as contaminated, with its training match
-    removed = flagged_only if (flagged_only.height and not config.keep_flagged) else None
-    if removed is None:
+    removed = flagged_only
+    if config.keep_flagged and removed.height:
+        removed = removed.filter(pl.col("signals").list.contains("exact"))
+    if not removed.height:
         ledger = new_ledger()
     else:
+        # ledger rows name the pool row (a preference row's id differs from its test item's)
+        removed = removed.join(cand.select("id", "pool_id"), on="id", how="left")
         ledger = new_ledger(**removed.select(
-            pl.col("id").alias("row_id"),
+            pl.col("pool_id").alias("row_id"),
             pl.lit("decontaminate").alias("stage"),
             pl.col("signals").list.join("+").alias("rule"),
             pl.col("ngram_len").cast(pl.Float64).alias("score"),
@@ -505,6 +529,11 @@ def build_testset(ws: Workspace, train_ref: str, pool_refs: list[str], name: str
 
     # --- report
     sizes = dict(rows.group_by("slice").len().iter_rows())
+    # per slice: how close its items are to their nearest training row
+    sims = rows.select("id", "slice").join(
+        pl.concat(checked).unique("id") if checked else pl.DataFrame(schema={"id": pl.String, "cosine": pl.Float64}),
+        on="id", how="left")
+    slice_cos = dict(sims.group_by("slice").agg(pl.col("cosine").fill_nan(None).mean()).iter_rows())
     slices_rep: dict[str, Any] = {}
     for s in SLICES:
         part = rows.filter(pl.col("slice") == s)
@@ -512,6 +541,7 @@ def build_testset(ws: Workspace, train_ref: str, pool_refs: list[str], name: str
             continue
         slices_rep[s] = {
             "size": part.height, "target": targets[s],
+            "nn_cosine_mean": None if slice_cos.get(s) is None else round(float(slice_cos[s]), 4),
             "domains": sorted(d for d, v in domains.items() if v["slice"] == s),
             "by_domain": dict(sorted(part.group_by("domain").len().iter_rows(), key=lambda x: str(x[0]))),
             "by_task": dict(sorted(part.group_by("task").len().iter_rows(), key=lambda x: str(x[0]))),
@@ -538,6 +568,7 @@ def build_testset(ws: Workspace, train_ref: str, pool_refs: list[str], name: str
         "labels_filled_from_nearest_domain": filled,
         "clusters": cluster_info,
         "baseline": {"nn_mean": round(baseline, 4), "from": baseline_from},
+        "embedding_model": resolve_model_name(dcfg.embedding_model),
         "domains": list(domains.values()),
         "slices": slices_rep,
         "targets": targets,
@@ -545,7 +576,7 @@ def build_testset(ws: Workspace, train_ref: str, pool_refs: list[str], name: str
         "scoring": method_counts(rows),
         "contamination": {
             "flagged": n_flagged,
-            "removed": 0 if config.keep_flagged else n_flagged,
+            "removed": ledger.height,
             "kept_flagged": int(rows["contamination"].is_not_null().sum()),
             "by_signal": {sig: int(flagged_only.filter(pl.col("signals").list.contains(sig)).height)
                           if flagged_only.height else 0 for sig in dcfg.signals},

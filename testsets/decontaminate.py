@@ -232,7 +232,7 @@ def longest_shared_ngram(test_texts: pl.Series, train_texts: pl.Series, config: 
             hi[sel[~ok]] = n - 1
     length[cand] = lo
     match[cand] = best
-    info = {"boilerplate_max_df": max_df, "ngram_lengths_indexed": sorted(index._cache),
+    info = {"boilerplate_max_df": max_df, "ngram_lengths_indexed": len(index._cache),
             "search_rounds": rounds}
     return length, match, info
 
@@ -419,3 +419,40 @@ def contamination_json(row: dict[str, Any]) -> str:
     """The ``contamination`` column of a kept-but-flagged item."""
     return json.dumps({k: row[k] for k in ("signals", "ngram_len", "minhash_jaccard", "cosine",
                                           "train_match_id")}, default=str)
+
+
+# --- checking an existing test set -------------------------------------------------------
+
+def check_testset(ws: Workspace, testset_ref: str, train_ref: str, config: DecontamConfig | None = None,
+                  html: str | None = None) -> dict[str, Any]:
+    """Run the contamination check on any test set version against a training
+    version — also a hand-written one brought in with ``data ingest`` (no slice,
+    reference or scoring columns needed: the text checked is the conversation).
+
+    Returns a JSON-ready report: ``flagged`` lists each flagged item id with the
+    signal(s) that flagged it and its training match; ``items`` the flagged and
+    n-gram-reported items with text snippets. ``html``: path, "auto" or None.
+    """
+    config = config or DecontamConfig()
+    test_v, train_v = ws.resolve(testset_ref), ws.resolve(train_ref)
+    test, train = ws.load(test_v), ws.load(train_v)
+    result = check_contamination(test, train, config, ws)
+    flagged = result.flagged
+    report: dict[str, Any] = {
+        "testset": test_v.ref, "train": train_v.ref,
+        "summary": {k: v for k, v in result.summary.items() if k != "config"},
+        "config": config.to_dict(),
+        "flagged": [
+            {"id": r["id"], "signals": r["signals"], "train_match_id": r["train_match_id"],
+             "ngram_len": r["ngram_len"], "minhash_jaccard": r["minhash_jaccard"], "cosine": r["cosine"]}
+            for r in flagged.iter_rows(named=True)],
+        "items": flagged_records(result, test, train),
+    }
+    if "slice" in test.columns and flagged.height:
+        report["flagged_by_slice"] = dict(
+            test.join(flagged.select("id"), on="id").group_by("slice").len().iter_rows())
+    if html:
+        from bakeoff.testsets.report import write_check_html
+
+        report["html"] = str(write_check_html(ws, report, None if html == "auto" else html))
+    return report

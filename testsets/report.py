@@ -36,11 +36,13 @@ def _slice_plot(slices: dict[str, Any]) -> str:
         ax.text(s, i, f" {s}", va="center", fontsize=9)
     ax.invert_yaxis()
     ax.set_xlabel("items")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlim(0, max([*sizes, *targets, 1]) * 1.15)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     return H.figure(fig, "slice sizes")
 
 
-def _similarity_plot(domains: list[dict[str, Any]], baseline: float | None) -> str:
+def _similarity_plot(domains: list[dict[str, Any]], baseline: float | None,
+                     adjacent_at: float | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,9 +58,11 @@ def _similarity_plot(domains: list[dict[str, Any]], baseline: float | None) -> s
     ax.set_yticks(list(y), [f"{d['domain']} ({d['slice']})" for d in doms], fontsize=8)
     if baseline:
         ax.axvline(baseline, color="#3b7dd8", ls="--", lw=1, label="in-domain baseline")
+    if adjacent_at:
+        ax.axvline(adjacent_at, color="#e08a1e", ls=":", lw=1.5, label="adjacent band starts")
     ax.invert_yaxis()
     ax.set_xlabel("cosine similarity to the training data")
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
     return H.figure(fig, "domain similarity")
 
 
@@ -89,18 +93,22 @@ def build_sections(report: dict[str, Any]) -> list[str]:
         sec.append(_slice_plot(slices))
     power = report["power"]["slices"]
     sec.append(H.table(
-        ["slice", "items", "target", "domains", "by task", "95% half-width at p=0.5", "enough?"],
+        ["slice", "items", "target", "domains", "by task", "mean NN cosine to training",
+         "95% half-width at p=0.5", "enough?"],
         [[s, v["size"], v.get("target"), ", ".join(map(str, v["domains"])),
-          ", ".join(f"{k}: {n}" for k, n in v["by_task"].items()),
+          ", ".join(f"{k}: {n}" for k, n in v["by_task"].items()), _fmt(v.get("nn_cosine_mean")),
           _fmt(power.get(s, {}).get("half_width")), "no" if power.get(s, {}).get("too_wide") else "yes"]
          for s, v in slices.items()],
         highlight=[i for i, s in enumerate(slices) if power.get(s, {}).get("too_wide")]))
     base = report["baseline"]
     sec.append("<h2>Domain similarity to the training data</h2>"
                f"<p>Baseline (mean nearest-neighbour cosine of {H.esc(base['from'])}): "
-               f"{_fmt(base['nn_mean'])}. Band mode {H.esc(report['params']['band_mode'])}: adjacent at "
+               f"{_fmt(base['nn_mean'])}; embeddings: <code>{H.esc(report.get('embedding_model'))}</code>. Band mode {H.esc(report['params']['band_mode'])}: adjacent at "
                f"&ge; {report['params']['adjacent_min']}, far below {report['params']['far_max']}.</p>")
-    sec.append(_similarity_plot(report["domains"], base["nn_mean"]))
+    params = report["params"]
+    adjacent_at = (params["adjacent_min"] * base["nn_mean"] if params["band_mode"] == "relative"
+                   else params["adjacent_min"])
+    sec.append(_similarity_plot(report["domains"], base["nn_mean"], adjacent_at))
     sec.append(H.table(["domain", "slice", "pool items", "centroid cosine", "mean NN cosine", "relative", "why"],
                        [[d["domain"], d["slice"], d["pool_rows"], _fmt(d["centroid_cos"]), _fmt(d["nn_mean"]),
                          _fmt(d["relative"]), d["why"]] for d in report["domains"]]))

@@ -5,9 +5,11 @@ A test set row stores ``reference`` (the answer) and ``scoring`` (a JSON object
 defaults by task and by what the reference looks like, and can be overridden per
 task (``--scoring extraction=fields,qa=token_f1`` or a config mapping):
 
-- ``arithmetic``/``qa`` (or any task) whose reference is a single number
-  -> ``numeric`` with a relative ``tolerance`` and the ``scale`` the prompt states
-  its figures in ("in thousands" -> 1000), so "1.2 million" or "1,200" both count;
+- ``arithmetic``/``qa`` (or any task) whose reference is a single number, and
+  ``arithmetic`` whose reference shows its working ("12 + 30 = 42": the last
+  number is the result) -> ``numeric`` with a relative ``tolerance`` and the
+  ``scale`` the prompt states its figures in ("in thousands" -> 1000), so
+  "1.2 million" or "1,200" both count;
 - ``classification`` -> ``choice`` with the label set of that task (every distinct
   reference of that task seen in the training data and the pool);
 - ``extraction`` -> ``fields`` with the keys of the reference (a JSON object or
@@ -36,6 +38,8 @@ CHOICE_TASKS = {"classification", "classify", "label", "labelling", "labeling", 
                 "multiple-choice", "mcq"}
 #: Tasks whose references are structured fields.
 FIELD_TASKS = {"extraction", "extract", "field-extraction", "information-extraction", "ie"}
+#: Tasks whose answers are calculations: numeric even when the reference shows its working.
+WORKED_TASKS = {"arithmetic", "math", "calculation"}
 #: Tasks whose references, when numeric, are scored as numbers.
 NUMERIC_TASKS = {"arithmetic", "math", "qa", "calculation", "numeric", "table-qa"}
 
@@ -82,11 +86,16 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
                 raise BakeoffError(f"--scoring expects TASK=METHOD pairs, got {part!r}")
             task, method = (s.strip() for s in part.split("=", 1))
             out[task] = method
-    for task, spec in out.items():
-        method = spec if isinstance(spec, str) else (spec or {}).get("method")
+    return validate_overrides(out)
+
+
+def validate_overrides(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a task -> method/spec mapping (from the CLI or a config file)."""
+    for task, spec in mapping.items():
+        method = spec if isinstance(spec, str) else (spec or {}).get("method") if isinstance(spec, dict) else None
         if method not in METHODS:
             raise BakeoffError(f"unknown scoring method {method!r} for task {task!r}; known: {', '.join(METHODS)}")
-    return out
+    return dict(mapping)
 
 
 def _numbers(text: str) -> list[Any]:
@@ -147,6 +156,10 @@ def default_spec(task: str | None, reference: str, prompt: str, labels: Mapping[
         elif t in FIELD_TASKS and _fields(reference):
             method = "fields"
         elif (t in NUMERIC_TASKS or not t) and is_numeric_reference(reference, config.max_numeric_words):
+            method = "numeric"
+        elif t in WORKED_TASKS and _numbers(reference):
+            # a worked calculation ends with its result; the numeric scorer reads the
+            # last number of an answer (as GSM8K scoring does)
             method = "numeric"
         else:
             method = "token_f1"

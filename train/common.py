@@ -72,7 +72,7 @@ class ScheduleRef:
     def __init__(self) -> None:
         self.trainer: Any = None
 
-    def at_peak(self, step: int, ratio: float = 0.9) -> bool:
+    def at_peak(self, step: int, ratio: float = 0.8) -> bool:
         sched = getattr(self.trainer, "bakeoff_schedule", None)
         return True if sched is None else sched.at_peak(step, ratio)
 

@@ -21,8 +21,9 @@ class LossMonitor:
     """Pure logic (no Trainer): feed (step, loss, in_peak) and read ``alerts``.
 
     - ``nan``: a non-finite loss at any step.
-    - ``spike``: a loss above ``spike_factor`` x the median of the previous
-      ``window`` losses while at peak.
+    - ``spike``: a loss above ``spike_factor`` x the median of the (up to
+      ``window``) previous losses while at peak — even one earlier loss is
+      enough: a healthy run never doubles its loss from one step to the next.
     - ``rising``: over the last ``window`` losses at peak, the least-squares slope
       is positive, at least 70 % of the steps went up, and the loss rose by more
       than ``rise_fraction`` of its level.
@@ -46,7 +47,7 @@ class LossMonitor:
                             "message": f"loss is {loss} at step {step}: the peak LR is probably too high"})
         elif in_peak:
             prev = [v for _, v, _ in self.history[:-1] if math.isfinite(v)][-self.window:]
-            if len(prev) >= 3 and not self._fired("spike"):
+            if prev and not self._fired("spike"):
                 med = sorted(prev)[len(prev) // 2]
                 if med > 0 and loss > self.spike_factor * med:
                     new.append({"kind": "spike", "step": step,
@@ -68,7 +69,7 @@ class LossMonitor:
         return new
 
 
-def make_monitor_callback(schedule: Callable[[int], float] | Any, peak_ratio: float = 0.9,
+def make_monitor_callback(schedule: Callable[[int], float] | Any, peak_ratio: float = 0.8,
                           monitor: LossMonitor | None = None) -> Any:
     """A ``TrainerCallback`` feeding logged losses to a ``LossMonitor``.
 

@@ -104,8 +104,8 @@ def ppo(policy: str, reward: str, prompts: str, experiment_name: str, algorithm:
         metrics = r.get("metrics", {})
         keys = [k for k in ("reward", "reward_raw", "kl", "entropy", "clipfrac", "value_loss",
                             "response_length", "eos_rate") if k in metrics] or sorted(metrics)[:10]
-        out.print(table(f"{r['algorithm'].upper()} run {r['run_id']} (last step)", ["metric", "value"],
-                        [(k, f"{metrics[k]:.4g}") for k in keys]))
+        out.print(f"{r['algorithm'].upper()} run {r['run_id']}", highlight=False)
+        out.print(table("last step", ["metric", "value"], [(k, f"{metrics[k]:.4g}") for k in keys]))
         for c in r["checkpoints"]:
             out.print(c, highlight=False)
         err.print(f"MLflow: {r['tracking_uri']} experiment {r['experiment_name']}", highlight=False)

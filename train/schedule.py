@@ -45,9 +45,10 @@ class Schedule:
         progress = min(1.0, (s - self.hold_steps + 1) / decay_steps)
         return 1.0 - (1.0 - self.floor) * progress
 
-    def at_peak(self, step: int, ratio: float = 0.9) -> bool:
-        """Whether ``step`` is past warm-up with the LR still within ``ratio`` of the peak."""
-        return step >= self.warmup_steps and self(step) >= ratio
+    def at_peak(self, step: int, ratio: float = 0.8) -> bool:
+        """Whether the LR at ``step`` is within ``ratio`` of the peak (the end of
+        warm-up, any hold, and the start of the step-down)."""
+        return self(step) >= ratio
 
 
 def make_schedule(total_steps: int, warmup: float = 0.05, hold: float = 0.0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Any
 
 import click
@@ -51,9 +53,24 @@ def _build(cls: Any, kw: dict[str, Any]) -> Any:
     return cfg
 
 
+def _train(kind: str, ws: Any, kw: dict[str, Any]) -> Any:
+    if kind == "sft":
+        from bakeoff.train.config import SFTRunConfig
+        from bakeoff.train.sft import train_sft
+
+        cfg = _build(SFTRunConfig, kw)
+        cfg.packing = kw["packing"]
+        return train_sft(ws, cfg, resume_run_id=kw["resume_run"])
+    from bakeoff.train.config import RewardRunConfig
+    from bakeoff.train.reward import train_reward
+
+    return train_reward(ws, _build(RewardRunConfig, kw), resume_run_id=kw["resume_run"])
+
+
 def _run(kind: str, kw: dict[str, Any], as_json: bool) -> None:
     from bakeoff.console import emit, out, table
     from bakeoff.train.devices import relaunch_data_parallel, select_devices, under_distributed_launch
+    from bakeoff.train.tracking import is_main_process
 
     ws = get_workspace()
     n_gpus = select_devices(kw["devices"])
@@ -62,23 +79,11 @@ def _run(kind: str, kw: dict[str, Any], as_json: bool) -> None:
         from bakeoff.train.tracking import create_run
 
         run_id = create_run(ws, kw["experiment_name"], run_name=f"{kind}-ddp")
-        rc = relaunch_data_parallel(n_gpus, run_id)
-        raise SystemExit(rc)
-    if kind == "sft":
-        from bakeoff.train.config import SFTRunConfig
-        from bakeoff.train.sft import train_sft
-
-        cfg = _build(SFTRunConfig, kw)
-        cfg.packing = kw["packing"]
-        result = train_sft(ws, cfg, resume_run_id=kw["resume_run"])
-    else:
-        from bakeoff.train.config import RewardRunConfig
-        from bakeoff.train.reward import train_reward
-
-        cfg = _build(RewardRunConfig, kw)
-        result = train_reward(ws, cfg, resume_run_id=kw["resume_run"])
-    from bakeoff.train.tracking import is_main_process
-
+        raise SystemExit(relaunch_data_parallel(n_gpus, run_id))
+    # Libraries print training logs to stdout (the Trainer's progress callback);
+    # keep stdout for the result alone (one JSON document with --json).
+    with contextlib.redirect_stdout(sys.stderr):
+        result = _train(kind, ws, kw)
     if not is_main_process():
         return
 

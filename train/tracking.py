@@ -120,11 +120,20 @@ def make_mlflow_callback(extra_metrics: Any = None) -> Any:
     class MlflowStepLogger(TrainerCallback):
         def __init__(self) -> None:
             self._lr: float | None = None
-            self._client = mlflow.MlflowClient()
+            self._clients: dict[str, Any] = {}
 
         def _run_id(self) -> str | None:
             run = mlflow.active_run()
             return run.info.run_id if run else None
+
+        @property
+        def _client(self) -> Any:
+            # bound to the store of the run being logged (the workspace's), not
+            # whatever URI was current when the callback was made
+            uri = mlflow.get_tracking_uri()
+            if uri not in self._clients:
+                self._clients[uri] = mlflow.MlflowClient(tracking_uri=uri)
+            return self._clients[uri]
 
         def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):  # noqa: ANN001
             if optimizer is not None:

@@ -1,0 +1,165 @@
+"""Ingest throughput: JSONL in OpenAI messages format, end to end (read, validate,
+convert, content ids, atomic commit), against the target of 100k rows/s.
+
+    .venv/bin/python benchmarks/bench_ingest.py [--rows 1000000] [--bad 0.001]
+
+Prints wall time, process CPU time and the machine's load (the shared 2-core
+machine is often busy: rows per CPU-second is the figure that does not depend on
+neighbours), a per-phase breakdown, and a per-row Python baseline (json.loads +
+the same checks in a loop) for the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET = 100_000  # rows/s
+
+
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def generate(path: Path, n: int, bad_fraction: float, seed: int = 0) -> int:
+    """Realistic short chat rows (system/user/assistant, ~400 bytes) with a share
+    of bad lines mixed in; returns the number of bad lines. Built with polars
+    (vectorized) so a million rows take seconds, not minutes."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    words = np.array("revenue margin total year quarter cash debt asset table row column growth net".split())
+
+    def sentences(lo: int, hi: int) -> pl.Series:
+        # a pool of random sentences, drawn per row (distinct rows come from the row number)
+        pool = [" ".join(rng.choice(words, rng.integers(lo, hi))) for _ in range(5000)]
+        return pl.Series(np.array(pool)[rng.integers(0, len(pool), n)])
+
+    i = pl.int_range(0, n, eager=True).cast(pl.String)
+    df = pl.DataFrame({"q": "Q" + i + ": " + sentences(8, 31) + "?", "a": sentences(3, 26)})
+    df = df.select(
+        pl.concat_list([
+            pl.struct(role=pl.lit("system"), content=pl.lit("Answer from the table.")),
+            pl.struct(role=pl.lit("user"), content=pl.col("q")),
+            pl.struct(role=pl.lit("assistant"), content=pl.col("a")),
+        ]).alias("messages"),
+        pl.struct(domain=pl.lit("finance-tables"), task=pl.lit("qa")).alias("meta"),
+    )
+    lines = df.select(pl.struct(pl.all()).struct.json_encode().alias("l"))["l"]
+    bad = rng.random(n) < bad_fraction
+    bad_text = np.array(['{"messages": [', '{"messages": "x"}',
+                         json.dumps({"messages": [{"role": "user", "content": "q"}]})])
+    lines = pl.select(pl.when(pl.Series(bad)).then(pl.Series(bad_text[rng.integers(0, 3, n)]))
+                      .otherwise(lines).alias("l"))["l"]
+    path.write_text("\n".join(lines.to_list()) + "\n")
+    return int(bad.sum())
+
+
+def python_baseline(path: Path, limit: int) -> float:
+    """Rows/s of a per-row Python loop doing the same parse + checks (no ids, no write)."""
+    t = time.perf_counter()
+    n = 0
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        for line in fh:
+            if n >= limit:
+                break
+            n += 1
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            m = rec.get("messages") if isinstance(rec, dict) else None
+            if not isinstance(m, list) or not m:
+                continue
+            ok = all(isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), str)
+                     and t["content"].strip() for t in m)
+            roles = [t["role"] for t in m] if ok else []
+            ok = ok and roles[-1] == "assistant" and all(a != b for a, b in zip(roles, roles[1:]))
+            _ = [{"role": t["role"], "content": t["content"]} for t in m] if ok else None
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--bad", type=float, default=0.001, help="fraction of bad lines")
+    args = ap.parse_args()
+
+    import duckdb
+
+    from bakeoff.curate import formats, readers
+    from bakeoff.curate.ingest import ingest
+    from bakeoff.schema import conform, with_ids, version_digest
+    from bakeoff.workspace import Workspace
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        src = tmp / "messages.jsonl"
+        t = time.perf_counter()
+        n_bad = generate(src, args.rows, args.bad)
+        print(f"generated {args.rows:,} rows ({n_bad:,} bad), {src.stat().st_size / 1e6:.0f} MB "
+              f"in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+
+        load0 = os.getloadavg()[0]
+        ws = Workspace(tmp / "ws")
+        w0, c0 = time.perf_counter(), cpu()
+        res = ingest(ws, [src], "bench")
+        wall, cpu_s = time.perf_counter() - w0, cpu() - c0
+        load1 = os.getloadavg()[0]
+        assert res.rows_in == args.rows == res.accepted + res.quarantined
+        assert res.quarantined == n_bad, (res.quarantined, n_bad)
+
+        # Per-phase breakdown (same code the ingest runs, timed piece by piece).
+        phases: dict[str, tuple[float, float]] = {}
+        clock = [time.perf_counter(), cpu()]
+
+        def lap(name: str) -> None:
+            w, c = time.perf_counter(), cpu()
+            phases[name] = (w - clock[0], c - clock[1])
+            clock[:] = [w, c]
+
+        recs = readers.read_records(src)
+        lap("read + split + JSON validity")
+        con = duckdb.connect()
+        con.register("recs", recs.table)
+        n, stats = formats.key_stats(con)
+        plan = formats.plan_for(con, formats.detect(str(src), {}, n, stats), {}, n, stats)
+        lap("detect (key statistics)")
+        good, _ = formats.convert(con, plan)
+        lap("validate + convert (DuckDB)")
+        con.close()
+        rows = with_ids(conform(good))
+        lap("content ids (schema.with_ids)")
+        version_digest(rows)
+        lap("version digest (schema.version_digest)")
+        rows.write_parquet(tmp / "x.parquet")
+        lap("write Parquet")
+
+        base = python_baseline(src, min(args.rows, 200_000))
+        rate = args.rows / wall
+        print(f"\n== ingest of {args.rows:,} JSONL rows (messages format, {n_bad:,} quarantined) ==")
+        print(f"wall {wall:8.2f} s   -> {rate:12,.0f} rows/s   target {TARGET:,} rows/s   ratio {rate / TARGET:5.2f}x")
+        print(f"cpu  {cpu_s:8.2f} s   -> {args.rows / cpu_s:12,.0f} rows per CPU-second "
+              f"(2 cores: {2 * args.rows / cpu_s:,.0f} rows/s if uncontended)")
+        print(f"load average during the run: {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores")
+        print(f"per-row Python baseline (parse + checks only): {base:12,.0f} rows/s; "
+              f"bakeoff end to end is {rate / base:4.1f}x that")
+        print("\nphase breakdown (run separately):           wall s     cpu s   cpu share")
+        total = sum(c for _, c in phases.values())
+        for k, (w, c) in phases.items():
+            print(f"  {k:42s} {w:7.2f}   {c:7.2f}   {100 * c / total:5.1f}%")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

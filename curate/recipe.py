@@ -1,0 +1,310 @@
+"""Recipes: several curation steps in order, one new version.
+
+A recipe is a YAML file::
+
+    name: default                 # optional, shown in reports
+    output: fin-clean             # optional: dataset name of the result (default: the input's)
+    steps:
+      - filter:                   # noise filters (bakeoff.curate.filters); options as in filters.yaml
+          pii: {action: redact}
+          language: {enabled: false}
+      - dedup:                    # exact + MinHash near-duplicates (bakeoff.curate.dedup.DedupConfig)
+          threshold: 0.8
+      - semantic:                 # embedding near-duplicates (bakeoff.curate.semantic.SemanticDedupConfig)
+          threshold: 0.95
+      - coverage:                 # report only (bakeoff.curate.coverage)
+          objectives: objectives.yaml   # relative to the recipe file
+
+A step is ``{name: options}`` or just ``name`` (defaults). Every step is a pure
+function rows -> ``StepOutput`` (``coverage`` returns a report and keeps the
+rows), so running a recipe is a loop; the whole recipe is checked (step names,
+options, files) before the first step runs. The result is one version whose
+ledger is the union of the steps' ledgers (so rows in = rows kept + ledger, as
+for any step), or, with ``intermediate``, one version per row-changing step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+import yaml
+
+from bakeoff.console import log
+from bakeoff.steps import StepOutput
+from bakeoff.workspace import LEDGER_SCHEMA, BakeoffError, Version, Workspace
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """How to configure and run one kind of step."""
+
+    name: str
+    module: str                 # bakeoff.curate.<module>
+    changes_rows: bool          # False: a report-only step (rows pass through)
+    doc: str
+    configure: Callable[[Any, dict[str, Any], Path], Any]
+    run: Callable[[Any, pl.DataFrame, Any, Workspace], Any]
+
+
+def _check_options(step: str, cls: type, opts: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(opts) - known)
+    if bad:
+        raise BakeoffError(f"recipe step {step!r}: unknown option(s) {', '.join(bad)}; "
+                           f"known: {', '.join(sorted(known))}")
+
+
+def _relative(path: str, base: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _configure_filter(mod: Any, opts: dict[str, Any], base: Path) -> Any:
+    opts = dict(opts)
+    config_file = opts.pop("config_file", None)
+    if config_file is not None:
+        if opts:
+            raise BakeoffError("recipe step 'filter': give either config_file or inline options, not both")
+        return mod.FilterSuiteConfig(filters=mod.load_filter_config(_relative(config_file, base)))
+    return mod.FilterSuiteConfig.from_dict(opts)
+
+
+def _configure_dedup(mod: Any, opts: dict[str, Any], base: Path) -> Any:
+    _check_options("dedup", mod.DedupConfig, opts)
+    cfg = mod.DedupConfig(**opts)
+    return cfg.validate() or cfg
+
+
+def _configure_semantic(mod: Any, opts: dict[str, Any], base: Path) -> Any:
+    return mod.SemanticDedupConfig.from_dict(opts)
+
+
+_COVERAGE_OPTIONS = {"objectives", "html", "model", "diversity", "examples"}
+
+
+def _configure_coverage(mod: Any, opts: dict[str, Any], base: Path) -> Any:
+    bad = sorted(set(opts) - _COVERAGE_OPTIONS)
+    if bad:
+        raise BakeoffError(f"recipe step 'coverage': unknown option(s) {', '.join(bad)}; "
+                           f"known: {', '.join(sorted(_COVERAGE_OPTIONS))}")
+    if "objectives" not in opts:
+        raise BakeoffError("recipe step 'coverage' needs `objectives:` (an objectives YAML file)")
+    cfg = dict(opts)
+    obj = cfg["objectives"]
+    if isinstance(obj, str):
+        path = _relative(obj, base)
+        if not path.is_file():
+            # a packaged example (e.g. demo_objectives.yaml) may be named bare
+            packaged = Path(mod.__file__).with_name(obj)
+            if not packaged.is_file():
+                raise BakeoffError(f"recipe step 'coverage': objectives file not found: {path}")
+            path = packaged
+        cfg["objectives"] = mod.load_objectives(path)
+    else:
+        cfg["objectives"] = mod.load_objectives(obj)
+    if cfg.get("html"):
+        cfg["html"] = _relative(cfg["html"], base)
+    return cfg
+
+
+def _run_coverage(mod: Any, df: pl.DataFrame, cfg: dict[str, Any], ws: Workspace) -> dict[str, Any]:
+    kwargs = {k: cfg[k] for k in ("model", "diversity", "examples") if k in cfg}
+    report = mod.coverage_report(df, cfg["objectives"], ws=ws, **kwargs)
+    if cfg.get("html"):
+        report["html"] = str(mod.write_html(report, cfg["html"]))
+    return report
+
+
+#: The steps a recipe may use, by name.
+STEPS: dict[str, StepKind] = {s.name: s for s in (
+    StepKind("filter", "filters", True, "noise filters (flag, drop, repair, redact)",
+             _configure_filter, lambda m, df, c, ws: m.filter_rows(df, c)),
+    StepKind("dedup", "dedup", True, "exact + MinHash near-duplicate removal",
+             _configure_dedup, lambda m, df, c, ws: m.dedup_rows(df, c)),
+    StepKind("semantic", "semantic", True, "embedding (semantic) near-duplicate removal",
+             _configure_semantic, lambda m, df, c, ws: m.semantic_dedup_rows(df, c, ws)),
+    StepKind("coverage", "coverage", False, "objective-coverage report (rows unchanged)",
+             _configure_coverage, _run_coverage),
+)}
+
+
+def _import_step(kind: StepKind) -> Any:
+    try:
+        return importlib.import_module(f"bakeoff.curate.{kind.module}")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("bakeoff.curate"):
+            raise BakeoffError(f"recipe step {kind.name!r} needs module bakeoff.curate.{kind.module}, "
+                               "which is not available in this installation") from None
+        raise BakeoffError(f"recipe step {kind.name!r}: missing dependency {exc.name!r} "
+                           f"({exc}); install it and retry") from None
+
+
+@dataclass
+class RecipeStep:
+    kind: StepKind
+    options: dict[str, Any]
+    config: Any
+    module: Any
+
+
+@dataclass
+class Recipe:
+    steps: list[RecipeStep]
+    name: str = "recipe"
+    output: str | None = None
+    source: str | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_recipe(spec: dict[str, Any], base_dir: str | Path = ".", source: str | None = None) -> Recipe:
+    """Check a recipe mapping and build each step's config (errors before any work)."""
+    if not isinstance(spec, dict):
+        raise BakeoffError("a recipe is a mapping with a `steps:` list")
+    unknown = sorted(set(spec) - {"name", "output", "steps", "description"})
+    if unknown:
+        raise BakeoffError(f"recipe: unknown key(s) {', '.join(unknown)}; expected name, output, steps")
+    raw_steps = spec.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise BakeoffError("recipe: `steps:` must be a non-empty list, e.g. [filter, dedup]")
+    base = Path(base_dir)
+    steps: list[RecipeStep] = []
+    for i, item in enumerate(raw_steps, 1):
+        if isinstance(item, str):
+            name, opts = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            name, opts = next(iter(item.items()))
+            opts = opts or {}
+        else:
+            raise BakeoffError(f"recipe step {i}: expected `name` or `name: {{options}}`, got {item!r}")
+        if name not in STEPS:
+            raise BakeoffError(f"recipe step {i}: unknown step {name!r}; known: {', '.join(STEPS)}")
+        if not isinstance(opts, dict):
+            raise BakeoffError(f"recipe step {i} ({name}): options must be a mapping, got {opts!r}")
+        kind = STEPS[name]
+        module = _import_step(kind)
+        try:
+            config = kind.configure(module, opts, base)
+        except TypeError as exc:
+            raise BakeoffError(f"recipe step {i} ({name}): {exc}") from None
+        steps.append(RecipeStep(kind, opts, config, module))
+    return Recipe(steps=steps, name=str(spec.get("name") or "recipe"), output=spec.get("output"),
+                  source=source, spec=spec)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    p = Path(path)
+    if not p.is_file():
+        raise BakeoffError(f"recipe file not found: {p}")
+    try:
+        spec = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise BakeoffError(f"cannot parse recipe {p}: {exc}") from None
+    return parse_recipe(spec, base_dir=p.parent, source=str(p))
+
+
+def default_recipe_path() -> Path:
+    """The example recipe shipped with the package."""
+    return Path(__file__).with_name("default_recipe.yaml")
+
+
+@dataclass
+class RecipeResult:
+    version: Version
+    intermediate: list[Version]
+    steps: list[dict[str, Any]]     # summary per step
+    reports: dict[str, Any]         # full report per step ("1:filter", ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version.ref, "rows": self.version.rows,
+                "intermediate": [v.ref for v in self.intermediate], "steps": self.steps,
+                "reports": self.reports}
+
+
+def _empty_ledger() -> pl.DataFrame:
+    return pl.DataFrame(schema=LEDGER_SCHEMA)
+
+
+def run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: bool = False,
+               name: str | None = None) -> RecipeResult:
+    """Run ``recipe`` on ``ref`` and write the result as a new version.
+
+    Without ``intermediate``: one version, parent ``ref``, ledger = union of the
+    steps' ledgers. With it: one version per row-changing step, each with its own
+    ledger and parent the previous one (report-only steps attach to the next
+    version written, the last one at the latest).
+    """
+    parent = ws.resolve(ref) if isinstance(ref, str) else ref
+    out_name = name or recipe.output or parent.name
+    rows = ws.load(parent)
+    ledgers: list[pl.DataFrame] = []
+    summary: list[dict[str, Any]] = []
+    reports: dict[str, Any] = {}
+    written: list[Version] = []
+    current_parent = parent
+    pending_ledger: list[pl.DataFrame] = []
+    pending_reports: dict[str, Any] = {}
+    last_changing = max((i for i, s in enumerate(recipe.steps) if s.kind.changes_rows), default=-1)
+
+    for i, step in enumerate(recipe.steps):
+        key = f"{i + 1}:{step.kind.name}"
+        log(f"[{i + 1}/{len(recipe.steps)}] {step.kind.name} ({rows.height:,} rows)")
+        t0 = time.perf_counter()
+        result = step.kind.run(step.module, rows, step.config, ws)
+        seconds = time.perf_counter() - t0
+        rows_in = rows.height
+        entry: dict[str, Any] = {"step": step.kind.name, "rows_in": rows_in}
+        if isinstance(result, StepOutput):
+            result.check_balance(rows_in)
+            rows = result.rows
+            ledger = result.ledger if result.ledger.height else _empty_ledger()
+            ledgers.append(ledger)
+            pending_ledger.append(ledger)
+            reports[key] = result.report
+            pending_reports[key] = result.report
+            entry.update(rows_out=rows.height, removed=ledger.height,
+                         by_stage=dict(ledger.group_by("stage").len().iter_rows()) if ledger.height else {})
+        else:
+            reports[key] = result
+            pending_reports[key] = result
+            entry.update(rows_out=rows_in, removed=0, by_stage={})
+        entry["seconds"] = round(seconds, 3)
+        summary.append(entry)
+
+        if intermediate and step.kind.changes_rows and i < last_changing:
+            v = ws.commit_version(
+                out_name, rows, operation=f"recipe:{step.kind.name}",
+                params={"recipe": recipe.name, "step": i + 1, "options": step.options,
+                        "source": recipe.source},
+                parents=[current_parent.ref], ledger=pl.concat(pending_ledger),
+                report={"recipe": recipe.name, "steps": summary[-1:], **pending_reports})
+            for e in summary:
+                e.setdefault("version", v.ref)
+            written.append(v)
+            current_parent = v
+            pending_ledger, pending_reports = [], {}
+
+    ledger = pl.concat(pending_ledger if intermediate else ledgers) if (ledgers or pending_ledger) \
+        else _empty_ledger()
+    rows_parent = current_parent.rows
+    if rows_parent != rows.height + ledger.height:
+        raise AssertionError(f"recipe row balance broken: {rows_parent} in != {rows.height} kept "
+                             f"+ {ledger.height} in the ledger")
+    final = ws.commit_version(
+        out_name, rows, operation="recipe",
+        params={"recipe": recipe.name, "source": recipe.source, "spec": recipe.spec,
+                "intermediate": intermediate},
+        parents=[current_parent.ref], ledger=ledger,
+        report={"recipe": recipe.name, "steps": summary, **(pending_reports if intermediate else reports)})
+    for entry in summary:
+        entry.setdefault("version", final.ref)
+    return RecipeResult(version=final, intermediate=written, steps=summary, reports=reports)
+
+
+__all__ = ["STEPS", "Recipe", "RecipeResult", "parse_recipe", "load_recipe", "run_recipe",
+           "default_recipe_path"]

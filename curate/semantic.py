@@ -1,0 +1,344 @@
+"""Semantic deduplication: drop rows whose embedding is within a cosine threshold
+of a row that is kept.
+
+Near-dup (MinHash) catches copies that share wording; this step catches
+paraphrases -- the same question reworded, the same answer re-templated -- that
+would otherwise leak between train and test or over-weight one example.
+
+How it works (``semantic_dedup_rows``):
+
+1. The scope's text of every row (``bakeoff.schema.text_for_scope``) is embedded
+   with ``bakeoff.curate.embeddings.embed_texts`` (cached: reruns and later
+   steps reuse the vectors). Rows whose scope text is empty take no part (they
+   are kept and match nothing: an empty response is not a paraphrase of another).
+2. Rows are ranked by the keep policy -- ``first`` (input order), ``longest``
+   (longest scope text first) or ``quality`` (highest score in a quality column
+   first); ties go to input order.
+3. Rows are visited in that order, in batches, *query then insert*: each batch is
+   searched against a faiss index of the rows kept so far (exact ``IndexFlatIP``,
+   or ``IndexIVFFlat`` for large sets -- nearest neighbours through an index,
+   never a Python loop over all pairs); a row with a kept neighbour at cosine >=
+   threshold is removed and names its most similar such neighbour. The rest of
+   the batch is resolved against itself in rank order, and the survivors are
+   added to the index.
+
+Guarantees:
+
+- every removed row has a *kept* partner whose cosine with it is >= threshold
+  (the partner is ranked before it by the policy); the index only proposes
+  candidates (searched with a small slack), and every candidate's cosine is
+  recomputed exactly (float64 dot of the two unit vectors) before it counts;
+- the result depends only on the vectors, the threshold and the ranking -- not on
+  the batch size or faiss's thread count -- because the greedy is defined in
+  rank order and decisions use the recomputed cosines. (With ``index='ivf'`` a
+  kept pair could be missed when the two vectors fall in cells that are not
+  probed: recall, never precision, depends on ``nprobe``.)
+
+Ledger: stage ``dedup-semantic``, rule ``cosine>=T``, ``kept_row_id``,
+``similarity`` = ``score`` = the cosine, ``cluster_id`` = the id of the kept row
+(a cluster is one kept row and the rows removed in its favour).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from bakeoff.schema import text_for_scope
+from bakeoff.steps import StepOutput
+from bakeoff.workspace import BakeoffError, new_ledger
+
+if TYPE_CHECKING:
+    from bakeoff.workspace import Workspace
+
+STAGE = "dedup-semantic"
+KEEP_POLICIES = ("first", "longest", "quality")
+SCOPES = ("prompt", "response", "all")
+INDEXES = ("auto", "flat", "ivf")
+#: Candidates are searched this far below the threshold, then re-checked exactly:
+#: float32 BLAS sums may differ from the exact cosine in the last bits.
+_SLACK = 1e-3
+
+
+@dataclass
+class SemanticDedupConfig:
+    """Options of the semantic dedup step."""
+    threshold: float = 0.95          # cosine similarity at or above which two rows are duplicates
+    scope: str = "all"               # prompt | response | all
+    keep: str = "first"              # first | longest | quality
+    model: str | None = None         # embedding model (default: env BAKEOFF_EMBEDDING_MODEL / all-MiniLM-L6-v2)
+    quality_column: str = "quality"  # keep=quality: column (or key of `extra`) holding the score
+    index: str = "auto"              # auto | flat | ivf
+    flat_max: int = 20000            # auto: exact flat index up to this many rows, IVF above
+    nprobe: int = 16                 # ivf: cells probed per query
+    batch_size: int = 2048           # rows per query-then-insert batch (result does not depend on it)
+    embed_batch_size: int | None = None  # texts per model call
+
+    def validate(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise BakeoffError(f"semantic threshold must be in (0, 1], got {self.threshold}")
+        if self.scope not in SCOPES:
+            raise BakeoffError(f"unknown scope {self.scope!r}; expected one of {', '.join(SCOPES)}")
+        if self.keep not in KEEP_POLICIES:
+            raise BakeoffError(f"unknown keep policy {self.keep!r}; expected one of {', '.join(KEEP_POLICIES)}")
+        if self.index not in INDEXES:
+            raise BakeoffError(f"unknown index {self.index!r}; expected one of {', '.join(INDEXES)}")
+        if self.batch_size < 1 or self.nprobe < 1:
+            raise BakeoffError("batch_size and nprobe must be positive")
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any] | None) -> "SemanticDedupConfig":
+        params = dict(params or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise BakeoffError(f"unknown semantic dedup option(s): {', '.join(unknown)}; "
+                               f"known: {', '.join(sorted(known))}")
+        cfg = cls(**params)
+        cfg.validate()
+        return cfg
+
+
+# --- ranking -------------------------------------------------------------------
+
+def keep_order(df: pl.DataFrame, texts: pl.Series, keep: str, quality_column: str = "quality") -> np.ndarray:
+    """Row indices in keep-priority order (best first; ties by input order)."""
+    idx = pl.int_range(pl.len(), dtype=pl.Int64).alias("_i")
+    if keep == "first":
+        return np.arange(df.height, dtype=np.int64)
+    if keep == "longest":
+        ranked = pl.DataFrame({"_len": texts.str.len_chars()}).with_columns(idx) \
+            .sort(["_len", "_i"], descending=[True, False])
+        return ranked["_i"].to_numpy().astype(np.int64)
+    if keep == "quality":
+        score = quality_scores(df, quality_column)
+        ranked = pl.DataFrame({"_q": score}).with_columns(idx) \
+            .sort(["_q", "_i"], descending=[True, False], nulls_last=True)
+        return ranked["_i"].to_numpy().astype(np.int64)
+    raise BakeoffError(f"unknown keep policy {keep!r}")
+
+
+def quality_scores(df: pl.DataFrame, column: str) -> pl.Series:
+    """A numeric quality score per row: the column ``column``, else the key
+    ``column`` of the ``extra`` JSON. Missing scores rank last."""
+    if column in df.columns:
+        try:
+            return df[column].cast(pl.Float64, strict=True)
+        except pl.exceptions.InvalidOperationError as exc:
+            raise BakeoffError(f"keep=quality: column {column!r} is not numeric") from exc
+    if "extra" in df.columns:
+        s = df.select(pl.col("extra").fill_null("{}").str.json_path_match(f"$.{column}")
+                      .cast(pl.Float64, strict=False))["extra"]
+        if s.null_count() < s.len():
+            return s
+    raise BakeoffError(f"keep=quality needs a numeric {column!r} column (or key in `extra`); "
+                       "use --keep first|longest, or score the rows first")
+
+
+# --- the search ------------------------------------------------------------------
+
+def _exact_cos(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of row pairs (a[k], b[k]) of unit vectors, in float64: the one
+    function every decision uses, so a pair's value never depends on the path."""
+    if len(a) == 0:
+        return np.zeros(0, dtype=np.float64)
+    return np.einsum("ij,ij->i", vectors[a].astype(np.float64), vectors[b].astype(np.float64))
+
+
+def _make_index(vectors: np.ndarray, cfg: SemanticDedupConfig) -> tuple[Any, str]:
+    import faiss
+
+    n, dim = vectors.shape
+    kind = cfg.index if cfg.index != "auto" else ("flat" if n <= cfg.flat_max else "ivf")
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim), "flat"
+    # ~4*sqrt(n) cells, with >= 39 training points per cell (faiss's own minimum).
+    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    # k-means on a fixed sample with faiss's fixed seed: the same cells every run.
+    rng = np.random.default_rng(0)
+    sample = vectors if n <= nlist * 256 else vectors[np.sort(rng.choice(n, nlist * 256, replace=False))]
+    index.train(np.ascontiguousarray(sample))
+    index.nprobe = min(cfg.nprobe, nlist)
+    return index, f"ivf(nlist={nlist},nprobe={index.nprobe})"
+
+
+def greedy_semantic(vectors: np.ndarray, order: np.ndarray, cfg: SemanticDedupConfig,
+                    show_progress: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Greedy dedup of unit ``vectors`` visited in ``order``.
+
+    Returns ``partner`` (int64 per row: -1 = kept, else the kept row it duplicates),
+    ``similarity`` (its exact cosine; NaN for kept rows) and search stats.
+    """
+    n = len(vectors)
+    partner = np.full(n, -1, dtype=np.int64)
+    sim = np.full(n, np.nan, dtype=np.float64)
+    if n == 0:
+        return partner, sim, {"index": "none", "candidates_checked": 0}
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n, dtype=np.int64)
+    index, index_name = _make_index(vectors, cfg)
+    kept_map = np.zeros(0, dtype=np.int64)  # index position -> row
+    radius = float(cfg.threshold) - _SLACK
+    checked = 0
+
+    from contextlib import nullcontext
+
+    from bakeoff.console import progress
+
+    with progress() if show_progress and n > cfg.batch_size else nullcontext() as bar:
+        task = bar.add_task("semantic dedup", total=n) if bar is not None else None
+        for start in range(0, n, cfg.batch_size):
+            rows = order[start:start + cfg.batch_size]
+            batch = vectors[rows]
+            removed = np.zeros(len(rows), dtype=bool)
+
+            # 1. Against the rows kept so far (all rank before this batch).
+            if index.ntotal:
+                lims, _, found = index.range_search(batch, radius)
+                q = np.repeat(np.arange(len(rows)), np.diff(lims.astype(np.int64)))
+                cand = kept_map[found]
+                cos = _exact_cos(vectors, rows[q], cand)
+                checked += len(cos)
+                ok = cos >= cfg.threshold
+                if ok.any():
+                    best = _best_partner(q[ok], cand[ok], cos[ok], rank)
+                    for qi, c, s in best:
+                        removed[qi] = True
+                        partner[rows[qi]] = c
+                        sim[rows[qi]] = s
+
+            # 2. Within the batch, in rank order (batch rows are in rank order).
+            live = np.flatnonzero(~removed)
+            if len(live) > 1:
+                sub = batch[live]
+                gram = sub @ sub.T
+                ii, jj = np.nonzero(np.triu(gram >= radius, k=1))  # ii < jj: ii ranks first
+                cos = _exact_cos(vectors, rows[live[ii]], rows[live[jj]])
+                checked += len(cos)
+                ok = cos >= cfg.threshold
+                ii, jj, cos = ii[ok], jj[ok], cos[ok]
+                if len(jj):
+                    # Sequential in rank order: j is removed if an earlier *kept* row
+                    # matches it. Only rows with a candidate are visited.
+                    by_j = np.argsort(jj, kind="stable")
+                    ii, jj, cos = ii[by_j], jj[by_j], cos[by_j]
+                    gone = np.zeros(len(live), dtype=bool)
+                    bounds = np.flatnonzero(np.diff(jj)) + 1
+                    for grp in np.split(np.arange(len(jj)), bounds):
+                        j = jj[grp[0]]
+                        alive = ~gone[ii[grp]]
+                        if not alive.any():
+                            continue
+                        g = grp[alive]
+                        # most similar earlier kept row; ties to the better-ranked one
+                        pick = g[np.lexsort((ii[g], -cos[g]))[0]]
+                        gone[j] = True
+                        r = rows[live[j]]
+                        partner[r] = rows[live[ii[pick]]]
+                        sim[r] = cos[pick]
+                    removed[live[gone]] = True
+
+            survivors = rows[~removed]
+            if len(survivors):
+                index.add(vectors[survivors])
+                kept_map = np.concatenate([kept_map, survivors])
+            if bar is not None:
+                bar.advance(task, len(rows))
+    return partner, sim, {"index": index_name, "candidates_checked": int(checked)}
+
+
+def _best_partner(q: np.ndarray, cand: np.ndarray, cos: np.ndarray, rank: np.ndarray) -> list[tuple]:
+    """Per query position, the candidate with the highest cosine (ties: best rank)."""
+    frame = pl.DataFrame({"q": q, "c": cand, "cos": cos, "r": rank[cand]}) \
+        .sort(["q", "cos", "r"], descending=[False, True, False]) \
+        .unique(subset="q", keep="first", maintain_order=True)
+    return list(zip(frame["q"].to_list(), frame["c"].to_list(), frame["cos"].to_list()))
+
+
+# --- the step ----------------------------------------------------------------------
+
+def semantic_dedup_rows(df: pl.DataFrame, config: SemanticDedupConfig | None = None,
+                        ws: Workspace | None = None, show_progress: bool = True) -> StepOutput:
+    """Remove semantic duplicates from ``df`` (a version's rows); see the module doc."""
+    from bakeoff.curate import embeddings as emb
+    from bakeoff.curate.embeddings import embed_texts, resolve_model_name
+
+    cfg = config or SemanticDedupConfig()
+    cfg.validate()
+    started = time.perf_counter()
+    model = resolve_model_name(cfg.model)
+    texts = df.select(text_for_scope(cfg.scope))["text"].fill_null("")
+    active = np.flatnonzero(texts.str.strip_chars().str.len_chars().to_numpy() > 0)
+    order_all = keep_order(df, texts, cfg.keep, cfg.quality_column)
+
+    partner = np.full(df.height, -1, dtype=np.int64)
+    sim = np.full(df.height, np.nan)
+    search: dict[str, Any] = {"index": "none", "candidates_checked": 0}
+    embed_stats: dict[str, Any] = {}
+    if len(active) > 1:
+        t_embed = time.perf_counter()
+        vectors = embed_texts(texts.gather(active).to_list(), ws=ws, model=model,
+                              batch_size=cfg.embed_batch_size, show_progress=show_progress)
+        embed_stats = {**asdict(emb.last_stats), "seconds": round(time.perf_counter() - t_embed, 3)}
+        # Keep order restricted to the rows taking part, as positions into `active`.
+        pos = np.full(df.height, -1, dtype=np.int64)
+        pos[active] = np.arange(len(active))
+        sub_order = pos[order_all]
+        sub_order = sub_order[sub_order >= 0]
+        p_sub, s_sub, search = greedy_semantic(vectors, sub_order, cfg, show_progress)
+        hit = p_sub >= 0
+        partner[active[hit]] = active[p_sub[hit]]
+        sim[active[hit]] = s_sub[hit]
+
+    removed = np.flatnonzero(partner >= 0)
+    ids = df["id"]
+    removed_ids = ids.gather(removed)
+    kept_ids = ids.gather(partner[removed])
+    rule = f"cosine>={cfg.threshold:g}"
+    detail = json.dumps({"model": model, "scope": cfg.scope, "keep": cfg.keep}, sort_keys=True)
+    ledger = new_ledger(
+        row_id=removed_ids, stage=[STAGE] * len(removed), rule=[rule] * len(removed),
+        score=sim[removed], kept_row_id=kept_ids, similarity=sim[removed],
+        cluster_id=kept_ids, detail=[detail] * len(removed),
+    )
+    keep_mask = np.ones(df.height, dtype=bool)
+    keep_mask[removed] = False
+    kept = df.filter(pl.Series(keep_mask))
+
+    cluster_sizes = pl.DataFrame({"c": kept_ids}).group_by("c").len()["len"] if len(removed) else pl.Series([], dtype=pl.UInt32)
+    examples = [
+        {"removed_id": r, "kept_id": k, "cosine": round(float(s), 4),
+         "removed_text": _snippet(texts[int(i)]), "kept_text": _snippet(texts[int(p)])}
+        for r, k, s, i, p in list(zip(removed_ids.to_list(), kept_ids.to_list(), sim[removed],
+                                      removed, partner[removed]))[:5]
+    ]
+    report = {
+        "step": STAGE, "config": {**asdict(cfg), "model": model},
+        "rows_in": df.height, "rows_out": kept.height, "removed": int(len(removed)),
+        "skipped_empty": int(df.height - len(active)),
+        "clusters": int(len(cluster_sizes)),
+        "largest_cluster": int(cluster_sizes.max() or 0) + 1 if len(cluster_sizes) else 0,
+        "similarity": ({"min": float(np.min(sim[removed])), "mean": float(np.mean(sim[removed]))}
+                       if len(removed) else {}),
+        "search": search, "embeddings": embed_stats,
+        "seconds": round(time.perf_counter() - started, 3),
+        "examples": examples,
+    }
+    return StepOutput(rows=kept, ledger=ledger, report=report)
+
+
+def _snippet(text: str, width: int = 160) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+__all__ = ["SemanticDedupConfig", "semantic_dedup_rows", "greedy_semantic", "keep_order",
+           "quality_scores", "STAGE"]
