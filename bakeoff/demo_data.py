@@ -33,11 +33,10 @@ import csv
 import gzip
 import io
 import json
-import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 #: Labels of the contract-clause classification task.
 CONTRACT_LABELS = (
@@ -415,7 +414,7 @@ def _truncate(rng: random.Random, answer: str) -> str:
     cands = [k for k in range(max(5, len(words) // 3), len(words) - 1)
              if words[k - 1].isalpha() and words[k - 1].lower() not in ("i", "a")]
     if not cands:
-        cands = [k for k in range(2, len(words)) if words[k - 1].isalpha()] or [len(words) - 1]
+        cands = [k for k in range(4, len(words)) if words[k - 1].isalpha()] or [len(words) - 1]
     k = rng.choice(cands)
     return " ".join(words[:k])
 
@@ -622,7 +621,8 @@ def _gen_fin_train(rng: random.Random, scale: float) -> tuple[list[str], list[di
 
 # --- held-out pool: separate generators, templates and entities ----------------------
 
-def _pool_finance(rng: random.Random, scale: float, train_lines: list[str]) -> tuple[list[dict], list[dict]]:
+def _pool_finance(rng: random.Random, scale: float, train_lines: list[str],
+                  noisy_lines: set[int]) -> tuple[list[dict], list[dict]]:
     """Alpaca records of held-out finance QA, in a different style from training."""
     out: list[dict] = []
     truth: list[dict] = []
@@ -663,10 +663,9 @@ def _pool_finance(rng: random.Random, scale: float, train_lines: list[str]) -> t
     # leaks: near-copies of training rows, as a careless test-set author would make them
     clean_train = []
     for ln, line in enumerate(train_lines, start=1):
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
+        if ln in noisy_lines:  # leak clean rows only
             continue
+        r = json.loads(line)
         if isinstance(r.get("meta"), dict) and r["meta"].get("domain") == "finance-tables" \
                 and r["uid"].startswith("fin-") and not any(
                     m["role"] == "system" for m in r["messages"]):
@@ -899,7 +898,8 @@ def generate(out_dir: str | Path, seed: int = 0, scale: float = 1.0) -> dict[str
     train_lines, truth = _gen_fin_train(random.Random(f"bakeoff-demo/{seed}/fin-train"), scale)
     _write_lines(paths["fin-train"], train_lines)
 
-    fin_pool, leak_truth = _pool_finance(random.Random(f"bakeoff-demo/{seed}/pool-finance"), scale, train_lines)
+    fin_pool, leak_truth = _pool_finance(random.Random(f"bakeoff-demo/{seed}/pool-finance"), scale, train_lines,
+                                         {t["line"] for t in truth})
     truth += leak_truth
     _write_json_array(paths["pool-finance"], fin_pool)
 

@@ -119,8 +119,15 @@ def with_ids(df: pl.DataFrame) -> pl.DataFrame:
 
 def version_digest(df: pl.DataFrame) -> str:
     """SHA-256 over the canonical rows of a version: rows sorted by id, every column
-    but the source location, serialised as NDJSON."""
-    cols = [c for c in df.columns if c not in ("source_file", "source_line")]
+    but the source location, serialised as NDJSON.
+
+    The content columns (messages, chosen, rejected) are left out of the
+    serialisation because the id already is a SHA-256 of them: the digest still
+    changes with any change of content, at a fraction of the cost of re-encoding
+    every conversation.
+    """
+    skip = {"source_file", "source_line", *CONTENT_FIELDS} - {"kind"}
+    cols = [c for c in df.columns if c not in skip]
     canon = df.select(sorted(cols)).sort("id").write_ndjson()
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 

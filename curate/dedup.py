@@ -183,7 +183,6 @@ def dedup_texts(texts: Sequence[str] | pl.Series, config: DedupConfig | None = N
         stage[dup] = EXACT
         active[dup] = False
     t2 = time.perf_counter()
-    stats["removed_exact"] = int((stage == EXACT).sum())
 
     # Stage 2: MinHash LSH over the rest, greedy in rank order, verified.
     t3 = t2
@@ -205,6 +204,8 @@ def dedup_texts(texts: Sequence[str] | pl.Series, config: DedupConfig | None = N
         stage[moved] = NEAR
         stats.update(lsh_stats)
     stats["shingles"] = int(sk.hashes.size)
+    # counted at the end: exact copies of a near-removed row moved to NEAR above
+    stats["removed_exact"] = int((stage == EXACT).sum())
     stats["removed_near"] = int((stage == NEAR).sum())
     stats["timings"] = {"sketch_s": round(t1 - t0, 4), "exact_s": round(t2 - t1, 4),
                         "lsh_verify_s": round(t3 - t2, 4), "total_s": round(time.perf_counter() - t0, 4)}

@@ -83,6 +83,6 @@ def command(ref: str, config_path: str | None, dry_run: bool, as_json: bool) -> 
         from bakeoff.console import out
 
         render_filter_report(r, title=f"filter {r['parent']}")
-        out.print(f"dry run: no version written" if r["dry_run"] else f"wrote {r['version']}")
+        out.print("dry run: no version written" if r["dry_run"] else f"wrote {r['version']}")
 
     emit(result, as_json, render)

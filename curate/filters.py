@@ -37,7 +37,6 @@ for rewriting hit rows. ``benchmarks/bench_filters.py`` measures rows/s.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -648,12 +647,6 @@ def redact_pii(text: str, kinds: list[str] | tuple[str, ...] = PiiFilter.KINDS) 
             return m.group(0)
         text = re.sub(NUMBER_RE, num_sub, text)
     return text
-
-
-def n_words(s: pl.Expr) -> pl.Expr:
-    """Whitespace-separated word count (split + list length: far cheaper than a
-    regex count)."""
-    return s.str.split(" ").list.eval(pl.element().filter(pl.element() != "")).list.len()
 
 
 class EchoFilter(Filter):

@@ -224,6 +224,7 @@ class _Query:
         self.s2: list[str] = []     # from s1
         self.s3: list[str] = []     # from s2
         self.s4: list[str] = []     # from s3
+        self.s5: list[str] = []     # from s4
         self.checks: list[tuple[str, str]] = []
 
     def access(self, column: str) -> str:
@@ -282,12 +283,13 @@ class _Query:
             # leaves), the roles as one string checked with string/regex ops.
             # Whatever is not accepted here is judged by the exact checks.
             role = f"CASE WHEN {e_r} IN {known} THEN {e_r} ELSE role_norm({e_r}) END"
+            # (blank test: the first character decides unless it is whitespace)
             self.s4 += [
                 f"list_bool_or(list_transform({name}_typed, lambda e: e IS NULL OR {e_r} IS NULL OR {e_c} IS NULL "
-                f"OR regexp_full_match({e_c}, '\\s*'))) AS {name}_holes",
-                f"',' || array_to_string(list_transform({name}_typed, lambda e: {role}), ',') || ',' AS {name}_rs",
+                f"OR {e_c} = '' OR (ascii({e_c}) IN (9, 10, 11, 12, 13, 32) AND regexp_full_match({e_c}, '\\s*')))) AS {name}_holes",
                 f"list_transform({name}_typed, lambda e: {{'role': {role}, 'content': {e_c}}}) AS {name}_msgs",
             ]
+            self.s5 += [f"',' || array_to_string(list_transform({name}_msgs, lambda m: m.role), ',') || ',' AS {name}_rs"]
             rs = f"{name}_rs"
             shape = {
                 "conversation": "(,system)*,user(,(user|assistant|tool))*,assistant,",
@@ -542,7 +544,8 @@ def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | N
          s2 AS (SELECT *, {', '.join(q.s2 or ['NULL AS _s2'])} FROM s1),
          s3 AS (SELECT *, {', '.join(q.s3 or ['NULL AS _s3'])} FROM s2),
          s4 AS (SELECT *, {', '.join(q.s4 or ['NULL AS _s4'])} FROM s3),
-         r AS (SELECT *, {reason} AS reason FROM s4)
+         s5 AS (SELECT *, {', '.join(q.s5 or ['NULL AS _s5'])} FROM s4),
+         r AS (SELECT *, {reason} AS reason FROM s5)
     SELECT source_line, CASE WHEN reason IS NOT NULL THEN raw END AS raw, reason,
            {_lit(kind)} AS kind,
            CASE WHEN reason IS NULL THEN {messages_sql} END AS messages,

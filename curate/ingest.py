@@ -162,6 +162,8 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
             f"by reason: {', '.join(f'{k} ({v})' for k, v in list(reasons.items())[:3])})")
     if quarantined:
         warn(f"{quarantined} of {rows_in} records quarantined (see: bakeoff data quarantine {name})")
+    if not rows_in:
+        warn("the input holds no records; writing an empty version")
 
     params = {"paths": [str(p) for p in files], "format": fmt, "detected": detected,
               "map": mapping, "meta": meta, "strict": strict}

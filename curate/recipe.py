@@ -262,7 +262,9 @@ def run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: 
         if isinstance(result, StepOutput):
             result.check_balance(rows_in)
             rows = result.rows
-            ledger = result.ledger if result.ledger.height else _empty_ledger()
+            # each step's ledger in the one ledger layout, so they concatenate
+            ledger = result.ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]) \
+                if result.ledger.height else _empty_ledger()
             ledgers.append(ledger)
             pending_ledger.append(ledger)
             reports[key] = result.report

@@ -15,9 +15,11 @@ How it works (``semantic_dedup_rows``):
    (longest scope text first) or ``quality`` (highest score in a quality column
    first); ties go to input order.
 3. Rows are visited in that order, in batches, *query then insert*: each batch is
-   searched against a faiss index of the rows kept so far (exact ``IndexFlatIP``,
-   or ``IndexIVFFlat`` for large sets -- nearest neighbours through an index,
-   never a Python loop over all pairs); a row with a kept neighbour at cosine >=
+   searched against a faiss index of the rows kept so far (exact ``IndexFlatIP``;
+   ``IndexIVFFlat`` above ``flat_max`` rows, default 50k -- nearest neighbours
+   through an index, never a Python loop over all pairs. IVF rather than HNSW
+   because faiss builds HNSW graphs with threads in a nondeterministic order,
+   while IVF cells come from seeded k-means); a row with a kept neighbour at cosine >=
    threshold is removed and names its most similar such neighbour. The rest of
    the batch is resolved against itself in rank order, and the survivors are
    added to the index.
@@ -74,7 +76,7 @@ class SemanticDedupConfig:
     model: str | None = None         # embedding model (default: env BAKEOFF_EMBEDDING_MODEL / all-MiniLM-L6-v2)
     quality_column: str = "quality"  # keep=quality: column (or key of `extra`) holding the score
     index: str = "auto"              # auto | flat | ivf
-    flat_max: int = 20000            # auto: exact flat index up to this many rows, IVF above
+    flat_max: int = 50000            # auto: exact flat index up to this many rows, IVF above
     nprobe: int = 16                 # ivf: cells probed per query
     batch_size: int = 2048           # rows per query-then-insert batch (result does not depend on it)
     embed_batch_size: int | None = None  # texts per model call

@@ -42,7 +42,7 @@ def rows(*convs, kind="sft", **cols) -> pl.DataFrame:
         msgs = c if isinstance(c, list) else [{"role": "user", "content": c[0]},
                                               {"role": "assistant", "content": c[1]}]
         out.append({"kind": kind, "messages": msgs, **cols})
-    return with_ids(conform(pl.DataFrame(out, schema_overrides={"messages": F.pl.List(
+    return with_ids(conform(pl.DataFrame(out, schema_overrides={"messages": pl.List(
         pl.Struct({"role": pl.String, "content": pl.String}))})))
 
 

@@ -43,7 +43,7 @@ def _client(r):
 
 
 def _history(r, key):
-    hist = _client(r).get_metric_history(r, key)
+    hist = _client(r).get_metric_history(r.run_id, key)
     by_step = {}
     for m in sorted(hist, key=lambda m: m.timestamp):
         by_step[m.step] = m.value  # last write wins (a resumed run re-logs its tail)
@@ -100,8 +100,6 @@ def test_sft_learning_rate_metric_has_warmup_stepdown_floor(full_run):
 
 
 def test_sft_mlflow_lineage(full_run):
-    import mlflow
-
     ws, ref, r = full_run
     run = _client(r).get_run(r.run_id)
     v = ws.resolve(ref)
@@ -130,7 +128,6 @@ def test_sft_checkpoint_loads_and_note(full_run):
     outp = model.generate(**enc, max_new_tokens=4, do_sample=False)
     assert outp.shape[1] > enc["input_ids"].shape[1]
     res = note(ws, r.run_id, "loss fell; pattern learnt")
-    import mlflow
 
     tags = _client(r).get_run(r.run_id).data.tags
     assert tags["bakeoff.conclusion"] == "loss fell; pattern learnt"
@@ -154,7 +151,6 @@ def test_lora_run_adapter_checkpoint_loads_merged(mws, model_cache):
 
 
 def test_monitor_fires_on_too_high_lr(mws, model_cache):
-    import mlflow
 
     from bakeoff.train.sft import train_sft
 
@@ -165,7 +161,7 @@ def test_monitor_fires_on_too_high_lr(mws, model_cache):
     tags = _client(r).get_run(r.run_id).data.tags
     assert tags["bakeoff.lr_monitor"] == "warned"
     assert set(tags["bakeoff.lr_warning"].split(",")) & {"nan", "spike", "rising"}
-    assert mlflow.MlflowClient().get_metric_history(r, "lr_monitor_alert")
+    assert _client(r).get_metric_history(r.run_id, "lr_monitor_alert")
 
 
 def test_assistant_only_labels_and_packing_positions(model_cache):

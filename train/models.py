@@ -165,10 +165,10 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
     tok = build_tiny_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **TINY_CONFIG)
-    devnull_state = torch.random.get_rng_state()
+    rng_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
-    torch.random.set_rng_state(devnull_state)  # don't disturb the caller's RNG
+    torch.random.set_rng_state(rng_state)  # don't disturb the caller's RNG
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")

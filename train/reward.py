@@ -14,6 +14,8 @@ trained on preference pairs with the Bradley-Terry loss. What it reports, and wh
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 from pathlib import Path
@@ -224,9 +226,12 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
     params = {**cfg.to_params(), "base_model": base_model, "device": device,
               **{f"data.{k}": v for k, v in counts.items()}, "data.train_pairs": len(train_ds),
               "data.heldout_pairs": 0 if held is None else len(held)}
-    with training_run(ws, cfg.experiment_name, run_id=plan.run_id, params=params, tags=tags,
-                      datasets=[(version.ref, "training")], hypothesis=cfg.hypothesis,
-                      resume=plan.resume_from is not None):
+    # Under data-parallel launch only rank 0 talks to MLflow (the others train).
+    main = is_main_process()
+    run_ctx = training_run(ws, cfg.experiment_name, run_id=plan.run_id, params=params, tags=tags,
+                           datasets=[(version.ref, "training")], hypothesis=cfg.hypothesis,
+                           resume=plan.resume_from is not None) if main else contextlib.nullcontext()
+    with run_ctx:
         out = trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
         metrics = {k: float(v) for k, v in out.metrics.items() if isinstance(v, (int, float))}
         final = history[-1] if history else pair_stats(trainer.model, tok, ref_pairs, cfg.batch_size)
@@ -235,10 +240,11 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
                         "reward_mean": final["mean"], "reward_std": final["std"]})
         if final["std"] < 1e-3:
             warn("reward spread on reference samples is ~0: the reward signal can't rank answers")
-        mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
-        mlflow.set_tags({"bakeoff.checkpoints": str(len(checkpoints)),
-                         "bakeoff.lr_monitor": "warned" if monitor_cb.monitor.alerts else "ok"})
-        uri = mlflow.get_tracking_uri()
+        if main:
+            mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
+            mlflow.set_tags({"bakeoff.checkpoints": str(len(checkpoints)),
+                             "bakeoff.lr_monitor": "warned" if monitor_cb.monitor.alerts else "ok"})
+        uri = mlflow.get_tracking_uri() if main else ws.tracking_uri
     return TrainResult(run_id=plan.run_id, tracking_uri=uri, experiment_name=cfg.experiment_name,
                        checkpoints=checkpoints, output_dir=str(plan.output_dir), kind="reward",
                        metrics=metrics, warnings=warnings, lr_alerts=list(monitor_cb.monitor.alerts),

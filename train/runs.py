@@ -107,12 +107,6 @@ def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return None
 
 
-def find_checkpoint_meta_up(path: str | os.PathLike) -> CheckpointMeta | None:
-    """Metadata of ``path`` if it is a checkpoint (used to record parent runs)."""
-    p = Path(path)
-    return read_checkpoint_meta(p) if p.is_dir() else None
-
-
 def make_checkpoint_callback(base: dict[str, Any]) -> Any:
     """A ``TrainerCallback`` that writes ``bakeoff_checkpoint.json`` into every
     checkpoint the Trainer saves (``base`` holds everything but the step)."""

@@ -18,6 +18,8 @@ Choices, and why:
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,17 +161,21 @@ def train_sft(ws: "Workspace", cfg: SFTRunConfig, callbacks: list[Any] | None = 
     params = {**cfg.to_params(), "base_model": base_model, "device": device,
               "packing_strategy": "bfd" if cfg.packing else "none", **{f"data.{k}": v for k, v in counts.items()},
               "data.conversations": len(dataset)}
-    with training_run(ws, cfg.experiment_name, run_id=plan.run_id, params=params, tags=tags,
-                      datasets=[(version.ref, "training")], hypothesis=cfg.hypothesis,
-                      resume=plan.resume_from is not None):
+    # Under data-parallel launch only rank 0 talks to MLflow (the others train).
+    main = is_main_process()
+    run_ctx = training_run(ws, cfg.experiment_name, run_id=plan.run_id, params=params, tags=tags,
+                           datasets=[(version.ref, "training")], hypothesis=cfg.hypothesis,
+                           resume=plan.resume_from is not None) if main else contextlib.nullcontext()
+    with run_ctx:
         out = trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
         metrics = {k: float(v) for k, v in out.metrics.items() if isinstance(v, (int, float))}
         checkpoints = collect_checkpoints(plan.output_dir)
         alerts = monitor_cb.monitor.alerts
-        mlflow.set_tags({"bakeoff.checkpoints": str(len(checkpoints)),
-                         "bakeoff.lr_monitor": "warned" if alerts else "ok"})
-        mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
-        uri = mlflow.get_tracking_uri()
+        if main:
+            mlflow.set_tags({"bakeoff.checkpoints": str(len(checkpoints)),
+                             "bakeoff.lr_monitor": "warned" if alerts else "ok"})
+            mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
+        uri = mlflow.get_tracking_uri() if main else ws.tracking_uri
     return TrainResult(run_id=plan.run_id, tracking_uri=uri, experiment_name=cfg.experiment_name,
                        checkpoints=checkpoints, output_dir=str(plan.output_dir), kind="sft",
                        metrics=metrics, warnings=warnings, lr_alerts=list(alerts),
