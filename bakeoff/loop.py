@@ -9,6 +9,8 @@ pipeline file accepts exactly the options the stage commands document.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -88,7 +90,10 @@ class _Steps:
         label = f"{self.prefix}{name}"
         err.rule(f"[bold]{label}")
         t0 = time.perf_counter()
-        value = fn()
+        # Trainers print their logs on stdout; results own stdout (--json), so
+        # everything a step prints goes to stderr with the progress bars.
+        with contextlib.redirect_stdout(sys.stderr):
+            value = fn()
         self.result.timings[label] = round(time.perf_counter() - t0, 1)
         log(f"[dim]{label}: {self.result.timings[label]:.1f} s[/]")
         return value

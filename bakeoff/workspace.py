@@ -121,6 +121,16 @@ def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _write_rows_parquet(rows: pl.DataFrame, path: Path) -> None:
+    """A version's rows as Parquet, written by pyarrow with LZ4 and no column
+    statistics: for 1M chat rows this is ~1 s of CPU against ~3.5 s for polars'
+    default (zstd + statistics on nested columns), the largest single cost of a
+    commit; the file is ~10% larger and reads back identically."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(rows.to_arrow(), path, compression="lz4", write_statistics=False)
+
+
 class Workspace:
     """A bakeoff workspace directory. Created on first use."""
 
@@ -304,7 +314,7 @@ class Workspace:
         tmp = base / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
-            rows.write_parquet(tmp / "rows.parquet")
+            _write_rows_parquet(rows, tmp / "rows.parquet")
             if ledger is not None:
                 ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]).write_parquet(
                     tmp / "ledger.parquet")

@@ -16,7 +16,8 @@ tool runs in its own subprocess, timed from raw texts to the removed set, with
 its peak RSS (ru_maxrss) read there.
 
 - ours: ``bakeoff.curate.dedup.dedup_texts`` (exact stage, vectorized MinHash,
-  LSH, every candidate verified by exact Jaccard).
+  LSH, every candidate verified by exact Jaccard); ``ours-1t`` the same on one
+  numba thread (rensa's loop is single-threaded).
 - datasketch: Python shingling, ``MinHash.bulk`` + ``MinHashLSH`` (its own
   optimal bands for 0.8), query-then-insert, any candidate = duplicate.
 - rensa: Python shingling, ``RMinHash`` per doc + ``RMinHashLSH(0.8, 128, 16
@@ -244,12 +245,19 @@ def _python_shingles(texts) -> list[list[str]]:
     return out
 
 
-def run_ours(texts) -> np.ndarray:
+def run_ours(texts, threads: int | None = None) -> np.ndarray:
     from bakeoff.curate.dedup import DedupConfig, dedup_texts
 
-    res = dedup_texts(texts, DedupConfig(threshold=THRESHOLD, num_perm=NUM_PERM, ngram=NGRAM, seed=SEED))
+    res = dedup_texts(texts, DedupConfig(threshold=THRESHOLD, num_perm=NUM_PERM, ngram=NGRAM, seed=SEED,
+                                         threads=threads))
     run_ours.stats = res.stats
     return res.removed
+
+
+def run_ours_1t(texts) -> np.ndarray:
+    """Ours on one thread: rensa's Python loop is single-threaded, and on a
+    shared machine a second worker thread may not get a core."""
+    return run_ours(texts, threads=1)
 
 
 def run_datasketch(texts) -> np.ndarray:
@@ -289,7 +297,7 @@ def run_rensa(texts) -> np.ndarray:
     return removed
 
 
-TOOLS = {"ours": run_ours, "datasketch": run_datasketch, "rensa": run_rensa}
+TOOLS = {"ours": run_ours, "ours-1t": run_ours_1t, "datasketch": run_datasketch, "rensa": run_rensa}
 
 
 def worker(tool: str, corpus: str, out: str) -> None:
@@ -300,7 +308,7 @@ def worker(tool: str, corpus: str, out: str) -> None:
     # Load numba's cached kernels (~1 s; ours, and the normaliser every tool
     # shares) outside the timed region.
     w0 = time.perf_counter()
-    run_ours(texts.head(200)) if tool == "ours" else _python_shingles(texts.head(200))
+    run_ours(texts.head(200)) if tool.startswith("ours") else _python_shingles(texts.head(200))
     warmup = time.perf_counter() - w0
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
@@ -310,7 +318,7 @@ def worker(tool: str, corpus: str, out: str) -> None:
     np.save(out, removed)
     print(json.dumps({"tool": tool, "seconds": seconds, "rss_mb": ru1.ru_maxrss / 1024, "warmup_s": warmup,
                       "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
-                      "stats": getattr(run_ours, "stats", {}) if tool == "ours" else {}}))
+                      "stats": getattr(run_ours, "stats", {}) if tool.startswith("ours") else {}}))
 
 
 def run_tool(tool: str, corpus: Path) -> dict:
@@ -328,7 +336,7 @@ def run_tool(tool: str, corpus: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=200_000)
-    ap.add_argument("--tools", default="ours,datasketch,rensa")
+    ap.add_argument("--tools", default="ours,ours-1t,rensa,datasketch")
     ap.add_argument("--no-truth", action="store_true", help="skip the exact ground truth (scale runs)")
     ap.add_argument("--worker"), ap.add_argument("--corpus"), ap.add_argument("--out")
     args = ap.parse_args()

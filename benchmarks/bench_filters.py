@@ -21,7 +21,11 @@ import polars as pl
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def build_rows(n: int) -> pl.DataFrame:
+def build_rows(n: int, perturb: bool = False) -> pl.DataFrame:
+    """The demo corpus (~1k rows) tiled to ``n`` rows. With ``perturb``, copy k
+    appends k's digits to the first number of every turn ("2022" -> "20227"), so
+    nearly every row differs from every other (the dedupe in ``detect`` gets
+    nothing) while the noise and the text shapes stay the demo's."""
     import shutil
 
     from bakeoff.demo_data import make_demo_workspace
@@ -36,8 +40,58 @@ def build_rows(n: int) -> pl.DataFrame:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     reps = -(-n // base.height)
-    tiled = pl.concat([base] * reps).head(n)
+
+    def bump(col: str, k: int) -> pl.Expr:
+        return pl.col(col).list.eval(pl.struct(
+            pl.element().struct.field("role"),
+            pl.element().struct.field("content").str.replace(r"(\d+)", "${1}" + str(k)).alias("content")))
+
+    parts = [base.with_columns(*(bump(c, k) for c in ("messages", "chosen", "rejected"))) if perturb and k
+             else base for k in range(reps)]
+    tiled = pl.concat(parts).head(n)
     return tiled.with_columns(pl.int_range(pl.len()).cast(pl.String).alias("id"))
+
+
+# --- the baseline: a straightforward per-row Python implementation ----------------------
+
+def naive_filters(df: pl.DataFrame) -> list[tuple[bool, bool, bool, bool]]:
+    """What the filters look like written row by row in Python (the usual first
+    version): texts joined per row, then control characters, refusal phrases,
+    emails and Gopher repetition (duplicate lines, duplicate 5-grams) per text.
+    The same rules as four of our eleven filters."""
+    import re
+    from collections import Counter
+
+    from bakeoff.curate import filters as F
+
+    control = re.compile(F.CONTROL_RE)
+    refusal = re.compile("(?im)" + "|".join(f"(?:{p})" for p in F._REFUSAL_PATTERNS))
+    email = re.compile(F.EMAIL_RE)
+
+    def repetition(text: str) -> bool:
+        lines = [x for x in text.split("\n") if x]
+        if len(lines) > 1 and 1 - len(set(lines)) / len(lines) > 0.3:
+            return True
+        words = [w for w in text.split(" ") if w]
+        grams = [tuple(words[i:i + 5]) for i in range(len(words) - 4)]
+        if len(text.split(" ")) >= 12 and grams:
+            counts = Counter(grams)
+            if sum(1 for g in grams if counts[g] > 1) / len(grams) > 0.3:
+                return True
+        return False
+
+    out = []
+    for row in df.select("kind", "messages", "chosen").iter_rows(named=True):
+        msgs = row["messages"] or []
+        if row["kind"] == "sft":
+            p = "\n".join(m["content"] or "" for m in msgs if m["role"] != "assistant")
+            r = "\n".join(m["content"] or "" for m in msgs if m["role"] == "assistant")
+        else:
+            p = "\n".join(m["content"] or "" for m in msgs)
+            r = "\n".join(m["content"] or "" for m in row["chosen"] or [])
+        out.append((bool(control.search(p) or control.search(r)), bool(refusal.search(r)),
+                    bool(email.search(p) or email.search(r)), repetition(r)))
+    return out
 
 
 def main() -> None:

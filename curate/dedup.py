@@ -5,9 +5,9 @@ highest quality score):
 
 1. **exact** -- rows whose *normalised* text (lowercase, punctuation and
    whitespace runs collapsed; see :func:`bakeoff.curate.minhash.normalize`) is
-   identical -- compared by a 128-bit SHA-1 digest computed in the same pass as
-   the shingles, so the normalised corpus is never held in memory: all but the
-   highest-priority one are removed (similarity 1.0).
+   identical -- compared by a 128-bit fingerprint of the normalised text: all
+   but the highest-priority one are removed (similarity 1.0), and are never
+   shingled or signed.
 2. **minhash** -- the survivors are sketched (datasketch-equal MinHash, see
    :mod:`bakeoff.curate.minhash`) and walked in priority order: a row is removed
    only if an already-kept row shares an LSH bucket with it *and* their exact
@@ -24,6 +24,7 @@ removing all-but-one empty prompt would be a filter's job, with its own rule.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -65,6 +66,10 @@ class DedupConfig:
     # false positive only costs one Jaccard; a false negative costs recall.
     fp_weight: float = 0.01
     batch_size: int = mh.DEFAULT_BATCH
+    # numba threads for the kernels (None: numba's default, one per core). The
+    # result is identical for any value; on a machine whose cores are busy
+    # with other work, 1 avoids waiting on threads that are not scheduled.
+    threads: int | None = None
 
     def validate(self) -> "DedupConfig":
         if self.scope not in SCOPES:
@@ -79,6 +84,8 @@ class DedupConfig:
             raise BakeoffError("dedup needs num_perm >= 2 and ngram >= 1")
         if not 0.0 <= self.fp_weight <= 1.0:
             raise BakeoffError("dedup fp_weight must be in [0, 1]")
+        if self.threads is not None and self.threads < 1:
+            raise BakeoffError("dedup threads must be >= 1")
         return self
 
     @classmethod
@@ -133,6 +140,20 @@ def dedup_texts(texts: Sequence[str] | pl.Series, config: DedupConfig | None = N
     """Exact then MinHash dedup of ``texts`` in keep-priority ``order``
     (default: first row wins). The Python API behind the step and the CLI."""
     cfg = (config or DedupConfig()).validate()
+    if cfg.threads is None:
+        return _dedup_texts(texts, cfg, order, show_progress)
+    import numba
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        return _dedup_texts(texts, cfg, order, show_progress)
+    finally:
+        numba.set_num_threads(old)
+
+
+def _dedup_texts(texts: Sequence[str] | pl.Series, cfg: DedupConfig, order: np.ndarray | None,
+                 show_progress: bool) -> DedupResult:
     t0 = time.perf_counter()
     series = mh._as_series(texts).cast(pl.String)
     n = series.len()
@@ -149,51 +170,61 @@ def dedup_texts(texts: Sequence[str] | pl.Series, config: DedupConfig | None = N
 
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
-    # One batched pass: normalise, hash shingles, sign, and digest each whole
-    # normalised text (128 bits of SHA-1) for the exact stage. Rows the exact
-    # stage removes were sketched for nothing, but the normalised corpus never
-    # has to sit in memory (this is what keeps 200k rows under 1 GB).
-    kw = dict(num_perm=cfg.num_perm, ngram=cfg.ngram, seed=cfg.seed, unit=cfg.unit,
-              batch_size=cfg.batch_size, digests=True)
-    if show_progress:
-        from bakeoff.console import progress
+    # Pass 1, batch by batch: normalise once and fingerprint each normalised
+    # text (128 bits). The exact stage needs only the fingerprints, and rows it
+    # removes are never shingled or signed.
+    from bakeoff.console import progress
 
-        with progress() as p:
-            task = p.add_task("minhash signatures", total=n)
-            sk = mh.sketch(series, progress_cb=lambda done: p.update(task, completed=done), **kw)
-    else:
-        sk = mh.sketch(series, **kw)
-    t1 = time.perf_counter()
-    nonempty = sk.sizes > 0  # an empty normalised text has no shingles
+    with progress() if show_progress else contextlib.nullcontext() as bar:
+        norm_cb = sig_cb = None
+        if bar is not None:
+            t_norm = bar.add_task("normalise + fingerprint", total=n)
+            t_sig = bar.add_task("minhash signatures", total=n)
+            norm_cb = lambda done: bar.update(t_norm, completed=done)  # noqa: E731
+            sig_cb = lambda done: bar.update(t_sig, completed=done)  # noqa: E731
+        corpus = mh.NormalizedCorpus(series, batch_size=cfg.batch_size, progress_cb=norm_cb)
+        t1 = time.perf_counter()
+        active = corpus.lengths > 0  # an empty normalised text has no shingles
 
-    # Stage 1: identical normalised text (equal 128-bit digests). The group's
-    # representative is its member with the smallest rank.
-    active = nonempty.copy()
-    if cfg.exact:
-        idx = np.flatnonzero(nonempty)
-        d = sk.digest[idx]
-        srt = idx[np.lexsort((rank[idx], d[:, 1], d[:, 0]))]
-        ds = sk.digest[srt]
-        new_group = np.ones(srt.size, bool)
-        new_group[1:] = (ds[1:] != ds[:-1]).any(axis=1)
-        rep = srt[np.flatnonzero(new_group)[np.cumsum(new_group) - 1]]
-        dup = srt[~new_group]
-        partner[dup] = rep[~new_group]
-        similarity[dup] = 1.0
-        stage[dup] = EXACT
-        active[dup] = False
-    t2 = time.perf_counter()
+        # Stage 1: identical normalised text (equal 128-bit fingerprints). The
+        # group's representative is its member with the smallest rank.
+        if cfg.exact:
+            idx = np.flatnonzero(active)
+            d = corpus.fingerprint[idx]
+            srt = idx[np.lexsort((rank[idx], d[:, 1], d[:, 0]))]
+            ds = corpus.fingerprint[srt]
+            new_group = np.ones(srt.size, bool)
+            new_group[1:] = (ds[1:] != ds[:-1]).any(axis=1)
+            rep = srt[np.flatnonzero(new_group)[np.cumsum(new_group) - 1]]
+            dup = srt[~new_group]
+            partner[dup] = rep[~new_group]
+            similarity[dup] = 1.0
+            stage[dup] = EXACT
+            active[dup] = False
+        t2 = time.perf_counter()
+        survivors = np.flatnonzero(active)
+        sk = None
+        if bar is not None:
+            bar.update(t_sig, total=int(survivors.size))
+        if cfg.near and survivors.size:
+            sk = corpus.sketch(survivors, num_perm=cfg.num_perm, ngram=cfg.ngram, seed=cfg.seed,
+                               unit=cfg.unit, progress_cb=sig_cb)
+        del corpus
+    t3 = time.perf_counter()
 
-    # Stage 2: MinHash LSH over the rest, greedy in rank order, verified.
-    t3 = t2
-    if cfg.near and active.any():
-        sub_order = order[active[order]]
+    # Stage 2: MinHash LSH over the survivors, greedy in rank order, verified.
+    t4 = t3
+    if sk is not None:
+        pos = np.full(n, -1, np.int64)
+        pos[survivors] = np.arange(survivors.size)
+        sub_order = pos[order[active[order]]]
         near_partner, near_sim, lsh_stats = mh.greedy_dedup(sk, cfg.threshold, sub_order, cfg.fp_weight)
-        t3 = time.perf_counter()
-        hit = near_partner >= 0
-        partner[hit] = near_partner[hit]
-        similarity[hit] = near_sim[hit]
-        stage[hit] = NEAR
+        t4 = time.perf_counter()
+        hit = np.flatnonzero(near_partner >= 0)
+        rows = survivors[hit]
+        partner[rows] = survivors[near_partner[hit]]
+        similarity[rows] = near_sim[hit]
+        stage[rows] = NEAR
         # An exact group's representative may itself be a near-duplicate of an
         # earlier kept row: its copies then point at that kept row, with the
         # same verified Jaccard (identical normalised text, identical shingles).
@@ -203,12 +234,13 @@ def dedup_texts(texts: Sequence[str] | pl.Series, config: DedupConfig | None = N
         similarity[moved] = similarity[rep]
         stage[moved] = NEAR
         stats.update(lsh_stats)
-    stats["shingles"] = int(sk.hashes.size)
+        stats["shingles"] = int(sk.hashes.size)
     # counted at the end: exact copies of a near-removed row moved to NEAR above
     stats["removed_exact"] = int((stage == EXACT).sum())
     stats["removed_near"] = int((stage == NEAR).sum())
-    stats["timings"] = {"sketch_s": round(t1 - t0, 4), "exact_s": round(t2 - t1, 4),
-                        "lsh_verify_s": round(t3 - t2, 4), "total_s": round(time.perf_counter() - t0, 4)}
+    stats["timings"] = {"normalize_s": round(t1 - t0, 4), "exact_s": round(t2 - t1, 4),
+                        "sketch_s": round(t3 - t2, 4), "lsh_verify_s": round(t4 - t3, 4),
+                        "total_s": round(time.perf_counter() - t0, 4)}
     return DedupResult(partner, similarity, stage, stats)
 
 

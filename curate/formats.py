@@ -209,6 +209,15 @@ _TYPE_WORD = "CASE {t} WHEN 'VARCHAR' THEN 'a string' WHEN 'ARRAY' THEN 'a list'
              "WHEN 'NUMBER' THEN 'a number' WHEN 'BOOLEAN' THEN 'a boolean' ELSE lower({t}) END"
 
 
+def _concat(*parts: str) -> str:
+    """``list_concat`` of turn lists, leaving out the always-empty ones (a copy
+    of every conversation saved when there is nothing to prepend)."""
+    parts = tuple(p for p in parts if p != _EMPTY)
+    if not parts:
+        return _EMPTY
+    return parts[0] if len(parts) == 1 else f"list_concat({', '.join(parts)})"
+
+
 class _Query:
     """Collects the columns of the extraction query, stage by stage, and the
     checks in the order they are tried (the first failing one is the reason)."""
@@ -444,7 +453,7 @@ def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | N
                     f"{_turn('assistant', 'json_extract_string(p[2], $$$$$$)')}])) ELSE {_EMPTY} END").replace("$$$$$$", "'$'")
         user = (f"CASE WHEN length(trim(coalesce(inp_s, ''), {_WS})) > 0 "
                 "THEN ins_s || E'\\n\\n' || inp_s ELSE ins_s END")
-        messages_sql = f"list_concat({system_sql}, {hist}, [{_turn('user', user)}, {_turn('assistant', 'out_s')}])"
+        messages_sql = _concat(system_sql, hist, f"[{_turn('user', user)}, {_turn('assistant', 'out_s')}]")
         kind = "sft"
     elif fmt in ("sharegpt", "messages"):
         col = plan.col("conversations" if fmt == "sharegpt" else "messages")
@@ -458,19 +467,19 @@ def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | N
         else:
             q.message_field("conv", col, purpose="conversation", string_role=None)
             kind = "sft"
-        messages_sql = f"list_concat({system_sql}, {q.turns('conv')})"
+        messages_sql = _concat(system_sql, q.turns('conv'))
     elif fmt == "completion":
         q.message_field("pr", plan.col("prompt"), purpose="prompt", string_role="user")
         q.message_field("co", plan.col("completion"), purpose="response", string_role="assistant")
         system_sql = optional_system()
-        messages_sql = f"list_concat({system_sql}, {q.turns('pr')}, {q.turns('co')})"
+        messages_sql = _concat(system_sql, q.turns('pr'), q.turns('co'))
         kind = "sft"
     elif fmt == "preference":
         q.message_field("pr", plan.col("prompt"), purpose="prompt", string_role="user")
         for nm, f in (("ch", "chosen"), ("rj", "rejected")):
             q.message_field(nm, plan.col(f), purpose="response", string_role="assistant")
         system_sql = optional_system()
-        messages_sql = f"list_concat({system_sql}, {q.turns('pr')})"
+        messages_sql = _concat(system_sql, q.turns('pr'))
         chosen_sql, rejected_sql = q.turns("ch"), q.turns("rj")
         kind = "preference"
     elif fmt == "prompt":
@@ -480,7 +489,7 @@ def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | N
         roles = "list_transform(pr_msgs, lambda x: x.role)" if fast else "pr_r"
         keep = (f"(len({roles}) + 1 - coalesce(list_position(list_reverse(list_transform({roles}, "
                 f"lambda x: x <> 'assistant')), true), len({roles}) + 1))")
-        messages_sql = f"list_concat({system_sql}, {q.turns('pr', keep)})"
+        messages_sql = _concat(system_sql, q.turns('pr', keep))
         kind = "prompt"
     else:
         raise BakeoffError(f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMAT_NAMES)}")
@@ -538,6 +547,13 @@ def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | N
     if fast:
         checks += [(f"NOT coalesce({ok}, false)", "'not accepted by the fast tier'") for ok in q.fast_ok]
     reason = "CASE " + " ".join(f"WHEN {cond} THEN {why}" for cond, why in checks) + " END"
+
+    def accepted(sql: str) -> str:
+        # The exact tier builds the lists of accepted rows only. The fast tier's
+        # rejected rows are discarded (re-run on the exact tier), and its turn
+        # lists are already built for every row, so the guard (which copies
+        # every list) is skipped there.
+        return sql if fast else f"CASE WHEN reason IS NULL THEN {sql} END"
     return f"""
     WITH p AS (SELECT source_line, raw, from_json(raw, {schema}) AS f, {sus} AS sus FROM {source}),
          s1 AS (SELECT source_line, raw, f, sus, {', '.join(q.s1)} FROM p),
@@ -548,9 +564,9 @@ def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | N
          r AS (SELECT *, {reason} AS reason FROM s5)
     SELECT source_line, CASE WHEN reason IS NOT NULL THEN raw END AS raw, reason,
            {_lit(kind)} AS kind,
-           CASE WHEN reason IS NULL THEN {messages_sql} END AS messages,
-           CASE WHEN reason IS NULL THEN {chosen_sql} END AS chosen,
-           CASE WHEN reason IS NULL THEN {rejected_sql} END AS rejected,
+           {accepted(messages_sql)} AS messages,
+           {accepted(chosen_sql)} AS chosen,
+           {accepted(rejected_sql)} AS rejected,
            {labels['domain']} AS domain, {labels['doctype']} AS doctype, {labels['task']} AS task,
            {labels['tags']} AS tags,
            CASE WHEN reason IS NULL THEN {extra_sql} END AS extra

@@ -35,14 +35,14 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numba
 import numpy as np
 import polars as pl
 
 __all__ = [
-    "Sketches", "signatures", "sketch", "shingles", "normalize", "lsh_params",
+    "Sketches", "NormalizedCorpus", "signatures", "sketch", "shingles", "normalize", "lsh_params",
     "cross_matches", "greedy_dedup", "jaccard_pairs", "permutations",
 ]
 
@@ -324,6 +324,38 @@ def _sha1_64(buf, s, e, w):
     return _bswap32(np.uint64(h0)) | (_bswap32(np.uint64(h1)) << np.uint64(32))
 
 
+@numba.njit(inline="always")
+def _fmix64(h):
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h
+
+
+@numba.njit(cache=True)
+def _digest128(buf, s, e):
+    """A fast 128-bit fingerprint of buf[s:e] (two multiply-xorshift lanes over
+    8-byte words, length mixed in, MurmurHash3 finaliser) for exact-duplicate
+    grouping. Not cryptographic -- nobody crafts collisions against their own
+    training set -- and ~5x cheaper than a SHA-1 of the whole text."""
+    h1 = np.uint64(0x243F6A8885A308D3) ^ np.uint64(e - s)
+    h2 = np.uint64(0x13198A2E03707344)
+    p = s
+    while p < e:
+        k = np.uint64(0)
+        for j in range(min(8, e - p)):
+            k |= np.uint64(buf[p + j]) << np.uint64(8 * j)
+        p += 8
+        h1 = (h1 ^ k) * np.uint64(0x9E3779B97F4A7C15)
+        h1 ^= h1 >> np.uint64(31)
+        h2 = (h2 ^ k) * np.uint64(0xC2B2AE3D27D4EB4F)
+        h2 ^= h2 >> np.uint64(29)
+        h2 += h1
+    return _fmix64(h1 ^ (h2 >> np.uint64(7))), _fmix64(h2 + np.uint64(e - s))
+
+
 @numba.njit(cache=True)
 def _count_shingles(buf, offs, ngram, char_unit):
     n = offs.shape[0] - 1
@@ -348,26 +380,19 @@ def _count_shingles(buf, offs, ngram, char_unit):
 
 
 @numba.njit(cache=True, parallel=True)
-def _hash_shingles(buf, offs, ngram, char_unit, starts, out, uniq, digest):
+def _hash_shingles(buf, offs, ngram, char_unit, starts, out, uniq):
     """SHA-1 every shingle of every document into ``out[starts[i]:starts[i+1]]``,
     sort each document's slice and move its unique values to the front;
-    ``uniq[i]`` = number of unique values. ``digest[i]``: the first 16 bytes of
-    SHA-1 of the whole (normalised) text, for exact dedup (skipped if
-    ``digest`` has no rows)."""
+    ``uniq[i]`` = number of unique values."""
     n = offs.shape[0] - 1
-    with_digest = digest.shape[0] == n
     for i in numba.prange(n):
         s = offs[i]
         e = offs[i + 1]
         o = starts[i]
         m = starts[i + 1] - o
-        w = np.empty(80, np.uint32)
-        if with_digest:
-            h0, h1, h2, h3 = _sha1_words(buf, s, e, w)
-            digest[i, 0] = (np.uint64(h0) << np.uint64(32)) | np.uint64(h1)
-            digest[i, 1] = (np.uint64(h2) << np.uint64(32)) | np.uint64(h3)
         if m == 0:
             continue
+        w = np.empty(80, np.uint32)
         # unit boundaries: pos[k] = byte where unit k starts, pos[units] = end (+1 for words)
         pos = np.empty(e - s + 2, np.int64)
         units = 0
@@ -401,6 +426,27 @@ def _hash_shingles(buf, offs, ngram, char_unit, starts, out, uniq, digest):
                 seg[u] = seg[k]
                 u += 1
         uniq[i] = u
+
+
+@numba.njit(cache=True, parallel=True)
+def _fingerprints(buf, offs, out):
+    for i in numba.prange(offs.shape[0] - 1):
+        d0, d1 = _digest128(buf, offs[i], offs[i + 1])
+        out[i, 0] = d0
+        out[i, 1] = d1
+
+
+@numba.njit(cache=True)
+def _gather_docs(buf, offs, sel):
+    """The bytes and offsets of documents ``sel`` of a (buf, offs) batch."""
+    m = sel.shape[0]
+    goffs = np.zeros(m + 1, np.int64)
+    for k in range(m):
+        goffs[k + 1] = goffs[k] + offs[sel[k] + 1] - offs[sel[k]]
+    gbuf = np.empty(goffs[m], np.uint8)
+    for k in range(m):
+        gbuf[goffs[k]:goffs[k + 1]] = buf[offs[sel[k]]:offs[sel[k] + 1]]
+    return gbuf, goffs
 
 
 @numba.njit(cache=True, parallel=True)
@@ -444,9 +490,6 @@ class Sketches:
     sig: np.ndarray
     hashes: np.ndarray
     hoffs: np.ndarray
-    #: (n, 2) uint64: first 16 bytes of SHA-1 of each normalised text
-    #: (``sketch(..., digests=True)``), else None.
-    digest: np.ndarray | None = None
 
     @property
     def sizes(self) -> np.ndarray:
@@ -465,55 +508,113 @@ def _check(ngram: int, unit: str, num_perm: int) -> None:
         raise ValueError("num_perm must be >= 2")
 
 
+def _sketch_batch(buf: np.ndarray, offs: np.ndarray, ngram: int, char_unit: bool, a: np.ndarray,
+                  b: np.ndarray, sig_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shingle hashes and signatures of one batch of normalised texts;
+    returns (sorted unique hashes of all docs, unique count per doc)."""
+    m = offs.shape[0] - 1
+    counts = _count_shingles(buf, offs, ngram, char_unit)
+    starts = np.zeros(m + 1, np.int64)
+    np.cumsum(counts, out=starts[1:])
+    raw = np.empty(starts[-1], np.uint64)
+    uniq = np.zeros(m, np.int64)
+    hoffs = np.zeros(m + 1, np.int64)
+    with _threads_for(m):
+        _hash_shingles(buf, offs, ngram, char_unit, starts, raw, uniq)
+        np.cumsum(uniq, out=hoffs[1:])
+        hashes = np.empty(hoffs[-1], np.uint64)
+        _compact_and_sign(raw, starts, uniq, a, b, hoffs, hashes, sig_out)
+    return hashes, uniq
+
+
+def _assemble(sig: np.ndarray, hash_parts: list[np.ndarray], size_parts: list[np.ndarray]) -> Sketches:
+    n = sig.shape[0]
+    sizes = np.concatenate(size_parts) if size_parts else np.zeros(0, np.int64)
+    hoffs = np.zeros(n + 1, np.int64)
+    np.cumsum(sizes, out=hoffs[1:])
+    hashes = np.concatenate(hash_parts) if hash_parts else np.zeros(0, np.uint64)
+    return Sketches(sig=sig, hashes=hashes, hoffs=hoffs)
+
+
 def sketch(texts: Sequence[str] | pl.Series, num_perm: int = 128, ngram: int = 3, seed: int = 1,
            unit: str = "word", batch_size: int = DEFAULT_BATCH,
-           progress_cb=None, normalized: bool = False, digests: bool = False) -> Sketches:
+           progress_cb=None, normalized: bool = False) -> Sketches:
     """Signatures and verification hashes of every text (see module docstring).
 
-    ``batch_size`` bounds peak memory; the result is the same for any value.
-    ``progress_cb(done_rows)`` is called after each batch. ``normalized``:
-    the texts already went through :func:`normalize` (saves a second pass).
-    ``digests``: also a 128-bit digest of each normalised text (exact dedup).
-    Texts are normalised batch by batch, so the normalised corpus never sits
-    in memory at once.
+    ``batch_size`` bounds peak memory (texts are normalised batch by batch);
+    the result is the same for any value. ``progress_cb(done_rows)`` is called
+    after each batch. ``normalized``: the texts already went through
+    :func:`normalize`.
     """
     _check(ngram, unit, num_perm)
     series = _as_series(texts)
     n = series.len()
     a, b = permutations(num_perm, seed)
     sig = np.empty((n, num_perm), np.uint32)
-    digest = np.empty((n if digests else 0, 2), np.uint64)
     hash_parts: list[np.ndarray] = []
     size_parts: list[np.ndarray] = []
-    char_unit = unit == "char"
     batch_size = max(1, int(batch_size))
     for lo in range(0, n, batch_size):
         hi = min(n, lo + batch_size)
         buf, offs = _buffers(series.slice(lo, hi - lo))
         if not normalized:
             buf, offs = _normalize_buffers(buf, offs)
-        counts = _count_shingles(buf, offs, ngram, char_unit)
-        starts = np.zeros(hi - lo + 1, np.int64)
-        np.cumsum(counts, out=starts[1:])
-        raw = np.empty(starts[-1], np.uint64)
-        uniq = np.zeros(hi - lo, np.int64)
-        hoffs = np.zeros(hi - lo + 1, np.int64)
-        with _threads_for(hi - lo):
-            _hash_shingles(buf, offs, ngram, char_unit, starts, raw, uniq,
-                           digest[lo:hi] if digests else digest)
-            np.cumsum(uniq, out=hoffs[1:])
-            hashes = np.empty(hoffs[-1], np.uint64)
-            _compact_and_sign(raw, starts, uniq, a, b, hoffs, hashes, sig[lo:hi])
-        del raw, buf, offs
+        hashes, uniq = _sketch_batch(buf, offs, ngram, unit == "char", a, b, sig[lo:hi])
         hash_parts.append(hashes)
         size_parts.append(uniq)
         if progress_cb is not None:
             progress_cb(hi)
-    sizes = np.concatenate(size_parts) if size_parts else np.zeros(0, np.int64)
-    hoffs = np.zeros(n + 1, np.int64)
-    np.cumsum(sizes, out=hoffs[1:])
-    hashes = np.concatenate(hash_parts) if hash_parts else np.zeros(0, np.uint64)
-    return Sketches(sig=sig, hashes=hashes, hoffs=hoffs, digest=digest if digests else None)
+    return _assemble(sig, hash_parts, size_parts)
+
+
+class NormalizedCorpus:
+    """Texts normalised once, batch by batch, with a 128-bit fingerprint per
+    text: the exact stage groups on the fingerprints, and :meth:`sketch` then
+    sketches only the rows it still needs, without normalising twice."""
+
+    def __init__(self, texts: Sequence[str] | pl.Series, batch_size: int = DEFAULT_BATCH, progress_cb=None):
+        series = _as_series(texts)
+        self.n = series.len()
+        self.batch_size = max(1, int(batch_size))
+        self.fingerprint = np.empty((self.n, 2), np.uint64)
+        self.lengths = np.empty(self.n, np.int64)
+        self._batches: list[tuple[np.ndarray, np.ndarray] | None] = []
+        for lo in range(0, self.n, self.batch_size):
+            hi = min(self.n, lo + self.batch_size)
+            buf, offs = _normalize_buffers(*_buffers(series.slice(lo, hi - lo)))
+            with _threads_for(hi - lo):
+                _fingerprints(buf, offs, self.fingerprint[lo:hi])
+            self.lengths[lo:hi] = np.diff(offs)
+            self._batches.append((buf, offs))
+            if progress_cb is not None:
+                progress_cb(hi)
+
+    def sketch(self, rows: np.ndarray, num_perm: int = 128, ngram: int = 3, seed: int = 1,
+               unit: str = "word", release: bool = True, progress_cb=None) -> Sketches:
+        """Sketches of ``rows`` (ascending row indices), in that order. With
+        ``release`` each normalised batch is freed once sketched."""
+        _check(ngram, unit, num_perm)
+        rows = np.ascontiguousarray(rows, np.int64)
+        a, b = permutations(num_perm, seed)
+        sig = np.empty((rows.size, num_perm), np.uint32)
+        hash_parts: list[np.ndarray] = []
+        size_parts: list[np.ndarray] = []
+        bounds = np.searchsorted(rows, np.arange(0, self.n + self.batch_size, self.batch_size))
+        for k, batch in enumerate(self._batches):
+            lo, hi = bounds[k], bounds[k + 1]
+            if hi > lo:
+                if batch is None:
+                    raise RuntimeError("this batch was already sketched and released")
+                buf, offs = batch
+                gbuf, goffs = _gather_docs(buf, offs, rows[lo:hi] - k * self.batch_size)
+                hashes, uniq = _sketch_batch(gbuf, goffs, ngram, unit == "char", a, b, sig[lo:hi])
+                hash_parts.append(hashes)
+                size_parts.append(uniq)
+            if release:
+                self._batches[k] = None
+            if progress_cb is not None:
+                progress_cb(int(hi))
+        return _assemble(sig, hash_parts, size_parts)
 
 
 def signatures(texts: Sequence[str] | pl.Series, num_perm: int = 128, ngram: int = 3, seed: int = 1,
@@ -696,7 +797,6 @@ def _cross_candidates(qkeys, ckeys_sorted, corder, qsizes, csizes, threshold):
     bands are removed by the caller)."""
     bands = qkeys.shape[0]
     nq = qkeys.shape[1]
-    nc = ckeys_sorted.shape[1]
     cap = 1024
     qo = np.empty(cap, np.int64)
     co = np.empty(cap, np.int64)

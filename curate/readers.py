@@ -155,6 +155,40 @@ def _line_offsets(data: bytes) -> np.ndarray:
     return offsets
 
 
+def _valid_utf8(data: bytes, offsets: np.ndarray) -> bool:
+    """Whether ``data`` is valid UTF-8. Arrow's SIMD validator is ~3x faster than
+    ``bytes.decode`` and allocates nothing; pure ASCII needs no check at all."""
+    try:
+        pa.LargeStringArray.from_buffers(1, pa.py_buffer(np.array([0, len(data)], dtype=np.int64)),
+                                         pa.py_buffer(data)).validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _drop_lines(data: bytes, offsets: np.ndarray, drop: np.ndarray) -> pa.Table:
+    """The lines table without the ``drop`` lines. Arrow's ``filter`` copies the
+    strings one by one (~2 s for 1M lines); the kept lines form a few long runs
+    between the dropped ones, so they are copied run by run (a memcpy each) and the
+    new offsets computed with numpy."""
+    dropped = np.flatnonzero(drop)
+    n_lines = len(offsets) - 1
+    firsts = np.concatenate([[0], dropped + 1])   # first line of each run of kept lines
+    ends = np.concatenate([dropped, [n_lines]])   # one past its last line
+    keep_runs = ends > firsts
+    firsts, ends = firsts[keep_runs], ends[keep_runs]
+    view = np.frombuffer(data, dtype=np.uint8)
+    body = np.concatenate([view[offsets[a]:offsets[b]] for a, b in zip(firsts, ends)]) if len(firsts) \
+        else np.zeros(0, dtype=np.uint8)
+    keep = ~drop
+    lengths = np.diff(offsets)[keep]
+    new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    lines = pa.LargeStringArray.from_buffers(len(lengths), pa.py_buffer(new_offsets), pa.py_buffer(body))
+    source_line = pa.array(np.flatnonzero(keep).astype(np.int64) + 1)
+    return pa.table({"source_line": source_line, "raw": lines})
+
+
 # --- JSON Lines ---------------------------------------------------------------------
 
 def _read_jsonl(name: str, data: bytes) -> tuple[pa.Table, pl.DataFrame]:
@@ -165,9 +199,7 @@ def _read_jsonl(name: str, data: bytes) -> tuple[pa.Table, pl.DataFrame]:
     q_lines: list[int] = []
     q_reasons: list[str] = []
     q_raws: list[str] = []
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
+    if not _valid_utf8(data, offsets):
         # Fallback path: blank out the bad lines in place (offsets stay valid) and
         # quarantine them; everything else stays on the vectorized path.
         buf = bytearray(data)
@@ -194,13 +226,15 @@ def _read_jsonl(name: str, data: bytes) -> tuple[pa.Table, pl.DataFrame]:
                              || lower(json_type(raw)) || ')'
                    END AS reason
             FROM lines
-            WHERE regexp_full_match(raw, '\\s*') OR NOT json_valid(raw) OR NOT starts_with(ltrim(raw), '{')
+            WHERE NOT starts_with(raw, '{') OR NOT json_valid(raw)
             """
         ).fetchall()
     finally:
         con.close()
     drop = np.zeros(n_lines, dtype=bool)
     for line, raw, reason in flagged:
+        if reason is None:
+            continue  # a valid object after leading whitespace: a record
         drop[line - 1] = True
         if reason == "blank":
             continue  # blank lines are not records (the invalid-UTF-8 ones are already counted)
@@ -208,7 +242,7 @@ def _read_jsonl(name: str, data: bytes) -> tuple[pa.Table, pl.DataFrame]:
         q_reasons.append(_json_error(raw) if reason == "malformed" else reason)
         q_raws.append(raw)
     if drop.any():
-        table = table.filter(pa.array(~drop))
+        table = _drop_lines(data, offsets, drop)
     quarantine = quarantine_frame(name, q_lines, q_reasons, q_raws).sort("source_line")
     return table, quarantine
 

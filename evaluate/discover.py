@@ -60,6 +60,8 @@ def find_checkpoints(ws: Workspace, targets: list[str], experiment: str | None =
 
     def add_ckpt(ckpt: Path) -> None:
         meta = _read_meta(ckpt)
+        if meta.get("kind") == "reward":  # a scorer, not an answerer: evaluated by its pairwise accuracy
+            return
         found.setdefault(ckpt.resolve(), ModelSpec(label=label_for(meta, ckpt), path=str(ckpt.resolve()), meta=meta))
 
     if experiment:

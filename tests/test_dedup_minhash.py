@@ -128,3 +128,15 @@ def test_cross_matches_verified_exactly():
     assert len(truth & set(pairs)) / len(truth) >= 0.95
     empty = mh.cross_matches([], corpus)
     assert empty.height == 0 and empty.columns == ["query_idx", "corpus_idx", "jaccard"]
+
+
+def test_normalized_corpus_sketches_a_subset():
+    corpus = mh.NormalizedCorpus(TEXTS, batch_size=3)
+    rows = np.array([0, 1, 7, 9, 10])
+    sub = corpus.sketch(rows)
+    ref = mh.sketch([TEXTS[i] for i in rows])
+    np.testing.assert_array_equal(sub.sig, ref.sig)
+    np.testing.assert_array_equal(sub.hashes, ref.hashes)
+    assert (corpus.fingerprint[0] == corpus.fingerprint[1]).all()  # same normalised text
+    assert not (corpus.fingerprint[0] == corpus.fingerprint[4]).all()
+    assert corpus.lengths[2] == 0 and corpus.lengths[3] == 0

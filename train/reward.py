@@ -216,6 +216,11 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
                                  make_mlflow_callback(), monitor_cb, *(callbacks or [])])
     sched.trainer = trainer
     trainer.add_callback(log_effective_params(trainer, plan))
+    if len(trainer.train_dataset) == 0:  # RewardTrainer drops pairs longer than max_length
+        from bakeoff.workspace import BakeoffError
+
+        raise BakeoffError(f"no preference pair of {version.ref} fits in max_length={cfg.max_length} "
+                           "tokens; raise --max-length")
 
     tags = {"bakeoff.kind": "reward", "bakeoff.base_model": base_model, "bakeoff.model": str(cfg.model),
             "bakeoff.output_dir": str(plan.output_dir), "bakeoff.mode": cfg.mode, "bakeoff.device": device,
