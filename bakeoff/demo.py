@@ -56,9 +56,9 @@ def demo_config(quick: bool, seed: int = 0) -> tuple[LoopConfig, dict[str, Any]]
 
 def packaged(name: str) -> Path:
     """A file shipped in bakeoff.curate (recipes, objectives)."""
-    import bakeoff.curate
+    from bakeoff.curate import find_config_file
 
-    return Path(bakeoff.curate.__file__).parent / name
+    return find_config_file(name)
 
 
 @click.group(invoke_without_command=True)

@@ -227,14 +227,6 @@ def run_loop(ws: Workspace, cfg: LoopConfig, result: LoopResult | None = None,
 
 def resolve_recipe(value: str | None, base_dir: Path) -> str | None:
     """A recipe path relative to the pipeline file, or a packaged recipe's name."""
-    if value is None:
-        return None
-    path = (base_dir / value)
-    if path.exists():
-        return str(path)
-    from bakeoff.curate.recipe import default_recipe_path
+    from bakeoff.curate import find_config_file
 
-    packaged = default_recipe_path().parent / value
-    if packaged.exists():
-        return str(packaged)
-    raise BakeoffError(f"recipe not found: {value} (looked in {base_dir} and bakeoff.curate)")
+    return None if value is None else str(find_config_file(value, base_dir, what="recipe"))

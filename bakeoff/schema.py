@@ -132,8 +132,17 @@ def version_digest(df: pl.DataFrame) -> str:
     """
     skip = {"source_file", "source_line", *CONTENT_FIELDS} - {"kind"}
     cols = [c for c in df.columns if c not in skip]
+    canon = df.select(sorted(cols))
+    if canon.height and canon["id"].str.contains("^[0-9a-f]{16}").all():
+        # Content ids start with 16 lowercase hex digits, whose numeric order is
+        # their text order: sorting on that integer (ties broken by the whole id)
+        # gives exactly the id order at a quarter of the cost of a string sort.
+        key = pl.col("id").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
+        canon = canon.sort(key, "id")
+    else:
+        canon = canon.sort("id")
     buf = io.BytesIO()  # bytes straight from polars: no str round trip
-    df.select(sorted(cols)).sort("id").write_ndjson(buf)
+    canon.write_ndjson(buf)
     return hashlib.blake2b(buf.getbuffer(), digest_size=32).hexdigest()
 
 

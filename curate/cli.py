@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
 
@@ -17,14 +15,8 @@ def curate() -> None:
     """
 
 
-# Command modules, one per step (each defines `command`). Registered in this order.
-_COMMAND_MODULES = ("filter_cmd", "dedup_cmd", "semantic_cmd", "coverage_cmd", "recipe_cmd")
+# One command per step, each defined beside its code.
+from bakeoff.curate import coverage_cmd, dedup_cmd, filter_cmd, recipe_cmd, semantic_cmd  # noqa: E402
 
-for _name in _COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"bakeoff.curate.{_name}")
-    except ModuleNotFoundError as _exc:  # TODO(lead): make explicit once all steps exist
-        if _exc.name != f"bakeoff.curate.{_name}":
-            raise
-        continue
+for _module in (filter_cmd, dedup_cmd, semantic_cmd, coverage_cmd, recipe_cmd):
     curate.add_command(_module.command)

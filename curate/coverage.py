@@ -202,9 +202,9 @@ def load_objectives(source: str | Path | dict[str, Any] | Objectives) -> Objecti
         return parse_objectives(source)
     import yaml
 
-    path = Path(source)
-    if not path.is_file():
-        raise BakeoffError(f"objectives file not found: {path}")
+    from bakeoff.curate import find_config_file
+
+    path = find_config_file(source, what="objectives file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -37,6 +37,7 @@ import yaml
 
 from bakeoff.console import log
 from bakeoff.steps import StepOutput
+from bakeoff.curate import find_config_file
 from bakeoff.workspace import LEDGER_SCHEMA, BakeoffError, Version, Workspace
 
 
@@ -98,13 +99,7 @@ def _configure_coverage(mod: Any, opts: dict[str, Any], base: Path) -> Any:
     cfg = dict(opts)
     obj = cfg["objectives"]
     if isinstance(obj, str):
-        path = _relative(obj, base)
-        if not path.is_file():
-            # a packaged example (e.g. demo_objectives.yaml) may be named bare
-            packaged = Path(mod.__file__).with_name(obj)
-            if not packaged.is_file():
-                raise BakeoffError(f"recipe step 'coverage': objectives file not found: {path}")
-            path = packaged
+        path = find_config_file(obj, base, what="recipe step 'coverage': objectives file")
         cfg["objectives"] = mod.load_objectives(path)
     else:
         cfg["objectives"] = mod.load_objectives(obj)
@@ -198,9 +193,7 @@ def parse_recipe(spec: dict[str, Any], base_dir: str | Path = ".", source: str |
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    p = Path(path)
-    if not p.is_file():
-        raise BakeoffError(f"recipe file not found: {p}")
+    p = find_config_file(path, what="recipe file")
     try:
         spec = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
 
@@ -17,15 +15,8 @@ def train() -> None:
     """
 
 
-# Command modules (each defines `commands`, a list of click commands).
-_COMMAND_MODULES = ("sft_cmd", "ppo_cmd")
+# Commands are defined beside their trainers.
+from bakeoff.train import ppo_cmd, sft_cmd  # noqa: E402
 
-for _name in _COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"bakeoff.train.{_name}")
-    except ModuleNotFoundError as _exc:  # TODO(lead): make explicit once all commands exist
-        if _exc.name != f"bakeoff.train.{_name}":
-            raise
-        continue
-    for _cmd in _module.commands:
-        train.add_command(_cmd)
+for _cmd in (*sft_cmd.commands, *ppo_cmd.commands):
+    train.add_command(_cmd)
