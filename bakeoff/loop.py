@@ -53,6 +53,7 @@ class LoopConfig:
     algorithm: str = "ppo"                       # ppo | grpo | rloo
     # evaluation
     generation: dict[str, Any] = field(default_factory=dict)        # -> GenerationSettings
+    loglik: bool = True                          # also score the reference's log-likelihood
     hypothesis: str | None = None
 
 
@@ -176,7 +177,7 @@ def evaluate_and_rank(ws: Workspace, cfg: LoopConfig, testset_ref: str, result: 
 
     settings = _build(GenerationSettings, cfg.generation, "generation")
     step("evaluate", lambda: evaluate_checkpoints(ws, testset_ref, experiment=cfg.experiment,
-                                                  settings=settings))
+                                                  settings=settings, loglik=cfg.loglik))
     board, info = step("rank", lambda: rank_checkpoints(ws, testset_ref, experiment=cfg.experiment,
                                                         to_mlflow=True))
     result.leaderboard = board.to_json()

@@ -83,6 +83,7 @@ def load_pipeline(path: str | Path) -> LoopConfig:
         algorithm=ppo.pop("algorithm", "ppo"),
         ppo=ppo,
         generation=dict(evaluate.pop("generation", None) or {}),
+        loglik=bool(evaluate.pop("loglik", True)),
     )
 
 

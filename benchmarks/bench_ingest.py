@@ -29,10 +29,11 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def generate(path: Path, n: int, bad_fraction: float, seed: int = 0) -> int:
+def generate(path: Path, n: int, bad_fraction: float, seed: int = 0, clean: Path | None = None) -> int:
     """Realistic short chat rows (system/user/assistant, ~400 bytes) with a share
     of bad lines mixed in; returns the number of bad lines. Built with polars
-    (vectorized) so a million rows take seconds, not minutes."""
+    (vectorized) so a million rows take seconds, not minutes. ``clean``: also
+    write the good lines alone there (polars' reader stops at the first bad line)."""
     import numpy as np
     import polars as pl
 
@@ -58,10 +59,22 @@ def generate(path: Path, n: int, bad_fraction: float, seed: int = 0) -> int:
     bad = rng.random(n) < bad_fraction
     bad_text = np.array(['{"messages": [', '{"messages": "x"}',
                          json.dumps({"messages": [{"role": "user", "content": "q"}]})])
+    if clean is not None:
+        clean.write_text("\n".join(lines.filter(~pl.Series(bad)).to_list()) + "\n")
     lines = pl.select(pl.when(pl.Series(bad)).then(pl.Series(bad_text[rng.integers(0, 3, n)]))
                       .otherwise(lines).alias("l"))["l"]
     path.write_text("\n".join(lines.to_list()) + "\n")
     return int(bad.sum())
+
+
+def polars_baseline(path: Path) -> tuple[float, float, int]:
+    """(wall s, CPU s, rows) of plain ``polars.read_ndjson`` of the good lines: a
+    parse into typed columns with no validation, quarantine, ids or commit."""
+    import polars as pl
+
+    t, c = time.perf_counter(), cpu()
+    df = pl.read_ndjson(path)
+    return time.perf_counter() - t, cpu() - c, df.height
 
 
 def python_baseline(path: Path, limit: int) -> tuple[float, float]:
@@ -100,13 +113,14 @@ def main() -> None:
     from bakeoff.curate import formats, readers
     from bakeoff.curate.ingest import ingest
     from bakeoff.schema import conform, with_ids, version_digest
-    from bakeoff.workspace import Workspace
+    from bakeoff.workspace import Workspace, _write_rows_parquet
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
         src = tmp / "messages.jsonl"
         t = time.perf_counter()
-        n_bad = generate(src, args.rows, args.bad)
+        clean = tmp / "clean.jsonl"
+        n_bad = generate(src, args.rows, args.bad, clean=clean)
         print(f"generated {args.rows:,} rows ({n_bad:,} bad), {src.stat().st_size / 1e6:.0f} MB "
               f"in {time.perf_counter() - t:.1f}s", file=sys.stderr)
 
@@ -142,9 +156,10 @@ def main() -> None:
         lap("content ids (schema.with_ids)")
         version_digest(rows)
         lap("version digest (schema.version_digest)")
-        rows.write_parquet(tmp / "x.parquet")
-        lap("write Parquet")
+        _write_rows_parquet(rows, tmp / "x.parquet")
+        lap("write Parquet (workspace)")
 
+        pl_wall, pl_cpu, pl_rows = polars_baseline(clean)
         base, base_cpu = python_baseline(src, min(args.rows, 200_000))
         parse_cpu = sum(c for k, (_, c) in phases.items() if k.startswith(("read", "detect", "validate")))
         rate = args.rows / wall
@@ -153,6 +168,13 @@ def main() -> None:
         print(f"cpu  {cpu_s:8.2f} s   -> {args.rows / cpu_s:12,.0f} rows per CPU-second "
               f"(2 cores: {2 * args.rows / cpu_s:,.0f} rows/s if uncontended)")
         print(f"load average during the run: {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores")
+        pl_rate = pl_rows / pl_wall
+        print(f"\n{'':34s} {'wall s':>8s} {'cpu s':>8s} {'rows/s (wall)':>14s} {'rows/CPU-s':>12s}")
+        print(f"{'bakeoff data ingest':34s} {wall:8.2f} {cpu_s:8.2f} {rate:14,.0f} {args.rows / cpu_s:12,.0f}")
+        print(f"{'polars.read_ndjson (good lines)':34s} {pl_wall:8.2f} {pl_cpu:8.2f} {pl_rate:14,.0f} "
+              f"{pl_rows / pl_cpu:12,.0f}")
+        print(f"{'ratio ingest / polars':34s} {'':8s} {'':8s} {rate / pl_rate:13.2f}x "
+              f"{(args.rows / cpu_s) / (pl_rows / pl_cpu):11.2f}x\n")
         print(f"per-row Python baseline, parse + checks only: {base:10,.0f} rows/s, {base_cpu:10,.0f} rows/CPU-s")
         print(f"bakeoff read + detect + validate + convert:    {args.rows / parse_cpu:10,.0f} rows/CPU-s "
               f"= {args.rows / parse_cpu / base_cpu:4.1f}x the baseline per CPU-second")

@@ -28,10 +28,16 @@ truncated      cut mid-sentence, unbalanced code fences or brackets
 language       not in the expected language(s) (langid, offline)
 =============  ================================================================
 
-Speed: the detection of every filter is one batch of polars expressions (the
-Rust regex engine, run in parallel across columns); Python runs only on the few
-candidate rows of the checks that need a library (ftfy, langid, a tokenizer) and
-for rewriting hit rows. ``benchmarks/bench_filters.py`` measures rows/s.
+Speed: ``detect`` builds the prompt/response texts once and runs every
+text-level filter (all but structure and empty) once per distinct (kind,
+prompt, response) -- corpora repeat rows and turns a lot -- and gathers the
+results back. Detection is one batch of polars expressions (the Rust regex
+engine), plus two numba kernels for what would otherwise take many string
+scans (``byte_scan``: control characters, non-ASCII, brackets, code fences in
+one pass; ``piece_stats``: line/word counts and distinct counts for
+repetition). Python runs only on the few candidate rows of the checks that need
+a library (ftfy, langid, a tokenizer) and, once per distinct turn, to rewrite
+hit rows. ``benchmarks/bench_filters.py`` measures rows/s.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import polars as pl
 
 from bakeoff.schema import prompt_text, response_text, with_ids
@@ -266,6 +273,8 @@ class Filter:
     actions: ClassVar[tuple[str, ...]] = ("flag", "drop")
     #: looks at the turns (messages/chosen/rejected), not just (kind, _p, _r)
     row_level: ClassVar[bool] = False
+    #: post() reads byte_scan counts (detect computes them once for all)
+    uses_scan: ClassVar[bool] = False
 
     def __init__(self, config: FilterConfig | None = None):
         self.config = config or self.config_cls()
@@ -305,7 +314,13 @@ class StructureFilter(Filter):
     row_level = True
 
     def exprs(self) -> list[pl.Expr]:
-        roles = pl.col("messages").list.eval(pl.element().struct.field("role")).list.join(",")
+        # the roles string first; the checks on it in post() (in the same batch,
+        # polars would build it once per use: six times)
+        return [pl.col("messages").list.eval(pl.element().struct.field("role")).list.join(",")
+                .alias(self.col("roles"))]
+
+    def post(self, frame: pl.DataFrame) -> pl.DataFrame:
+        roles = pl.col(self.col("roles"))
         ok_sft = roles.str.contains(r"^(system,)?user(,(assistant|user|tool))*,assistant$") & \
             ~roles.str.contains(r"(^|,)(user,user|assistant,assistant)(,|$)")
         ok_prompt = roles.str.contains(r"^(system,)?user(,(assistant|user|tool))*$") & \
@@ -318,8 +333,10 @@ class StructureFilter(Filter):
                                                           & only_assistant("rejected"))
               .otherwise(False))
         hit = (~ok.fill_null(False))
-        return [hit.alias(self.col("hit")), hit.cast(pl.Float64).alias(self.col("score")),
-                pl.when(hit).then(pl.col("kind") + ": " + roles.fill_null("no messages")).alias(self.col("detail"))]
+        return frame.with_columns(
+            hit.alias(self.col("hit")), hit.cast(pl.Float64).alias(self.col("score")),
+            pl.when(hit).then(pl.col("kind") + ": " + roles.fill_null("no messages")).alias(self.col("detail"))
+        ).drop(self.col("roles"))
 
 
 class EmptyFilter(Filter):
@@ -379,23 +396,139 @@ class LengthFilter(Filter):
                                   pl.Series(self.col("detail"), detail, dtype=pl.String))
 
 
+def _scan_py(data, offs, kind, out):  # pragma: no cover - compiled by numba
+    """Per text, one pass over its UTF-8 bytes: out[:, i] = (control characters as
+    CONTROL_RE counts them, any non-ASCII byte, count of ( ) [ ] { }, count of
+    non-overlapping ```). ASCII bytes never occur inside a multi-byte UTF-8
+    sequence, so byte counts are character counts; the non-ASCII members of
+    CONTROL_RE are matched by their UTF-8 encodings. ``kind`` (256 entries,
+    see _SCAN_KIND) sends the common bytes (letters, digits, spaces) down the
+    fast path."""
+    for i in _prange(offs.shape[0] - 1):
+        a, b = offs[i], offs[i + 1]
+        ctrl = 0
+        nonascii = 0
+        po = pc = so = sc = co = cc = 0
+        fences = 0
+        run = 0
+        for j in range(a, b):
+            x = data[j]
+            k = kind[x]
+            if k == 0:
+                run = 0
+                continue
+            if k == 8:  # `
+                run += 1
+                if run == 3:
+                    fences += 1
+                    run = 0
+                continue
+            run = 0
+            if k == 7:
+                ctrl += 1
+            elif k == 1:
+                po += 1
+            elif k == 2:
+                pc += 1
+            elif k == 3:
+                so += 1
+            elif k == 4:
+                sc += 1
+            elif k == 5:
+                co += 1
+            elif k == 6:
+                cc += 1
+            else:  # k == 9: a byte >= 0x80
+                nonascii = 1
+                if x == 0xC2 and j + 1 < b:  # U+0080-U+009F (C1)
+                    if 0x80 <= data[j + 1] <= 0x9F:
+                        ctrl += 1
+                elif x == 0xE2 and j + 2 < b:  # U+200B-200F, U+202A-202E, U+2060-2064
+                    y = data[j + 1]
+                    z = data[j + 2]
+                    if y == 0x80 and ((0x8B <= z <= 0x8F) or (0xAA <= z <= 0xAE)):
+                        ctrl += 1
+                    elif y == 0x81 and 0xA0 <= z <= 0xA4:
+                        ctrl += 1
+                elif x == 0xEF and j + 2 < b:  # U+FEFF, U+FFFD
+                    y = data[j + 1]
+                    z = data[j + 2]
+                    if (y == 0xBB and z == 0xBF) or (y == 0xBF and z == 0xBD):
+                        ctrl += 1
+        out[0, i] = ctrl
+        out[1, i] = nonascii
+        out[2, i] = po
+        out[3, i] = pc
+        out[4, i] = so
+        out[5, i] = sc
+        out[6, i] = co
+        out[7, i] = cc
+        out[8, i] = fences
+
+
+def _scan_kind() -> np.ndarray:
+    """Byte classes for _scan_py: 0 plain, 1-6 ( ) [ ] { }, 7 ASCII control
+    (C0 but tab/LF/CR, DEL), 8 backtick, 9 non-ASCII."""
+    kind = np.zeros(256, np.uint8)
+    for k, ch in enumerate("()[]{}", start=1):
+        kind[ord(ch)] = k
+    for x in [*range(0, 9), 11, 12, *range(14, 32), 127]:
+        kind[x] = 7
+    kind[ord("`")] = 8
+    kind[128:] = 9
+    return kind
+
+
+_SCAN_KIND = _scan_kind()
+_SCAN: Any = None
+SCAN_FIELDS = ("control", "nonascii", "(", ")", "[", "]", "{", "}", "```")
+
+
+def byte_scan(texts: pl.Series) -> pl.DataFrame:
+    """Per text, the character counts several filters need (control characters,
+    non-ASCII, brackets, code fences), from one pass over the UTF-8 bytes with a
+    numba kernel instead of one regex/literal scan per count: each polars
+    string scan costs ~0.2 CPU-s per 200k demo rows, and control, mojibake and
+    truncated needed nine of them."""
+    global _SCAN
+    if _SCAN is None:
+        import numba
+
+        global _prange
+        _prange = numba.prange
+        _SCAN = numba.njit(cache=True, parallel=True)(_scan_py)
+    from bakeoff.curate.minhash import _buffers, _threads_for
+
+    data, offs = _buffers(texts)
+    out = np.zeros((len(SCAN_FIELDS), texts.len()), np.int64)  # one contiguous row per field
+    if texts.len():
+        with _threads_for(texts.len()):
+            _SCAN(data, offs, _SCAN_KIND, out)
+    return pl.DataFrame({name: out[k] for k, name in enumerate(SCAN_FIELDS)})
+
+
+def _scanned(frame: pl.DataFrame, side: str) -> pl.DataFrame:
+    """byte_scan of a side, computed once per detect() (kept in the column
+    ``_scan<side>``) or here when a filter runs on a frame without it."""
+    col = f"_scan{side}"
+    if col in frame.columns:
+        return frame.select(pl.col(col).struct.unnest())
+    return byte_scan(frame[side])
+
+
 class ControlFilter(Filter):
     name = "control"
     config_cls = ControlConfig
+    uses_scan = True
     actions = ("flag", "drop", "repair")
 
     def exprs(self) -> list[pl.Expr]:
-        # the score (how many) is counted in post() on the hit rows only
-        return self._on_sides(lambda s: s.str.contains(CONTROL_RE))
+        return []  # all in post(), from byte_scan
 
     def post(self, frame: pl.DataFrame) -> pl.DataFrame:
-        idx = frame[self.col("hit")].arg_true()
-        score = pl.Series(self.col("score"), [0.0] * frame.height, dtype=pl.Float64)
-        if idx.len():
-            sub = frame[idx].select(pl.max_horizontal(
-                [pl.col(s).str.count_matches(CONTROL_RE) for s in self.sides]).cast(pl.Float64).alias("n"))["n"]
-            score = score.scatter(idx, sub)
-        return frame.with_columns(score)
+        n = pl.DataFrame({side: _scanned(frame, side)["control"] for side in self.sides}).max_horizontal()
+        n = n.cast(pl.Float64)
+        return frame.with_columns((n > 0).alias(self.col("hit")), n.alias(self.col("score")))
 
 
 def rust_regex(py_pattern: str) -> str:
@@ -444,16 +577,18 @@ class MojibakeFilter(Filter):
 
     name = "mojibake"
     config_cls = MojibakeConfig
+    uses_scan = True
     actions = ("flag", "drop", "repair")
 
     def exprs(self) -> list[pl.Expr]:
-        # mojibake needs non-ASCII characters: a cheap test first, ftfy's
-        # pattern (large) in post() on those rows only
-        return self._on_sides(lambda s: s.str.contains(r"[^\x00-\x7F]"))
+        # mojibake needs non-ASCII characters: a cheap test first (byte_scan),
+        # ftfy's pattern (large) in post() on those rows only
+        return []
 
     def post(self, frame: pl.DataFrame) -> pl.DataFrame:
         pattern = ftfy_badness_re()
-        idx = frame[self.col("hit")].arg_true()
+        nonascii = [_scanned(frame, side)["nonascii"] > 0 for side in self.sides]
+        idx = (nonascii[0] if len(nonascii) == 1 else nonascii[0] | nonascii[1]).arg_true()
         sub = frame[idx].select(pl.max_horizontal(
             [pl.col(s).str.count_matches(pattern) for s in self.sides]).cast(pl.Float64).alias("b"))["b"]
         score = pl.Series(self.col("score"), [0.0] * frame.height, dtype=pl.Float64).scatter(idx, sub) \
@@ -486,74 +621,77 @@ def dup_ngram_fraction(texts: pl.Series, n: int) -> pl.Series:
     return out["frac"].fill_null(0.0).rename(texts.name)
 
 
-_PIECE_KERNELS: Any = None
+def _pieces_py(data, a, b, sep, skip_empty):  # pragma: no cover - compiled by numba
+    """(pieces, distinct pieces) of data[a:b] split on the byte ``sep``; with
+    skip_empty, empty pieces are not counted. Open addressing on an FNV-1a
+    hash, equal hashes confirmed byte by byte: exact counts."""
+    cnt = 1
+    for j in range(a, b):
+        if data[j] == sep:
+            cnt += 1
+    size = 4
+    while size < 2 * cnt:
+        size <<= 1
+    mask = np.uint64(size - 1)
+    tstart = np.full(size, -1, np.int64)
+    tend = np.empty(size, np.int64)
+    thash = np.empty(size, np.uint64)
+    total = 0
+    uniq = 0
+    s = a
+    for j in range(a, b + 1):
+        if j == b or data[j] == sep:
+            e = j
+            if not (skip_empty and e == s):
+                total += 1
+                h = np.uint64(14695981039346656037)
+                for k in range(s, e):
+                    h = (h ^ np.uint64(data[k])) * np.uint64(1099511628211)
+                slot = np.int64(h & mask)
+                while True:
+                    if tstart[slot] == -1:
+                        tstart[slot] = s
+                        tend[slot] = e
+                        thash[slot] = h
+                        uniq += 1
+                        break
+                    if thash[slot] == h and tend[slot] - tstart[slot] == e - s:
+                        same = True
+                        t0 = tstart[slot]
+                        for k in range(e - s):
+                            if data[t0 + k] != data[s + k]:
+                                same = False
+                                break
+                        if same:
+                            break
+                    slot = np.int64((np.uint64(slot) + np.uint64(1)) & mask)
+            s = j + 1
+    return total, uniq
+
+
+def _piece_stats_py(data, offs, out):  # pragma: no cover - compiled by numba
+    for i in _prange(offs.shape[0] - 1):
+        a, b = offs[i], offs[i + 1]
+        out[0, i], out[1, i] = _pieces_nb(data, a, b, np.uint8(10), True)   # lines, "\n"
+        out[2, i], out[3, i] = _pieces_nb(data, a, b, np.uint8(32), False)  # words, " "
+
+
+_pieces_nb: Any = None
+_prange: Any = range  # numba.prange once numba is imported
+_PIECE_STATS: Any = None
 
 
 def _piece_kernels() -> Any:
-    """numba kernels (compiled on first use, cached on disk), see :func:`piece_stats`."""
-    global _PIECE_KERNELS
-    if _PIECE_KERNELS is not None:
-        return _PIECE_KERNELS
-    import numba
-    import numpy as np
+    """The numba kernels, compiled on first use (numba is imported only when the
+    repetition filter runs; module-level functions so numba's disk cache works)."""
+    global _pieces_nb, _prange, _PIECE_STATS
+    if _PIECE_STATS is None:
+        import numba
 
-    @numba.njit(cache=True)
-    def pieces(data, a, b, sep, skip_empty):  # pragma: no cover - compiled
-        """(pieces, distinct pieces) of data[a:b] split on the byte ``sep``;
-        with skip_empty, empty pieces are not counted. Open addressing on an
-        FNV-1a hash, equal hashes confirmed byte by byte: exact counts."""
-        cnt = 1
-        for j in range(a, b):
-            if data[j] == sep:
-                cnt += 1
-        size = 4
-        while size < 2 * cnt:
-            size <<= 1
-        mask = np.uint64(size - 1)
-        tstart = np.full(size, -1, np.int64)
-        tend = np.empty(size, np.int64)
-        thash = np.empty(size, np.uint64)
-        total = 0
-        uniq = 0
-        s = a
-        for j in range(a, b + 1):
-            if j == b or data[j] == sep:
-                e = j
-                if not (skip_empty and e == s):
-                    total += 1
-                    h = np.uint64(14695981039346656037)
-                    for k in range(s, e):
-                        h = (h ^ np.uint64(data[k])) * np.uint64(1099511628211)
-                    slot = np.int64(h & mask)
-                    while True:
-                        if tstart[slot] == -1:
-                            tstart[slot] = s
-                            tend[slot] = e
-                            thash[slot] = h
-                            uniq += 1
-                            break
-                        if thash[slot] == h and tend[slot] - tstart[slot] == e - s:
-                            same = True
-                            t0 = tstart[slot]
-                            for k in range(e - s):
-                                if data[t0 + k] != data[s + k]:
-                                    same = False
-                                    break
-                            if same:
-                                break
-                        slot = np.int64((np.uint64(slot) + np.uint64(1)) & mask)
-                s = j + 1
-        return total, uniq
-
-    @numba.njit(cache=True, parallel=True)
-    def stats(data, offs, out):  # pragma: no cover - compiled
-        for i in numba.prange(offs.shape[0] - 1):
-            a, b = offs[i], offs[i + 1]
-            out[i, 0], out[i, 1] = pieces(data, a, b, np.uint8(10), True)   # lines "\n"
-            out[i, 2], out[i, 3] = pieces(data, a, b, np.uint8(32), False)  # words " "
-
-    _PIECE_KERNELS = stats
-    return stats
+        _prange = numba.prange
+        _pieces_nb = numba.njit(cache=True)(_pieces_py)
+        _PIECE_STATS = numba.njit(cache=True, parallel=True)(_piece_stats_py)
+    return _PIECE_STATS
 
 
 def piece_stats(texts: pl.Series) -> pl.DataFrame:
@@ -564,17 +702,15 @@ def piece_stats(texts: pl.Series) -> pl.DataFrame:
     ``n_unique``) was the suite's single biggest cost, ~1.7 CPU-s per 200k rows;
     this kernel (numba, as in ``minhash``) does it ~10x cheaper. "\n" and " "
     are single bytes in UTF-8, so splitting bytes splits characters."""
-    import numpy as np
-
     from bakeoff.curate.minhash import _buffers, _threads_for
 
     stats = _piece_kernels()
     data, offs = _buffers(texts)
-    out = np.zeros((texts.len(), 4), np.int64)
+    out = np.zeros((4, texts.len()), np.int64)  # one contiguous row per field
     if texts.len():
         with _threads_for(texts.len()):
             stats(data, offs, out)
-    return pl.DataFrame(out, schema=["n_lines", "u_lines", "n_words", "u_words"], orient="row")
+    return pl.DataFrame({name: out[k] for k, name in enumerate(("n_lines", "u_lines", "n_words", "u_words"))})
 
 
 class RepetitionFilter(Filter):
@@ -786,21 +922,33 @@ class EchoFilter(Filter):
 class TruncatedFilter(Filter):
     name = "truncated"
     config_cls = TruncatedConfig
+    uses_scan = True
 
     def exprs(self) -> list[pl.Expr]:
+        # ends like a cut-off sentence: cheap, on every row; the rest in post()
+        return [pl.col(side).str.strip_chars_end().str.contains(r"[a-z,;:\-]$").fill_null(False)
+                .alias(self.col(f"end{side}")) for side in self.sides]
+
+    def post(self, frame: pl.DataFrame) -> pl.DataFrame:
         c: TruncatedConfig = self.config  # type: ignore[assignment]
-        def truncated(s: pl.Expr) -> pl.Expr:
-            t = s.str.strip_chars_end()
-            fences = t.str.count_matches("```", literal=True) % 2 == 1
-            unbalanced = pl.any_horizontal(
-                t.str.count_matches(a, literal=True) != t.str.count_matches(b, literal=True)
-                for a, b in (("(", ")"), ("[", "]"), ("{", "}")))
-            # the last line is a list item, table row, quote, heading or code
-            structured = t.str.contains(r"(?:^|\n)[ \t]*(?:[-*+|>#]|\d+[.)]\s|```|    )[^\n]*$")
-            mid_sentence = t.str.contains(r"[a-z,;:\-]$") & (
-                t.str.count_matches(" ", literal=True) >= c.min_words - 1) & ~structured
-            return (fences | unbalanced | mid_sentence).fill_null(False)
-        return self._on_sides(truncated)
+        hits = []
+        for side in self.sides:
+            sc = _scanned(frame, side)
+            # an odd number of ``` fences, or unbalanced brackets (byte_scan counts;
+            # stripping trailing whitespace would not change them)
+            hit = ((sc["```"] % 2 == 1) | (sc["("] != sc[")"]) | (sc["["] != sc["]"]) | (sc["{"] != sc["}"]))
+            # mid-sentence: long enough and the last line is not a list item, table
+            # row, quote, heading or code -- judged on the rows that end like one
+            idx = frame[self.col(f"end{side}")].arg_true()
+            if idx.len():
+                t = frame[side].gather(idx).str.strip_chars_end()
+                structured = t.str.contains(r"(?:^|\n)[ \t]*(?:[-*+|>#]|\d+[.)]\s|```|    )[^\n]*$")
+                mid = ((t.str.count_matches(" ", literal=True) >= c.min_words - 1) & ~structured).fill_null(False)
+                hit = hit | pl.Series([False] * frame.height, dtype=pl.Boolean).scatter(idx, mid)
+            hits.append(hit.fill_null(False))
+        hit = hits[0] if len(hits) == 1 else hits[0] | hits[1]
+        return frame.drop([self.col(f"end{s}") for s in self.sides]).with_columns(
+            hit.alias(self.col("hit")), hit.cast(pl.Float64).alias(self.col("score")))
 
 
 class LanguageFilter(Filter):
@@ -995,6 +1143,9 @@ def detect(df: pl.DataFrame, config: FilterSuiteConfig | None = None,
         exprs = [e for f in text_level for e in f.exprs()]
         if exprs:  # one batch: polars runs the expressions in parallel
             uniq = uniq.with_columns(exprs)
+        scan_sides = sorted({s for f in text_level if f.uses_scan for s in f.sides})
+        if scan_sides:  # one byte_scan per side, shared by the filters that use it
+            uniq = uniq.with_columns(byte_scan(uniq[side]).to_struct(f"_scan{side}") for side in scan_sides)
         if show:
             bar.advance(task)
         for f in active:
@@ -1010,7 +1161,7 @@ def detect(df: pl.DataFrame, config: FilterSuiteConfig | None = None,
                 frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(f.col("detail")))
             if show:
                 bar.advance(task)
-        out_cols = [c for c in uniq.columns if c not in keys.columns]
+        out_cols = [c for c in uniq.columns if c not in keys.columns and not c.startswith("_scan")]
         results = uniq.select(out_cols)
         if inverse is not None:
             results = results[inverse]

@@ -589,13 +589,18 @@ def convert(con: duckdb.DuckDBPyConnection, plan: Plan) -> tuple[pl.DataFrame, p
     else:
         first = con.sql(fast_sql).pl()
         redo = first.filter(pl.col("reason").is_not_null()).select("source_line")
+        if not redo.height:
+            return first.drop("reason", "raw"), first.head(0).select("source_line", "reason", "raw")
         out = first.filter(pl.col("reason").is_null())
-        if redo.height:
-            con.register("redo_lines", redo)
-            con.execute("CREATE OR REPLACE TEMP TABLE recs_redo AS SELECT * FROM recs "
-                        "WHERE source_line IN (SELECT source_line FROM redo_lines)")
-            exact = con.sql(build_query(plan, source="recs_redo")).pl()
-            out = pl.concat([out, exact], how="vertical_relaxed").sort("source_line")
+        con.register("redo_lines", redo)
+        con.execute("CREATE OR REPLACE TEMP TABLE recs_redo AS SELECT * FROM recs "
+                    "WHERE source_line IN (SELECT source_line FROM redo_lines)")
+        exact = con.sql(build_query(plan, source="recs_redo")).pl()
+        late = exact.filter(pl.col("reason").is_null())
+        if late.height:  # re-sorting copies every row: only when the exact tier accepted some
+            out = pl.concat([out, late], how="vertical_relaxed").sort("source_line")
+        bad = exact.filter(pl.col("reason").is_not_null()).select("source_line", "reason", "raw")
+        return out.drop("reason", "raw"), bad.sort("source_line")
     bad = out.filter(pl.col("reason").is_not_null()).select("source_line", "reason", "raw")
     good = out.filter(pl.col("reason").is_null()).drop("reason", "raw")
     return good, bad

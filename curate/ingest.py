@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import duckdb
 import polars as pl
 
 from bakeoff.console import log, progress, warn
@@ -114,7 +113,7 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
             bar.update(task, description=f"ingest {path.name}")
             source = os.path.abspath(path)
             recs = readers.read_records(source)
-            con = duckdb.connect()
+            con = readers.connect()
             try:
                 con.register("recs", recs.table)
                 n, stats = formats.key_stats(con)
