@@ -122,11 +122,11 @@ def with_ids(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def version_digest(df: pl.DataFrame) -> str:
-    """BLAKE2b-256 (hex) over the canonical rows of a version: rows sorted by id,
+    """SHA-256 (hex) over the canonical rows of a version: rows sorted by id,
     every column but the source location, serialised as NDJSON.
 
     The content columns (messages, chosen, rejected) are left out of the
-    serialisation because the id already is a SHA-256 of them: the digest still
+    serialisation because the id already is a hash of them: the digest still
     changes with any change of content, at a fraction of the cost of re-encoding
     every conversation.
     """
@@ -143,7 +143,7 @@ def version_digest(df: pl.DataFrame) -> str:
         canon = canon.sort("id")
     buf = io.BytesIO()  # bytes straight from polars: no str round trip
     canon.write_ndjson(buf)
-    return hashlib.blake2b(buf.getbuffer(), digest_size=32).hexdigest()
+    return hashlib.sha256(buf.getbuffer()).hexdigest()
 
 
 # --- text views of a row (shared by filters, dedup, embeddings, test sets) -----
