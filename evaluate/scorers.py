@@ -359,6 +359,8 @@ class RewardScorer:
     def score(self, prompts: list[list[dict]], answers: list[str]) -> list[float]:
         import torch
 
+        from bakeoff.train.models import max_input_length
+
         model, tok = self._load()
         texts = []
         for msgs, ans in zip(prompts, answers):
@@ -370,7 +372,7 @@ class RewardScorer:
         out: list[float] = []
         for i in range(0, len(texts), self.batch_size):
             enc = tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
-                      truncation=True, max_length=getattr(tok, "model_max_length", 2048) or 2048)
+                      truncation=True, max_length=max_input_length(tok))
             enc = {k: v.to(model.device) for k, v in enc.items()}
             with torch.inference_mode():
                 logits = model(**enc).logits[:, 0].float().cpu().tolist()

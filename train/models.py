@@ -286,6 +286,14 @@ def fix_tokenizer(tok: Any) -> Any:
     return tok
 
 
+def max_input_length(tok: Any, default: int = 2048) -> int:
+    """A usable truncation length: tokenizers without a known limit report
+    ``model_max_length`` as a huge sentinel (1e30), which overflows the fast
+    tokenizer's truncation setting."""
+    value = getattr(tok, "model_max_length", None)
+    return value if isinstance(value, int) and 0 < value <= 1_000_000 else default
+
+
 def adapter_base(path: str | os.PathLike) -> str | None:
     """The base model of a PEFT adapter directory, or None when ``path`` holds full weights."""
     path = Path(path)

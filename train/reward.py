@@ -61,6 +61,8 @@ def score_conversations(model: Any, tok: Any, conversations: Sequence[list[dict]
     """Rewards for full conversations (chat template applied, no generation prompt)."""
     import torch
 
+    from bakeoff.train.models import max_input_length
+
     texts = [tok.apply_chat_template(list(c), tokenize=False) for c in conversations]
     device = next(model.parameters()).device
     was_training = model.training
@@ -73,7 +75,7 @@ def score_conversations(model: Any, tok: Any, conversations: Sequence[list[dict]
             for i in range(0, len(texts), batch_size):
                 enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True,
                           add_special_tokens=False, truncation=True,
-                          max_length=getattr(tok, "model_max_length", 4096) or 4096).to(device)
+                          max_length=max_input_length(tok)).to(device)
                 scores.extend(model(**enc).logits[:, 0].float().cpu().tolist())
     finally:
         tok.padding_side = side
