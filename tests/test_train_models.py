@@ -96,3 +96,13 @@ def test_smollm2_converts_from_gguf_and_generates(tmp_path, monkeypatch):
     out = model.generate(**enc, max_new_tokens=8, do_sample=False)
     text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in text
+
+
+def test_max_input_length_ignores_the_no_limit_sentinel():
+    from types import SimpleNamespace
+
+    from bakeoff.train.models import max_input_length
+
+    assert max_input_length(SimpleNamespace(model_max_length=int(1e30))) == 2048
+    assert max_input_length(SimpleNamespace(model_max_length=512)) == 512
+    assert max_input_length(SimpleNamespace()) == 2048
