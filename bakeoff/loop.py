@@ -111,16 +111,23 @@ def ingest_sources(ws: Workspace, sources: list[Source], result: LoopResult, ste
             f"{res.quarantined} quarantined")
 
 
-def curate(ws: Workspace, raw_ref: str, recipe: str | None, step: _Steps) -> str:
-    """Run the curation recipe on ``raw_ref``; returns the curated version's ref."""
+def curate(ws: Workspace, raw_ref: str, recipe: str | None, step: _Steps,
+           reports: dict[str, str] | None = None) -> str:
+    """Run the curation recipe on ``raw_ref``; returns the curated version's ref.
+    A coverage step's report is also written as HTML (its path goes to ``reports``)."""
     if recipe is None:
         return raw_ref
+    from bakeoff.curate.coverage import write_html
     from bakeoff.curate.recipe import load_recipe
 
     res = step("curate", lambda: _run_recipe(ws, raw_ref, load_recipe(recipe)))
     for s in res.steps:
         log(f"  {s.get('step', '?'):<10} {s.get('rows_in', '')} → {s.get('rows_out', '')} rows "
             f"({s.get('seconds', 0):.1f} s)")
+    for key, report in res.reports.items():
+        if key.endswith(":coverage") and reports is not None:
+            path = ws.reports_dir() / f"coverage-{res.version.ref.replace('@', '-')}.html"
+            reports[f"coverage {res.version.ref}"] = str(write_html(report, path))
     return res.version.ref
 
 
@@ -200,7 +207,7 @@ def run_loop(ws: Workspace, cfg: LoopConfig, result: LoopResult | None = None,
 
     # Both rounds curate the same ingested version, so they differ only by recipe.
     raw_ref = ws.resolve(cfg.train_dataset).ref
-    train_ref = curate(ws, raw_ref, cfg.recipe, step)
+    train_ref = curate(ws, raw_ref, cfg.recipe, step, result.reports)
     result.versions["curated"] = train_ref
     pools = [ws.resolve(p).ref for p in cfg.pools]
     if not pools:
@@ -219,7 +226,7 @@ def run_loop(ws: Workspace, cfg: LoopConfig, result: LoopResult | None = None,
     train_round(ws, cfg, train_ref, result, step)
     if second_round_recipe:
         step2 = _Steps(result, prefix="round 2: ")
-        train_ref2 = curate(ws, raw_ref, second_round_recipe, step2)
+        train_ref2 = curate(ws, raw_ref, second_round_recipe, step2, result.reports)
         result.versions["curated (round 2)"] = train_ref2
         train_round(ws, cfg, train_ref2, result, step2, with_rl=False)
     evaluate_and_rank(ws, cfg, testset_ref, result, step)

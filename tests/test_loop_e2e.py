@@ -79,6 +79,7 @@ def test_two_rounds_ranked_together(tmp_path: Path):
     assert len(labels) == 1 + 2 + len(summary["runs"][2]["checkpoints"])  # base + SFT + PPO
     assert {"in-domain", "adjacent"} <= set(board["slices"])
     assert Path(summary["reports"]["leaderboard"]).exists()
+    assert Path(summary["reports"]["coverage fin-train@v2"]).exists()
 
     # Round 2: one more curation rule, another SFT run, rank both rounds together.
     from bakeoff.demo import packaged
