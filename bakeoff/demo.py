@@ -67,7 +67,7 @@ def packaged(name: str) -> Path:
 
 
 @click.group(invoke_without_command=True)
-@click.option("--quick", is_flag=True, help="Tiny random models and a small corpus (about 3 minutes on 2 CPU cores).")
+@click.option("--quick", is_flag=True, help="Tiny random models and a small corpus (under 2 minutes on 2 CPU cores).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 2), default=2, show_default=True,
               help="2: a second round re-curates with one more rule and trains again; "
@@ -94,7 +94,7 @@ def demo(ctx: click.Context, quick: bool, seed: int, rounds: int, as_json: bool)
         return
     import os
 
-    from bakeoff.console import emit, log
+    from bakeoff.console import emit, err, log
     from bakeoff.demo_data import make_demo_workspace
     from bakeoff.loop import LoopResult, run_loop
 
@@ -107,8 +107,6 @@ def demo(ctx: click.Context, quick: bool, seed: int, rounds: int, as_json: bool)
                            "pass --workspace NEW_DIR (or remove it)")
     result = LoopResult()
     t0 = time.perf_counter()
-    from bakeoff.console import err
-
     err.rule("[bold]demo data")
     made = make_demo_workspace(ws, seed=seed, scale=preset["scale"])
     result.timings["demo data"] = round(time.perf_counter() - t0, 1)
