@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from bakeoff.workspace import LEDGER_SCHEMA, Version, Workspace, parse_ref
+from bakeoff.workspace import LEDGER_SCHEMA, Version, Workspace
 
 
 @dataclass
@@ -39,5 +39,3 @@ def commit_step(ws: Workspace, parent: str | Version, operation: str, params: di
         parents=[parent_v.ref], ledger=output.ledger, report=output.report,
     )
 
-
-__all__ = ["StepOutput", "commit_step", "parse_ref"]

@@ -23,3 +23,15 @@ def ws(tmp_path):
     from bakeoff.workspace import Workspace
 
     return Workspace(tmp_path / "ws")
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine the
+    threads' spin-waits make each op several times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

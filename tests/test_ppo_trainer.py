@@ -15,13 +15,8 @@ from bakeoff.workspace import BakeoffError
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine the
-    threads' spin-waits make each op several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def one_thread(torch_one_thread):
+    """Every test here runs torch on one thread (see conftest)."""
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):

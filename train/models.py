@@ -315,6 +315,28 @@ def _load_tokenizer(path: str, fallback: str | None = None) -> Any:
     return fix_tokenizer(AutoTokenizer.from_pretrained(src))
 
 
+def _load(path: str | os.PathLike, auto_class: Any, device: str | None, merge: bool, dtype: Any,
+          **model_kwargs: Any) -> tuple[Any, Any]:
+    """What both loaders share: resolve a name, load the tokenizer, load the base
+    (for an adapter checkpoint) or the model itself, then the adapter, merged."""
+    path = str(path)
+    if not Path(path).exists() and path.lower() in ("tiny", "smollm2"):
+        path = resolve_model(path)
+    device = pick_device(device)
+    base = adapter_base(path)
+    tok = _load_tokenizer(path, fallback=base)
+    model = auto_class.from_pretrained(base or path, dtype=dtype or default_dtype(device), **model_kwargs)
+    _match_vocab(model, tok)
+    model.config.pad_token_id = tok.pad_token_id
+    if base is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path)
+        if merge:
+            model = model.merge_and_unload()
+    return model.to(device).eval(), tok
+
+
 def load_causal_lm(path: str | os.PathLike, device: str | None = None,
                    merge: bool = True, dtype: Any = None) -> tuple[Any, Any]:
     """(model, tokenizer) for a directory, hub id or name ('tiny', 'smollm2').
@@ -325,30 +347,12 @@ def load_causal_lm(path: str | os.PathLike, device: str | None = None,
     """
     from transformers import AutoModelForCausalLM
 
-    path = str(path)
-    if not Path(path).exists() and path.lower() in ("tiny", "smollm2"):
-        path = resolve_model(path)
-    device = pick_device(device)
-    dtype = dtype or default_dtype(device)
-    base = adapter_base(path)
-    tok = _load_tokenizer(path, fallback=base)
-    if base is not None:
-        from peft import PeftModel
-
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-        _match_vocab(model, tok)
-        model = PeftModel.from_pretrained(model, path)
-        if merge:
-            model = model.merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        _match_vocab(model, tok)
-    model.config.pad_token_id = tok.pad_token_id
+    model, tok = _load(path, AutoModelForCausalLM, device, merge, dtype)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
         if tok.eos_token_id is not None:
             model.generation_config.eos_token_id = tok.eos_token_id
-    return model.to(device).eval(), tok
+    return model, tok
 
 
 def load_reward_model(path: str | os.PathLike, device: str | None = None,
@@ -361,24 +365,7 @@ def load_reward_model(path: str | os.PathLike, device: str | None = None,
     """
     from transformers import AutoModelForSequenceClassification
 
-    path = str(path)
-    if not Path(path).exists() and path.lower() in ("tiny", "smollm2"):
-        path = resolve_model(path)
-    device = pick_device(device)
-    dtype = dtype or default_dtype(device)
-    base = adapter_base(path)
-    tok = _load_tokenizer(path, fallback=base)
-    src = base if base is not None else path
-    model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, dtype=dtype)
-    _match_vocab(model, tok)
-    model.config.pad_token_id = tok.pad_token_id
-    if base is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, path)
-        if merge:
-            model = model.merge_and_unload()
-    return model.to(device).eval(), tok
+    return _load(path, AutoModelForSequenceClassification, device, merge, dtype, num_labels=1)
 
 
 def _match_vocab(model: Any, tok: Any) -> None:
