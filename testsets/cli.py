@@ -97,8 +97,8 @@ def _load_mapping(path: str) -> dict[str, Any]:
                                                 "or a JSON object of task -> method/spec ('*' = every task).")
 @click.option("--scoring-config", type=click.Path(exists=True, dir_okay=False),
               help="YAML/JSON file: task -> scoring method or spec.")
-@click.option("--tolerance", type=float, default=0.005, show_default=True,
-              help="Relative tolerance of numeric answers.")
+@click.option("--tolerance", type=float, default=None,
+              help="Relative tolerance of numeric answers (default: match at the reference's own precision).")
 @click.option("--max-half-width", type=float, default=0.1, show_default=True,
               help="Warn when a slice's 95%% interval half-width (accuracy near 0.5) is wider than this.")
 @_decontam_options
@@ -108,7 +108,7 @@ def _load_mapping(path: str) -> dict[str, Any]:
 def build_cmd(train_ref: str, pools: tuple[str, ...], name: str, size: int, per_slice: str | None, seed: int,
               keep_flagged: bool, domains_from: str, clusters: int | None, adjacent: tuple[str, ...],
               far: tuple[str, ...], band_mode: str, adjacent_min: float, far_max: float, in_domain_min: float,
-              scoring_map: str | None, scoring_config: str | None, tolerance: float, max_half_width: float,
+              scoring_map: str | None, scoring_config: str | None, tolerance: float | None, max_half_width: float,
               html_out: str | None, as_json: bool, **decontam: Any) -> None:
     """Build a held-out test set with in-domain, adjacent and far slices.
 

@@ -7,9 +7,9 @@ task (``--scoring extraction=fields,qa=token_f1`` or a config mapping):
 
 - ``arithmetic``/``qa`` (or any task) whose reference is a single number, and
   ``arithmetic`` whose reference shows its working ("12 + 30 = 42": the last
-  number is the result) -> ``numeric`` with a relative ``tolerance`` and the
-  ``scale`` the prompt states its figures in ("in thousands" -> 1000), so
-  "1.2 million" or "1,200" both count;
+  number is the result) -> ``numeric`` (matched at the reference's own
+  precision) with the ``scale`` the prompt states its figures in ("in
+  thousands" -> 1000), so "1.2 million" or "1,200" both count;
 - ``classification`` -> ``choice`` with the label set of that task (every distinct
   reference of that task seen in the training data and the pool);
 - ``extraction`` -> ``fields`` with the keys of the reference (a JSON object or
@@ -31,7 +31,14 @@ import polars as pl
 
 from bakeoff.workspace import BakeoffError
 
-METHODS = ("exact", "numeric", "token_f1", "rouge_l", "choice", "fields", "reward")
+def _methods() -> tuple[str, ...]:
+    from bakeoff.evaluate.scorers import SCORERS
+
+    return tuple(SCORERS)
+
+
+#: The scoring methods, read from the evaluate scorers' registry (one list, not two).
+METHODS = _methods()
 
 #: Tasks whose references are labels (choice scoring with the task's label set).
 CHOICE_TASKS = {"classification", "classify", "label", "labelling", "labeling", "sentiment", "choice",
@@ -53,15 +60,18 @@ class ScoringConfig:
     """How scoring specs are chosen.
 
     ``overrides`` maps a task to a method name or to a full spec dict (``"*"``
-    applies to every task); ``tolerance`` is the relative tolerance of numeric
-    answers (reported figures are rounded, so exact float equality is too strict);
+    applies to every task); ``tolerance``/``abs_tolerance``, when set, are the
+    relative/absolute tolerance of numeric answers. By default (None) a numeric
+    answer matches when, rounded to the reference's own decimals, it equals the
+    reference (as TAT-QA's evaluation does): a fixed band would pass 0.001 for
+    0.004, or 1,230 for 1234.5;
     ``max_choices`` caps a label set (more distinct references than that is not a
     label task, and falls back to token F1).
     """
 
     overrides: dict[str, Any] = field(default_factory=dict)
-    tolerance: float = 0.005
-    abs_tolerance: float = 0.005
+    tolerance: float | None = None
+    abs_tolerance: float | None = None
     max_choices: int = 30
     max_numeric_words: int = 12
 
@@ -165,8 +175,10 @@ def default_spec(task: str | None, reference: str, prompt: str, labels: Mapping[
             method = "token_f1"
     spec["method"] = method
     if method == "numeric":
-        spec.setdefault("tolerance", config.tolerance)
-        spec.setdefault("abs_tolerance", config.abs_tolerance)
+        if config.tolerance is not None:
+            spec.setdefault("tolerance", config.tolerance)
+        if config.abs_tolerance is not None:
+            spec.setdefault("abs_tolerance", config.abs_tolerance)
         spec.setdefault("scale", prompt_scale(prompt))
     elif method == "choice" and "choices" not in spec:
         choices = list(labels.get(task_key, []))
