@@ -75,24 +75,29 @@ def score_items(ws: Workspace, items: pl.DataFrame, digest: str, template: str, 
     stored = cache.load_scores(ws, digest, template, gen_config)
     todo = have.join(stored, on=["item_digest", "scorer"], how="anti").unique("item_digest")
     if todo.height:
-        needs_model = todo.filter(pl.col("method") == "reward")
-        plain = todo.filter(pl.col("method") != "reward")
-        new_d, new_s, new_v = [], [], []
-        if plain.height:
-            # Scorers are string parsing (regexes, LCS): per-row Python by nature.
-            import json
+        import json
 
-            for d, s, out, ref, spec in plain.select("item_digest", "scorer", "output", "reference",
-                                                     "scoring").iter_rows():
-                new_d.append(d), new_s.append(s), new_v.append(score_one(out, ref, json.loads(spec)))
+        from bakeoff.evaluate.scorers import SCORERS
+
+        model_methods = [m for m, sc in SCORERS.items() if sc.needs_model]
+        needs_model = todo.filter(pl.col("method").is_in(model_methods))
+        plain = todo.filter(~pl.col("method").is_in(model_methods))
+        new_d, new_s, new_v = [], [], []
+        # Scorers are string parsing (regexes, LCS): per-row Python by nature.
+        for d, s, out, ref, spec in plain.select("item_digest", "scorer", "output", "reference",
+                                                 "scoring").iter_rows():
+            new_d.append(d), new_s.append(s), new_v.append(score_one(out, ref, json.loads(spec)))
         if needs_model.height:
             if reward is None:
                 raise BakeoffError(f"{needs_model.height} items are scored by a reward model: "
                                    "pass --reward-model PATH")
-            vals = reward.score(needs_model["prompt"].to_list(), needs_model["output"].to_list())
-            new_d += needs_model["item_digest"].to_list()
-            new_s += needs_model["scorer"].to_list()
-            new_v += vals
+            for method, group in needs_model.group_by("method"):
+                specs = [{k: v for k, v in json.loads(x).items() if k != "method"} for x in group["scoring"]]
+                vals = SCORERS[method[0]].fn(group["output"].to_list(), group["reference"].to_list(), specs,
+                                             group["prompt"].to_list(), reward)
+                new_d += group["item_digest"].to_list()
+                new_s += group["scorer"].to_list()
+                new_v += list(vals)
         for chunk in _batches(list(range(len(new_d))), 5000):
             cache.write_scores(ws, digest, template, gen_config, [new_d[i] for i in chunk],
                                [new_s[i] for i in chunk], [new_v[i] for i in chunk])

@@ -100,8 +100,7 @@ def test_new_checkpoint_costs_one_evaluation_and_scorer_change_rescores(ws, test
     assert {e.label: e.score for e in board.entries}["C"] == pytest.approx(1 / N)  # 0 + 0 = 0 is right once
 
     # A new scorer version: stored outputs are re-scored, nothing is generated.
-    monkeypatch.setitem(SCORERS, "numeric", Scorer("numeric", "2-strict-zero", lambda p, r, o: float(p == "0"),
-                                                   True))
+    monkeypatch.setitem(SCORERS, "numeric", Scorer("numeric", lambda p, r, o: float(p == "0"), True))
     _, items2 = load_items(ws, "ts@v1")
     assert set(items2["scorer"]) != set(items["scorer"])
     res = evaluate_model(ws, version, items2, never("C"), SETTINGS)
