@@ -7,9 +7,19 @@ stored outputs without generating again:
 - ``eval_logliks``  (weights_digest, item_digest, template) -> log-likelihood of the reference
 - ``eval_scores``   (weights_digest, item_digest, template, gen_config, scorer) -> score
 - ``eval_models``   weights_digest -> what the model is (path, run, step, datasets...)
+- ``eval_aliases``  every label seen for a weights digest (two checkpoints with
+  identical weights, or a checkpoint equal to its base, share one digest)
+- ``eval_started``  which model began an evaluation on which test set version, so
+  an interrupted one is listed as not ranked instead of vanishing
 - ``eval_runs``     which model was fully evaluated on which test set version, how
-- ``eval_file_digests`` sha256 of weight files by (path, size, mtime), so an
-  unchanged checkpoint is not re-hashed on every run.
+- ``eval_file_hashes`` sha256 of weight files by (path, size, mtime, ctime,
+  inode), so an unchanged checkpoint is not re-hashed on every run. The ctime
+  is the key that matters: ``cp -p``, ``rsync -a`` and ``tar x`` restore the
+  mtime of replaced weights, but no user-space tool can set the ctime.
+
+Each output row records the environment that generated it (``env``: backend,
+batch size, dtype, device type, library versions); the ranking refuses to mix
+environments unless asked to (``--allow-mixed``).
 
 The model is identified by ``weights_digest``: a sha256 over its weight files
 (and config/tokenizer files; an adapter's digest includes its base model's), never
@@ -61,8 +71,15 @@ CREATE TABLE IF NOT EXISTS eval_runs (
     gen_config VARCHAR, settings VARCHAR, n_items INTEGER, seconds DOUBLE, generated INTEGER,
     completed_at TIMESTAMP,
     PRIMARY KEY (testset, weights_digest, template, gen_config));
-CREATE TABLE IF NOT EXISTS eval_file_digests (
-    path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT, sha256 VARCHAR);
+CREATE TABLE IF NOT EXISTS eval_file_hashes (
+    path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT, ctime_ns BIGINT, inode BIGINT, sha256 VARCHAR);
+CREATE TABLE IF NOT EXISTS eval_aliases (
+    weights_digest VARCHAR, label VARCHAR, path VARCHAR, is_base BOOLEAN, meta VARCHAR, updated_at TIMESTAMP,
+    PRIMARY KEY (weights_digest, label));
+CREATE TABLE IF NOT EXISTS eval_started (
+    testset VARCHAR, weights_digest VARCHAR, template VARCHAR, gen_config VARCHAR, label VARCHAR,
+    started_at TIMESTAMP, PRIMARY KEY (testset, weights_digest, template, gen_config));
+ALTER TABLE eval_outputs ADD COLUMN IF NOT EXISTS env VARCHAR;
 """
 
 
@@ -122,18 +139,19 @@ def _model_files(path: Path) -> list[Path]:
     return files
 
 
-def _file_sha256(f: Path, known: dict[str, tuple[int, int, str]], fresh: dict) -> str:
+def _file_sha256(f: Path, known: dict[str, tuple[int, ...]], fresh: dict) -> str:
     st = f.stat()
     key = str(f.resolve())
+    stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     hit = known.get(key)
-    if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-        return hit[2]
+    if hit and tuple(hit[:4]) == stamp:
+        return str(hit[4])
     h = hashlib.sha256()
     with open(f, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    fresh[key] = (st.st_size, st.st_mtime_ns, h.hexdigest())
-    return fresh[key][2]
+    fresh[key] = (*stamp, h.hexdigest())
+    return h.hexdigest()
 
 
 def weights_digest(path: str | Path, ws: Workspace | None = None) -> str:
@@ -141,17 +159,19 @@ def weights_digest(path: str | Path, ws: Workspace | None = None) -> str:
 
     A PEFT adapter's digest covers the adapter files and its base model's digest.
     A hub id that is not a local directory is identified by its name (``hub:ID``).
-    File hashes are remembered in ``eval_file_digests`` when ``ws`` is given.
+    File hashes are remembered in ``eval_file_hashes`` when ``ws`` is given,
+    keyed by (size, mtime, ctime, inode): weights replaced in place under the
+    same mtime (``cp -p``, ``rsync -a``, ``tar x``) change the ctime and are re-hashed.
     """
     p = Path(path)
     if not p.is_dir():
         return "hub:" + str(path)
-    known: dict[str, tuple[int, int, str]] = {}
+    known: dict[str, tuple[int, ...]] = {}
     if ws is not None:
         with connect(ws) as con:
-            known = {r[0]: (r[1], r[2], r[3]) for r in
-                     con.execute("SELECT path, size, mtime_ns, sha256 FROM eval_file_digests").fetchall()}
-    fresh: dict[str, tuple[int, int, str]] = {}
+            known = {r[0]: tuple(r[1:]) for r in con.execute(
+                "SELECT path, size, mtime_ns, ctime_ns, inode, sha256 FROM eval_file_hashes").fetchall()}
+    fresh: dict[str, tuple[int, ...]] = {}
     files = _model_files(p)
     if not any(f.suffix in _WEIGHT_SUFFIXES or f.suffix == ".bin" for f in files):
         from bakeoff.workspace import BakeoffError
@@ -168,20 +188,36 @@ def weights_digest(path: str | Path, ws: Workspace | None = None) -> str:
             outer.update(b"base\0" + weights_digest(base, ws).encode())
     if ws is not None and fresh:
         with connect(ws) as con:
-            con.executemany("INSERT OR REPLACE INTO eval_file_digests VALUES (?, ?, ?, ?)",
+            con.executemany("INSERT OR REPLACE INTO eval_file_hashes VALUES (?, ?, ?, ?, ?, ?)",
                             [(k, *v) for k, v in fresh.items()])
     return outer.hexdigest()
 
 
 def register_model(ws: Workspace, digest: str, label: str, path: str, meta: dict[str, Any],
                    is_base: bool = False, template: str | None = None) -> None:
-    """Record what a weights digest is (latest description wins)."""
+    """Record what a weights digest is (latest description wins) and that
+    ``label`` is one of its names (every name is kept: see :func:`aliases`)."""
     with connect(ws) as con:
         con.execute(
             "INSERT OR REPLACE INTO eval_models VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [digest, label, str(path), meta.get("run_id"), meta.get("experiment_name"), meta.get("step"),
              meta.get("kind"), meta.get("base_model"), json.dumps(meta.get("datasets") or []),
              meta.get("parent_run_id"), is_base, json.dumps(meta, default=str), template, _now()])
+        con.execute("INSERT OR REPLACE INTO eval_aliases VALUES (?,?,?,?,?,?)",
+                    [digest, label, str(path), is_base, json.dumps(meta, default=str), _now()])
+
+
+def aliases(ws: Workspace, digests: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every label registered for each weights digest (oldest first): checkpoints
+    with identical weights share a digest and one leaderboard row."""
+    out: dict[str, list[dict[str, Any]]] = {d: [] for d in digests}
+    with connect(ws) as con:
+        rows = con.execute("SELECT weights_digest, label, path, is_base, meta FROM eval_aliases "
+                           "ORDER BY updated_at").fetchall()
+    for d, label, path, is_base, meta in rows:
+        if d in out:
+            out[d].append({"label": label, "path": path, "is_base": bool(is_base), "meta": json.loads(meta or "{}")})
+    return out
 
 
 def model_template(ws: Workspace, digest: str) -> str | None:
@@ -218,20 +254,23 @@ def stored_prompts(ws: Workspace, digest: str, template: str, gen_config: str) -
 
 
 def write_outputs(ws: Workspace, digest: str, template: str, gen_config: str,
-                  prompt_digests: Sequence[str], outputs: Sequence[str]) -> None:
-    """Store one batch of outputs (its own transaction)."""
+                  prompt_digests: Sequence[str], outputs: Sequence[str], env: dict[str, Any] | None = None) -> None:
+    """Store one batch of outputs (its own transaction) with the environment that
+    generated them."""
     if len(prompt_digests) != len(outputs):
         raise ValueError(f"{len(prompt_digests)} prompts but {len(outputs)} outputs")
     frame = pl.DataFrame({"weights_digest": digest, "prompt_digest": list(prompt_digests),
                           "template": template, "gen_config": gen_config, "output": list(outputs),
-                          "created_at": _now()})
+                          "created_at": _now(), "env": json.dumps(env or {}, sort_keys=True)})
     with connect(ws) as con:
         _insert(con, "eval_outputs", frame)
 
 
-def load_outputs(ws: Workspace, digest: str, template: str, gen_config: str) -> pl.DataFrame:
+def load_outputs(ws: Workspace, digest: str, template: str, gen_config: str,
+                 with_env: bool = False) -> pl.DataFrame:
+    cols = "prompt_digest, output" + (", env" if with_env else "")
     with connect(ws) as con:
-        return _frame(con, "SELECT prompt_digest, output FROM eval_outputs WHERE weights_digest = ? "
+        return _frame(con, f"SELECT {cols} FROM eval_outputs WHERE weights_digest = ? "
                            "AND template = ? AND gen_config = ?", [digest, template, gen_config])
 
 
@@ -280,12 +319,26 @@ def record_run(ws: Workspace, testset: str, testset_digest: str, digest: str, te
                      n_items, seconds, generated, _now()])
 
 
+def record_start(ws: Workspace, testset: str, digest: str, template: str, gen_config: str, label: str) -> None:
+    """Note that an evaluation began (kept after it completes: a later, longer
+    test set or an interruption is still known)."""
+    with connect(ws) as con:
+        con.execute("INSERT OR REPLACE INTO eval_started VALUES (?,?,?,?,?,?)",
+                    [testset, digest, template, gen_config, label, _now()])
+
+
+def started_for(ws: Workspace, testset: str) -> pl.DataFrame:
+    """Evaluations begun on a test set version (completed or not)."""
+    with connect(ws) as con:
+        return _frame(con, "SELECT * FROM eval_started WHERE testset = ?", [testset])
+
+
 def runs_for(ws: Workspace, testset: str) -> pl.DataFrame:
     """Completed evaluations on a test set version, joined with their models."""
     with connect(ws) as con:
         return _frame(con,
             """SELECT r.*, m.label, m.path, m.run_id, m.experiment, m.step, m.kind, m.base_model,
-                      m.datasets, m.parent_run_id, m.is_base
+                      m.datasets, m.parent_run_id, m.is_base, m.meta
                FROM eval_runs r LEFT JOIN eval_models m USING (weights_digest)
                WHERE r.testset = ? ORDER BY r.completed_at""", [testset])
 

@@ -147,6 +147,14 @@ class HFGenerator:
     def device(self) -> Any:
         return self.model.device
 
+    def environment(self) -> dict[str, Any]:
+        """Backend, dtype, device type and library versions (see runner.generation_env)."""
+        import torch
+        import transformers
+
+        return {"backend": "transformers", "dtype": str(self.model.dtype).replace("torch.", ""),
+                "device": self.device.type, "torch": torch.__version__, "transformers": transformers.__version__}
+
     def _stop_ids(self) -> list[int]:
         """EOS plus the chat template's end-of-turn token, if it has one."""
         ids = set()

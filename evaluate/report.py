@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bakeoff import html as H
-from bakeoff.evaluate.rank import Entry, Leaderboard
+from bakeoff.evaluate.rank import SMALL_N, Entry, Leaderboard
 
 
 def _f(x: float | None, digits: int = 3) -> str:
@@ -25,15 +25,54 @@ def _p(x: float | None) -> str:
     return "<0.001" if x < 0.001 else f"{x:.3f}"
 
 
+def _cell(c: dict[str, Any] | None) -> str:
+    """A cell: mean [interval] (n), with "n<30" when it is too small to read."""
+    if not c or c.get("mean") is None:
+        return "—"
+    small = f" n={c['n']}<{SMALL_N}!" if c.get("small") else f" n={c['n']}"
+    return f"{c['mean']:.3f} [{_f(c['lo'], 2)}, {_f(c['hi'], 2)}]{small}"
+
+
+def _gap(e: Entry) -> str:
+    if e.gap is None:
+        return "—"
+    return f"{e.gap:+.3f} [{e.gap_lo:+.2f}, {e.gap_hi:+.2f}]" + (f" n<{SMALL_N}!" if e.gap_small else "")
+
+
+def _label(e: Entry) -> str:
+    tags = [t for t, on in (("base", e.is_base), ("imported", e.imported)) if on]
+    return e.label + (f" ({', '.join(tags)})" if tags else "")
+
+
+def _verdict(e: Entry, board: Leaderboard) -> str:
+    if board.winner is not None and e.label == board.winner.label:
+        return "sole best"
+    if e.in_best_set:
+        return "best set (cannot be told apart)"
+    return f"worse than {e.worse_than}"
+
+
 def leaderboard_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
-    cols = ["#", "checkpoint", "score", "95% CI", "p_best", f"p vs #1 (Holm, {board.test})",
-            *board.slices, "gap (in−adj)"]
+    cols = ["#", "checkpoint", "kind", "round", "dataset", "step", "score", "95% CI", "n", "p_best",
+            "Δ to best other (simult. CI)", "p (adj.)", "verdict", *board.slices, "gap (in−adj)"]
     rows = []
     for e in board.entries:
-        rows.append([str(e.rank), e.label + (" (base)" if e.is_base else ""), _f(e.score),
-                     f"[{_f(e.lo)}, {_f(e.hi)}]", _f(e.p_best, 2), _p(e.p_holm),
-                     *[_f(e.slices.get(s)) for s in board.slices], _f(e.gap)])
+        rows.append([str(e.rank), _label(e), e.kind or ("base" if e.is_base else "—"),
+                     "—" if e.round is None else str(e.round), e.dataset or "—",
+                     "—" if e.step is None else str(e.step), _f(e.score),
+                     f"[{_f(e.lo)}, {_f(e.hi)}]", str(e.n), _f(e.p_best, 2),
+                     "—" if e.diff_lo is None else f"[{e.diff_lo:+.3f}, {e.diff_hi:+.3f}]", _p(e.p_adj),
+                     _verdict(e, board), *[_cell(e.slice_stats.get(s)) for s in board.slices], _gap(e)])
     return cols, rows
+
+
+def verdict_text(board: Leaderboard) -> str:
+    """One sentence: who is best, or which checkpoints cannot be told apart."""
+    if board.winner is not None:
+        return (f"{board.winner.label} is the sole best: every other checkpoint is significantly worse "
+                f"(family-wise error ≤ 5 % over all pairs).")
+    return (f"No single winner: {len(board.best_set)} checkpoints cannot be told apart from the best "
+            f"({', '.join(board.best_set)}); the highest mean is {board.leader.label if board.leader else '—'}.")
 
 
 def render_terminal(board: Leaderboard) -> None:
@@ -45,38 +84,40 @@ def render_terminal(board: Leaderboard) -> None:
     cols, rows = leaderboard_rows(board)
     t = Table(title=f"Leaderboard on {board.testset} ({board.n_items} items)", title_justify="left")
     for c in cols:
-        t.add_column(c, justify="left" if c == "checkpoint" else "right")
+        t.add_column(c, justify="left" if c in ("checkpoint", "verdict", "dataset", "kind") else "right")
     for e, r in zip(board.entries, rows):
-        style = "bold green" if e.rank == 1 else ("dim" if e.significantly_worse else None)
+        style = "bold green" if e.in_best_set else ("dim" if e.significantly_worse else None)
         t.add_row(*r, style=style)
     out.print(t)
+    out.print(verdict_text(board), highlight=False)
     if len(board.tasks) > 1:
         tt = Table(title="Per task", title_justify="left")
         tt.add_column("checkpoint")
         for task in board.tasks:
             tt.add_column(task, justify="right")
         for e in board.entries:
-            tt.add_row(e.label, *[_f(e.tasks.get(task)) for task in board.tasks])
+            tt.add_row(e.label, *[_cell(e.task_stats.get(task)) for task in board.tasks])
         out.print(tt)
-    w = board.winner
+    w = board.leader
     if w is not None:
-        out.print(f"Winner: [bold]{w.label}[/] (p_best {w.p_best:.2f}). It scores below another model on "
+        out.print(f"Leader: [bold]{w.label}[/] (p_best {w.p_best:.2f}). It scores below another model on "
                   f"{board.n_winner_losses} of {board.n_items} items; models disagree on "
                   f"{board.n_disagreements} items.", highlight=False)
         for sl in board.slice_losses:
-            out.print(f"  slice [bold]{sl['slice']}[/]: winner {sl['winner_score']:.3f} < "
-                      f"{sl['best']} {sl['best_score']:.3f}", highlight=False)
+            out.print(f"  slice [bold]{sl['slice']}[/] (n={sl['n_items']}{'<30!' if sl['small'] else ''}): "
+                      f"leader {sl['winner_score']:.3f} < {sl['best']} {sl['best_score']:.3f} "
+                      f"(difference [{sl['diff_lo']:+.2f}, {sl['diff_hi']:+.2f}])", highlight=False)
         if board.winner_losses:
-            lt = Table(title="Items the winner loses (largest loss first)", title_justify="left")
-            for c in ("item", "slice", "task", "winner", "best other", "reference", "winner said"):
+            lt = Table(title="Items the leader loses (largest loss first)", title_justify="left")
+            for c in ("item", "slice", "task", "leader", "best other", "reference", "leader said"):
                 lt.add_column(c)
             for x in board.winner_losses[:10]:
                 lt.add_row(x["id"][:10], x["slice"], x["task"], _f(x["winner_score"], 2),
                            f"{x['best_other']} {_f(x['best_other_score'], 2)}", x["reference"][:40],
                            (x["winner_output"] or "")[:40])
             out.print(lt)
-    for e in board.excluded:
-        out.print(f"[yellow]excluded[/] {e['label']}: {e['reason']}", highlight=False)
+    for e in board.not_ranked:
+        out.print(f"[yellow]not ranked[/] {e['label']}: {e['reason']}", highlight=False)
     for wmsg in board.warnings:
         out.print(f"[yellow]warning[/] {wmsg}", highlight=False)
 
@@ -148,13 +189,30 @@ def render_html(board: Leaderboard, path: str | Path, lineage: dict[str, list[st
     cols, rows = leaderboard_rows(board)
     sections = [
         f"<p>Test set <code>{H.esc(board.testset)}</code> (digest <code>{H.esc(board.testset_digest[:16])}</code>),"
-        f" {board.n_items} items, paired bootstrap 95% intervals, {H.esc(board.test)} tests against the leader "
-        "with Holm correction. Ranked by mean score over the full test set.</p>",
-        "<h2>Leaderboard</h2>", H.table(cols, rows, highlight=[0]),
+        f" {board.n_items} items. Ranked by mean score over the full test set. Score intervals are 95 % "
+        "(Wilson for 0/1 scores, BCa bootstrap otherwise). A checkpoint is <i>worse</i> only when a paired "
+        "comparison over all pairs, family-wise error ≤ 5 %, says so; Δ is its difference to the best of the "
+        "others with a simultaneous interval (below 0 exactly when it is worse). Cells marked "
+        f"<b>n&lt;{SMALL_N}!</b> have too few items to read.</p>",
+        f"<p class={'good' if board.winner else 'bad'}><b>{H.esc(verdict_text(board))}</b></p>",
+        "<h2>Leaderboard</h2>",
+        H.table(cols, rows, highlight=[i for i, e in enumerate(board.entries) if e.in_best_set]),
     ]
+    if board.not_ranked or board.unevaluated:
+        sections.append("<h2>Not ranked</h2>")
+    if board.not_ranked:
+        sections.append(H.table(["checkpoint", "items missing", "why"],
+                                [[x["label"], "—" if x.get("missing") is None else x["missing"], x["reason"]]
+                                 for x in board.not_ranked]))
+    if board.unevaluated:
+        sections.append(f"<p class=bad>{len(board.unevaluated)} checkpoint(s) were never evaluated on this "
+                        f"test set. Evaluate them with:</p><pre>{H.esc(board.evaluate_command)}</pre>")
+        sections.append(H.table(["checkpoint", "run", "kind", "round", "step"],
+                                [[x["path"], x["run_id"], x["kind"], x["round"], x["step"]]
+                                 for x in board.unevaluated]))
     if len(board.tasks) > 1:
         sections += ["<h3>Per task</h3>", H.table(["checkpoint", *board.tasks],
-                                                  [[e.label, *[_f(e.tasks.get(t)) for t in board.tasks]]
+                                                  [[e.label, *[_cell(e.task_stats.get(t)) for t in board.tasks]]
                                                    for e in board.entries])]
     if any(e.loglik_per_token is not None for e in board.entries):
         sections += ["<h3>Reference log-likelihood (generation-free)</h3>",
@@ -162,15 +220,17 @@ def render_html(board: Leaderboard, path: str | Path, lineage: dict[str, list[st
                              [[e.label, _f(e.loglik_per_token)] for e in board.entries])]
     sections += ["<h2>Checkpoint × slice</h2>", _heatmap(board), "<h2>Score vs step</h2>", _curves(board)]
 
-    w = board.winner
+    w = board.leader
     sections.append("<h2>Where the winner loses</h2>")
     if w is not None:
         sections.append(f"<p><b>{H.esc(w.label)}</b> is first overall (p_best {w.p_best:.2f}) but scores below "
                         f"another model on <b>{board.n_winner_losses}</b> of {board.n_items} items; models "
                         f"disagree on {board.n_disagreements} items.</p>")
     if board.slice_losses:
-        sections.append(H.table(["slice", "winner", "best there", "its score", "items"],
-                                [[s["slice"], _f(s["winner_score"]), s["best"], _f(s["best_score"]), s["n_items"]]
+        sections.append(H.table(["slice", "leader", "best there", "its score", "difference (95% CI)", "items"],
+                                [[s["slice"], _f(s["winner_score"]), s["best"], _f(s["best_score"]),
+                                  f"[{s['diff_lo']:+.2f}, {s['diff_hi']:+.2f}]",
+                                  f"{s['n_items']}" + (f" (n<{SMALL_N}!)" if s["small"] else "")]
                                  for s in board.slice_losses]))
     if board.winner_losses:
         sections.append(H.table(
@@ -200,8 +260,6 @@ def render_html(board: Leaderboard, path: str | Path, lineage: dict[str, list[st
         [[e.label, e.run_id, e.experiment, e.step, e.kind, e.base_model,
           "; ".join(f"{d} ← {' ← '.join(lineage.get(d, [])[1:])}" if lineage.get(d, [])[1:] else d
                     for d in e.datasets), e.weights_digest[:16]] for e in board.entries]))
-    for x in board.excluded:
-        sections.append(f"<p class=bad>excluded {H.esc(x['label'])}: {H.esc(x['reason'])}</p>")
     for wmsg in board.warnings:
         sections.append(f"<p class=bad>warning: {H.esc(wmsg)}</p>")
     return H.write(path, f"bakeoff leaderboard — {board.testset}", sections)
@@ -233,7 +291,8 @@ def log_to_mlflow(ws: Any, board: Leaderboard, html_path: Path | None, experimen
     setup_mlflow(ws, experiment)
     with mlflow.start_run(run_name=f"rank {board.testset}") as parent:
         mlflow.set_tags({"bakeoff.stage": "evaluate", "bakeoff.testset": board.testset,
-                         "bakeoff.winner": board.winner.label if board.winner else ""})
+                         "bakeoff.winner": board.winner.label if board.winner else "",
+                         "bakeoff.best_set": " | ".join(board.best_set)[:5000]})
         try:
             log_dataset_version(ws, board.testset, context="evaluation")
         except Exception as exc:  # lineage is a nicety; the ranking must still be logged
@@ -252,8 +311,10 @@ def log_to_mlflow(ws: Any, board: Leaderboard, html_path: Path | None, experimen
             with mlflow.start_run(run_name=e.label, nested=True):
                 mlflow.set_tags({"bakeoff.checkpoint": e.label, "bakeoff.weights_digest": e.weights_digest,
                                  "bakeoff.train_run_id": e.run_id or "", "bakeoff.is_base": str(e.is_base)})
-                metrics = {"score": e.score, "ci_lo": e.lo, "ci_hi": e.hi, "p_best": e.p_best, "rank": e.rank}
-                metrics.update({f"slice.{k}": v for k, v in e.slices.items()})
+                metrics = {"score": e.score, "ci_lo": e.lo, "ci_hi": e.hi, "p_best": e.p_best, "rank": e.rank,
+                           "in_best_set": float(e.in_best_set), "n": e.n}
+                metrics.update({f"slice.{k}": v for k, v in e.slices.items() if v is not None})
+                metrics.update({f"slice_n.{k}": c["n"] for k, c in e.slice_stats.items()})
                 metrics.update({f"task.{k}": v for k, v in e.tasks.items() if k})
                 if e.gap is not None:
                     metrics["gap"] = e.gap

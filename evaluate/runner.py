@@ -60,6 +60,16 @@ class EvalResult:
         return dict(self.__dict__)
 
 
+def generation_env(generator: Generator, settings: GenerationSettings) -> dict[str, Any]:
+    """What, besides the generation settings, can change a generated answer:
+    backend, batch size (padding changes greedy decoding's numerics), dtype,
+    device type and library versions. Stored with every output."""
+    env = {"batch_size": settings.batch_size}
+    describe = getattr(generator, "environment", None)
+    env.update(describe() if callable(describe) else {"backend": type(generator).__name__})
+    return env
+
+
 def _batches(seq: list, size: int):
     for i in range(0, len(seq), max(1, size)):
         yield seq[i:i + size]
@@ -117,6 +127,7 @@ def evaluate_model(ws: Workspace, version: Version, items: pl.DataFrame, spec: M
         digest = spec.digest or cache.weights_digest(spec.path, ws)
         template = spec.template_id or cache.model_template(ws, digest) or load_template_id(spec.path)
         cache.register_model(ws, digest, spec.label, spec.path or "", spec.meta, spec.is_base, template)
+        cache.record_start(ws, version.ref, digest, template, gen_config, spec.label)
         done = cache.stored_prompts(ws, digest, template, gen_config)
         ll_done = cache.stored_logliks(ws, digest, template) if loglik else set()
     prompts = items.unique("prompt_digest", keep="first", maintain_order=True)
@@ -136,8 +147,9 @@ def evaluate_model(ws: Workspace, version: Version, items: pl.DataFrame, spec: M
     task = None
     if progress is not None and (todo.height or ll_todo.height):
         task = progress.add_task(f"{spec.label}", total=todo.height + ll_todo.height)
+    env = generation_env(generator, settings) if generator is not None else {}
     out_writer = cache.BatchWriter(
-        lambda keys, vals: cache.write_outputs(ws, digest, template, gen_config, keys, vals), flush_seconds)
+        lambda keys, vals: cache.write_outputs(ws, digest, template, gen_config, keys, vals, env), flush_seconds)
     with out_writer:
         for batch in _batches(list(todo.select("prompt_digest", "prompt").iter_rows()), settings.batch_size):
             out_writer.add([b[0] for b in batch], generator.generate([b[1] for b in batch]))

@@ -382,6 +382,7 @@ def _compare_with_best(scores: np.ndarray, boot: np.ndarray, alpha: float) -> _M
         closest[j] = k_best
         if np.isfinite(t[j, k_best]) and t[j, k_best] > 0:
             p_adj[j] = float((np.sum(max_all >= t[j, k_best] - 1e-12) + 1) / (B + 1))
-        hi[j] = min(diff[j, k] + critical * se[j, k] for k in others)
-        lo[j] = min(diff[j, k] - critical * se[j, k] for k in others)
+        # a pair with identical scores on every item differs by exactly 0
+        hi[j] = min(diff[j, k] + (0.0 if same[j, k] else critical * se[j, k]) for k in others)
+        lo[j] = min(diff[j, k] - (0.0 if same[j, k] else critical * se[j, k]) for k in others)
     return _MCB(p_adj, lo, hi, closest, critical)

@@ -60,7 +60,9 @@ def test_resume_after_interruption_does_not_regenerate(ws, testset):
     evaluate_model(ws, version, items, spec_b, SETTINGS, loglik=False)
     board = build_leaderboard(ws, "ts@v1", n_boot=200)
     assert [e.label for e in board.entries] == ["B"]
-    assert board.excluded == []  # A never completed, so it has no run record at all
+    # ... but it does not vanish: it is listed with how many items it lacks.
+    assert [(x["label"], x["missing"]) for x in board.not_ranked] == [("A", N - 8)]
+    assert "interrupted" in board.not_ranked[0]["reason"]
 
     spec2, gen2 = fake("A")
     res = evaluate_model(ws, version, items, spec2, SETTINGS, loglik=False)
