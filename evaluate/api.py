@@ -46,7 +46,8 @@ def evaluate_checkpoints(ws: Workspace, testset: str, checkpoints: list[str] | N
 
 def rank_checkpoints(ws: Workspace, testset: str, experiment: str | None = None,
                      html: str | Path | None = None, to_mlflow: bool = False, n_boot: int = 2000,
-                     seed: int = 0, reward_model: str | None = None) -> tuple[Leaderboard, dict[str, Any]]:
+                     seed: int = 0, reward_model: str | None = None,
+                     allow_mixed: bool = False) -> tuple[Leaderboard, dict[str, Any]]:
     """The leaderboard on ``testset``, its HTML report (``html``, default in the
     workspace's reports/) and, with ``to_mlflow``, the MLflow run logging it.
     Returns (leaderboard, {"html": path, "mlflow_run_id": id or None})."""
@@ -56,7 +57,8 @@ def rank_checkpoints(ws: Workspace, testset: str, experiment: str | None = None,
     from bakeoff.evaluate.scorers import RewardScorer
 
     reward = RewardScorer(str(reward_model)) if reward_model else None
-    board = build_leaderboard(ws, testset, experiment=experiment, n_boot=n_boot, seed=seed, reward=reward)
+    board = build_leaderboard(ws, testset, experiment=experiment, n_boot=n_boot, seed=seed, reward=reward,
+                              allow_mixed=allow_mixed)
     path = Path(html) if html else ws.reports_dir() / f"leaderboard-{board.testset.replace('@', '_')}.html"
     render_html(board, path, dataset_lineage(ws, board))
     log(f"HTML report: {path}")

@@ -41,11 +41,13 @@ def evaluate() -> None:
 @click.option("--no-loglik", is_flag=True, help="Skip the reference log-likelihood metric.")
 @click.option("--rank/--no-rank", "then_rank", default=True, show_default=True,
               help="Print the leaderboard afterwards.")
+@click.option("--allow-mixed", is_flag=True,
+              help="Rank models generated under different settings/environments together (with a warning).")
 @click.argument("extra_checkpoints", nargs=-1)
 @json_option
 def run_cmd(testset: str, checkpoints: tuple[str, ...], experiment: str | None, base_model: str | None,
             devices: str | None, batch_size: int, max_new_tokens: int, sample: bool, temperature: float,
-            seed: int, reward_model: str | None, no_loglik: bool, then_rank: bool,
+            seed: int, reward_model: str | None, no_loglik: bool, then_rank: bool, allow_mixed: bool,
             extra_checkpoints: tuple[str, ...], as_json: bool) -> None:
     """Evaluate checkpoints and their base model on every item of a test set.
 
@@ -78,7 +80,8 @@ def run_cmd(testset: str, checkpoints: tuple[str, ...], experiment: str | None, 
         from bakeoff.evaluate.scorers import RewardScorer
 
         board = build_leaderboard(ws, version.ref, experiment=experiment,
-                                  reward=RewardScorer(reward_model) if reward_model else None)
+                                  reward=RewardScorer(reward_model) if reward_model else None,
+                                  allow_mixed=allow_mixed)
         result["leaderboard"] = board.to_json()
 
     def render(_: dict) -> None:
@@ -108,16 +111,20 @@ def run_cmd(testset: str, checkpoints: tuple[str, ...], experiment: str | None, 
 @click.option("--mlflow/--no-mlflow", "to_mlflow", default=True, show_default=True,
               help="Log per-checkpoint metrics and the report to MLflow.")
 @click.option("--items", "with_items", is_flag=True, help="With --json: include every item's scores and outputs.")
+@click.option("--allow-mixed", is_flag=True,
+              help="Rank models generated under different settings/environments together (with a warning).")
 @json_option
 def rank_cmd(testset: str, experiment: str | None, html_path: str | None, n_boot: int, seed: int,
-             reward_model: str | None, to_mlflow: bool, with_items: bool, as_json: bool) -> None:
+             reward_model: str | None, to_mlflow: bool, with_items: bool, allow_mixed: bool, as_json: bool) -> None:
     """Rank every evaluated checkpoint on the full test set.
 
-    Mean score with paired-bootstrap 95% intervals, probability of being best,
-    paired tests against the leader (McNemar for 0/1 scores, bootstrap
-    otherwise; Holm-corrected), per-slice and per-task columns, the
-    generalisation gap (in-domain − adjacent), and the items where the winner
-    loses.
+    Mean score with 95% intervals (Wilson for 0/1 scores, BCa otherwise), the
+    probability of being best, and the set of checkpoints that cannot be told
+    apart from the best (paired comparisons over all pairs, family-wise error
+    <= 5%); a winner is named only when that set has one member. Per-slice and
+    per-task cells and the generalisation gap (in-domain − adjacent) with n and
+    an interval; the items where the winner loses; every checkpoint that is
+    not ranked, and why.
 
     \b
     Example:
@@ -129,6 +136,55 @@ def rank_cmd(testset: str, experiment: str | None, html_path: str | None, n_boot
     from bakeoff.evaluate.report import render_terminal
 
     ws = get_workspace()
-    board, info = rank_checkpoints(ws, testset, experiment, html_path, to_mlflow, n_boot, seed, reward_model)
+    board, info = rank_checkpoints(ws, testset, experiment, html_path, to_mlflow, n_boot, seed, reward_model,
+                                   allow_mixed=allow_mixed)
     result = {**board.to_json(with_items=with_items), **info}
     emit(result, as_json, lambda _: render_terminal(board))
+
+
+@evaluate.command("import")
+@click.option("--testset", required=True, help="Test set version the predictions answer, NAME@vN.")
+@click.option("--label", required=True, help="Leaderboard label of the model that made them (e.g. vllm-llama-8b).")
+@click.option("--settings", "settings_json", default=None,
+              help='How they were generated, as JSON (e.g. \'{"engine": "vllm", "temperature": 0}\'); recorded.')
+@click.option("--reward-model", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Reward checkpoint, for items scored by 'reward'.")
+@click.argument("predictions", type=click.Path(exists=True, dir_okay=False))
+@json_option
+def import_cmd(testset: str, label: str, settings_json: str | None, reward_model: str | None, predictions: str,
+               as_json: bool) -> None:
+    """Import predictions made elsewhere (vLLM, TGI, an API model) as a leaderboard entry.
+
+    PREDICTIONS is a JSONL (or Parquet) file with one row per test item: ``id``
+    (the test item's id) and ``prediction`` (or ``output``/``response``). Every
+    item of the test set must be there, and nothing else. They are scored with
+    the test set's scorers, cached like generated outputs, and ranked with
+    everything else by `bakeoff evaluate rank`.
+
+    \b
+    Example:
+      bakeoff evaluate import --testset fin-test@v1 --label vllm-llama-8b preds.jsonl
+    """
+    import json
+
+    from bakeoff.console import emit
+    from bakeoff.evaluate.imports import import_predictions
+    from bakeoff.evaluate.scorers import RewardScorer
+    from bakeoff.workspace import BakeoffError
+
+    try:
+        settings = json.loads(settings_json) if settings_json else {}
+    except ValueError as exc:
+        raise BakeoffError(f"--settings is not JSON: {exc}") from exc
+    ws = get_workspace()
+    result = import_predictions(ws, testset, label, predictions, settings,
+                                reward=RewardScorer(reward_model) if reward_model else None)
+
+    def render(r: dict) -> None:
+        from bakeoff.console import out
+
+        out.print(f"imported {r['n_items']} predictions as [bold]{r['label']}[/] on {r['testset']} "
+                  f"(mean score {r['mean_score']:.3f}); rank with: bakeoff evaluate rank --testset {r['testset']}",
+                  highlight=False)
+
+    emit(result.to_dict(), as_json, render)

@@ -52,6 +52,8 @@ def load_items(ws: Workspace, testset: str, reward_digest: str | None = None) ->
         df = df.with_columns(pl.col("reference").fill_null(pl.col("_last_answer")))
     if "scoring" not in df.columns:
         df = df.with_columns(pl.lit(None, dtype=pl.String).alias("scoring"))
+    if "source_id" not in df.columns:  # the item's id in the file it was imported from
+        df = df.with_columns(pl.lit(None, dtype=pl.String).alias("source_id"))
     if "slice" not in df.columns:
         df = df.with_columns(pl.lit(UNSLICED).alias("slice"))
     df = df.with_columns(pl.col("slice").fill_null(UNSLICED), pl.col("task").fill_null(""),
@@ -76,6 +78,6 @@ def load_items(ws: Workspace, testset: str, reward_digest: str | None = None) ->
     digests = duckdb.sql("SELECT left(sha256(p), 32) AS pd, left(sha256(i), 32) AS idg FROM canon").pl()
     items = df.select(
         "id", "prompt", pl.col("reference").fill_null(""), pl.col("scoring_norm").alias("scoring"),
-        "method", "scorer", "slice", "task", "domain",
+        "method", "scorer", "slice", "task", "domain", "source_id",
     ).with_columns(digests["pd"].alias("prompt_digest"), digests["idg"].alias("item_digest"))
     return version, items

@@ -88,6 +88,7 @@ _NUMBER = re.compile(
         (?P<close>\s*\))?
         (?:\s*(?P<pct>%|percent\b|per\s?cent\b|pct\b)
           |(?P<gap>\s*)(?P<scale>thousands?|millions?|billions?|trillions?|mn|bn|tn|k|mm|m)\b)?
+        (?P<close2>(?(close)|\s*\)))?
     """,
     re.IGNORECASE | re.VERBOSE,
 )
@@ -151,7 +152,7 @@ def parse_numbers(text: str | None) -> list[Number]:
         is_year = (re.fullmatch(r"(19|20)\d\d", m["num"]) is not None and not m["cur"] and not m["pct"]
                    and unit == 1.0 and not m["sign"] and not m["sign2"])
         negative = (bool(m["sign"] and m["sign"] != "+") or bool(m["sign2"])
-                    or (bool(m["open"] and m["close"]) and not is_year))
+                    or (bool(m["open"] and (m["close"] or m["close2"])) and not is_year))
         decimals = len(raw.split(".", 1)[1]) if "." in raw else 0
         value = written * unit
         found.append(Number(-value if negative else value, bool(m["pct"]), -written if negative else written,

@@ -164,7 +164,7 @@ def test_builder_defaults_do_not_loosen_the_match():
     ("12 m", 12), ("5 mm", 5), ("12m", 12), ("$12m", 12e6), ("EUR 3.7m", 3.7e6), ("$5mm", 5e6),
     ("3k", 3e3), ("3 k", 3), ("$3 k", 3e3), ("2bn", 2e9), ("2 billion", 2e9), ("1.5 thousand", 1500),
     ("five", 5), ("twenty-one", 21), ("three hundred and twelve", 312), ("two million", 2e6),
-    ("(1,200)", -1200), ("-$1,200", -1200), ("$-1,200", -1200), ("−7.5%", -7.5),
+    ("(1,200)", -1200), ("($1.2 million)", -1.2e6), ("(12%)", -12), ("-$1,200", -1200), ("$-1,200", -1200), ("−7.5%", -7.5),
     ("2019-2020", 2020),  # a range, not minus 2020
 ])
 def test_number_reading(pred, value):

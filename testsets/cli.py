@@ -204,3 +204,38 @@ def _render_check(r: dict[str, Any]) -> None:
                          for x in r["items"]]))
     if r.get("html"):
         out.print(f"report: {r['html']}")
+
+
+@testsets.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", required=True, help="Name of the test set dataset (a new version is written).")
+@json_option
+def import_cmd(file: str, name: str, as_json: bool) -> None:
+    """Import a test set made elsewhere (JSONL or Parquet) as a test-set version.
+
+    Each row: `messages` (or `prompt`), `reference`, and optionally `slice`,
+    `scoring` (method or spec), `task`, `domain`, `id`. It is checked like a
+    built test set (scoring specs valid, slices named); rows without `scoring`
+    get the builder's default. Decontaminate it with `bakeoff testsets check`.
+
+    \b
+    Example:
+      bakeoff testsets import my-eval.jsonl --name my-eval
+      bakeoff testsets check my-eval@v1 fin-train@v2
+    """
+    from bakeoff.console import emit
+    from bakeoff.testsets.importer import import_testset
+
+    ws = get_workspace()
+    version = import_testset(ws, file, name)
+    summary = {"version": version.ref, "rows": version.rows, **(version.counts or {})}
+
+    def render(s: dict[str, Any]) -> None:
+        from bakeoff.console import out
+
+        out.print(f"[bold]{s['version']}[/]: {s['rows']} items; slices "
+                  + ", ".join(f"{k} {v}" for k, v in s.get("slices", {}).items())
+                  + "; scoring " + ", ".join(f"{k} {v}" for k, v in s.get("scoring", {}).items())
+                  + f". Check it for contamination: bakeoff testsets check {s['version']} TRAIN@vN", highlight=False)
+
+    emit(summary, as_json, render)
