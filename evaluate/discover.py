@@ -47,10 +47,19 @@ def _is_model_dir(p: Path) -> bool:
 
 
 def label_for(meta: dict[str, Any], path: Path) -> str:
+    """What a checkpoint is: round (when the training step recorded one), kind,
+    dataset version and step, e.g. ``r2 sft fin-train@v3 step 30``. Metadata
+    without a kind falls back to ``<run>@<step>``. (``round`` is optional in the
+    checkpoint metadata: read with a default of None.)"""
     run = str(meta.get("run_id") or path.parent.name)
     run = run if len(run) <= 14 else run[:8]
     step = meta.get("step")
-    return f"{run}@{step}" if step is not None else f"{run}/{path.name}"
+    kind, datasets, rnd = meta.get("kind"), meta.get("datasets") or [], meta.get("round")
+    if not kind:
+        return f"{run}@{step}" if step is not None else f"{run}/{path.name}"
+    parts = [f"r{rnd}" if rnd is not None else "", str(kind), str(datasets[0]) if datasets else "",
+             f"step {step}" if step is not None else path.name]
+    return " ".join(p for p in parts if p)
 
 
 def find_checkpoints(ws: Workspace, targets: list[str], experiment: str | None = None) -> list[ModelSpec]:
@@ -124,6 +133,15 @@ def base_models(ws: Workspace, specs: list[ModelSpec], base_model: str | None = 
 
 
 def _unique_labels(specs: list[ModelSpec]) -> None:
+    """Two runs of one kind on one dataset get their run id in the label; any
+    remaining clash a ``#n`` suffix."""
+    counts: dict[str, int] = {}
+    for s in specs:
+        counts[s.label] = counts.get(s.label, 0) + 1
+    for s in specs:
+        run = str(s.meta.get("run_id") or "")
+        if counts[s.label] > 1 and run:
+            s.label = f"{s.label} ({run[:8]})"
     seen: dict[str, int] = {}
     for s in specs:
         n = seen.get(s.label, 0)

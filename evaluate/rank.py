@@ -120,6 +120,8 @@ class Leaderboard:
     not_ranked: list[dict[str, Any]] = field(default_factory=list)
     unevaluated: list[dict[str, Any]] = field(default_factory=list)
     evaluate_command: str | None = None
+    #: "round 2 vs round 1": each round's best checkpoint against the previous round's
+    round_comparison: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     #: item-level matrix for drill-down: one dict per item (id, slice, task, prompt,
     #: reference, scores {label: score}, outputs {label: output})
@@ -155,7 +157,8 @@ class Leaderboard:
                "slice_losses": self.slice_losses, "n_disagreements": self.n_disagreements,
                "disagreements": self.disagreements, "not_ranked": self.not_ranked,
                "excluded": self.not_ranked, "unevaluated": self.unevaluated,
-               "evaluate_command": self.evaluate_command, "warnings": self.warnings}
+               "evaluate_command": self.evaluate_command, "round_comparison": self.round_comparison,
+               "warnings": self.warnings}
         if with_items:
             out["items"] = self.items
         return out
@@ -281,10 +284,13 @@ def build_leaderboard(ws: Workspace, testset: str, experiment: str | None = None
             gap_small = min(len(a), len(b)) < SMALL_N
         meta = _meta(run)
         k = stats.worse_than[j]
+        alias_meta = names.get(run["weights_digest"], [])
+        kinds = list(dict.fromkeys("base" if a["is_base"] else (a["meta"].get("kind") or "?") for a in alias_meta))
+        kind = " = ".join(kinds) if len(kinds) > 1 else (run["kind"] or ("base" if run["is_base"] else None))
         entries.append(Entry(
             label=run["label"], weights_digest=run["weights_digest"],
             is_base=run["is_base"], run_id=run["run_id"], experiment=run["experiment"], step=run["step"],
-            kind=run["kind"], path=run["path"], datasets=json.loads(run["datasets"] or "[]"),
+            kind=kind, path=run["path"], datasets=json.loads(run["datasets"] or "[]"),
             base_model=run["base_model"], gen_config=run["gen_config"], template=run["template"],
             n=S.shape[0], score=float(stats.mean[j]), lo=float(stats.lo[j]), hi=float(stats.hi[j]),
             p_best=float(stats.p_best[j]), rank=int(stats.rank[j]),
@@ -306,8 +312,35 @@ def build_leaderboard(ws: Workspace, testset: str, experiment: str | None = None
                         slices, tasks, best_set=[labels[j] for j in stats.best_set], critical=stats.critical,
                         not_ranked=not_ranked, warnings=warnings)
     _explain_winner(board, items, S, labels, stats.leader, outputs, max_listed, stats.rank)
+    board.round_comparison = compare_rounds(entries, S, slice_idx)
     _unevaluated(ws, board, kept, started, experiment)
     return board
+
+
+def compare_rounds(entries: list[Entry], S: np.ndarray, slice_idx: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Round r+1 vs round r: the paired difference of each round's best checkpoint
+    (highest mean among that round's checkpoints), overall and per slice, with n,
+    a 95 % interval and the paired test's p-value. ``entries`` are aligned with
+    the columns of ``S``."""
+    by_round: dict[int, int] = {}
+    for j, e in enumerate(entries):
+        if e.round is not None and not e.is_base and (e.round not in by_round or e.score > entries[by_round[e.round]].score):
+            by_round[e.round] = j
+    rounds = sorted(by_round)
+    out = []
+    for prev, new in zip(rounds, rounds[1:]):
+        a, b = by_round[new], by_round[prev]
+
+        def diff(mask: np.ndarray) -> dict[str, Any]:
+            x, y = S[mask, a], S[mask, b]
+            p, lo, hi = pair_test(x, y, 0.95)
+            return {"diff": float(x.mean() - y.mean()), "lo": float(lo), "hi": float(hi), "p": float(p),
+                    "n": int(mask.sum()), "small": int(mask.sum()) < SMALL_N}
+
+        out.append({"round": new, "vs_round": prev, "checkpoint": entries[a].label,
+                    "vs_checkpoint": entries[b].label, "overall": diff(np.ones(S.shape[0], dtype=bool)),
+                    "slices": {s: diff(m) for s, m in slice_idx.items()}})
+    return out
 
 
 def _meta(run: dict[str, Any]) -> dict[str, Any]:

@@ -66,6 +66,11 @@ def leaderboard_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     return cols, rows
 
 
+def _round_row(name: str, c: dict[str, Any]) -> list[str]:
+    return [name, f"{c['diff']:+.3f}", f"[{c['lo']:+.3f}, {c['hi']:+.3f}]", _p(c["p"]),
+            f"{c['n']}" + (f" (n<{SMALL_N}!)" if c["small"] else "")]
+
+
 def verdict_text(board: Leaderboard) -> str:
     """One sentence: who is best, or which checkpoints cannot be told apart."""
     if board.winner is not None:
@@ -90,6 +95,14 @@ def render_terminal(board: Leaderboard) -> None:
         t.add_row(*r, style=style)
     out.print(t)
     out.print(verdict_text(board), highlight=False)
+    for rc in board.round_comparison:
+        rt = Table(title=f"Round {rc['round']} ({rc['checkpoint']}) vs round {rc['vs_round']} "
+                         f"({rc['vs_checkpoint']})", title_justify="left")
+        for c in ("", "difference", "95% CI", "p", "n"):
+            rt.add_column(c, justify="left" if not c else "right")
+        for k, c in [("overall", rc["overall"]), *rc["slices"].items()]:
+            rt.add_row(*_round_row(k, c))
+        out.print(rt)
     if len(board.tasks) > 1:
         tt = Table(title="Per task", title_justify="left")
         tt.add_column("checkpoint")
@@ -210,6 +223,13 @@ def render_html(board: Leaderboard, path: str | Path, lineage: dict[str, list[st
         sections.append(H.table(["checkpoint", "run", "kind", "round", "step"],
                                 [[x["path"], x["run_id"], x["kind"], x["round"], x["step"]]
                                  for x in board.unevaluated]))
+    for rc in board.round_comparison:
+        sections.append(f"<h2>Round {rc['round']} vs round {rc['vs_round']}</h2>"
+                        f"<p>Best of round {rc['round']}: <b>{H.esc(rc['checkpoint'])}</b>; best of round "
+                        f"{rc['vs_round']}: <b>{H.esc(rc['vs_checkpoint'])}</b>. Paired difference on the same items "
+                        "(95 % interval; it excludes 0 exactly when the paired test has p &lt; 0.05).</p>")
+        sections.append(H.table(["", "difference", "95% CI", "p", "n"], [_round_row(k, c) for k, c in
+                                [("overall", rc["overall"]), *rc["slices"].items()]]))
     if len(board.tasks) > 1:
         sections += ["<h3>Per task</h3>", H.table(["checkpoint", *board.tasks],
                                                   [[e.label, *[_cell(e.task_stats.get(t)) for t in board.tasks]]

@@ -49,7 +49,8 @@ def test_cli_run_and_rank_with_tiny_models(ws, tmp_path):
     out = _run(ws, "evaluate", "run", "--testset", "fin-test@v1", "--checkpoints", "run1",
                "--max-new-tokens", "4", "--batch-size", "4", "--devices", "cpu", "--json")
     models = {m["label"]: m for m in out["models"]}
-    assert set(models) == {"base:base", "run1@10", "run1@20"}
+    # labels say what a checkpoint is: kind, dataset version, step
+    assert set(models) == {"base:base", "sft fin-test@v1 step 10", "sft fin-test@v1 step 20"}
     assert all(m["generated"] == len(ITEMS) and m["n_items"] == len(ITEMS) for m in models.values())
     assert models["base:base"]["is_base"]
 
@@ -72,14 +73,14 @@ def test_cli_run_and_rank_with_tiny_models(ws, tmp_path):
     assert [r for r in rows if r["is_base"]][0]["label"] == "base:base"
     text = html.read_text()
     assert "<img" in text and "http://" not in text and "https://" not in text
-    assert "fin-test@v1" in text and "run1@20" in text
+    assert "fin-test@v1" in text and "sft fin-test@v1 step 20" in text
     assert board["mlflow_run_id"]
 
     import mlflow
 
     mlflow.set_tracking_uri(ws.tracking_uri)
     child = mlflow.search_runs(experiment_names=["bakeoff-eval"],
-                               filter_string="tags.`bakeoff.checkpoint` = 'run1@10'")
+                               filter_string="tags.`bakeoff.checkpoint` = 'sft fin-test@v1 step 10'")
     assert len(child) == 1 and "metrics.score" in child.columns
 
     # --experiment filters to that experiment's checkpoints plus base models.

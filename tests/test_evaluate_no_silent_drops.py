@@ -111,3 +111,18 @@ def test_weights_swapped_under_the_same_mtime_are_rehashed(ws, tmp_path):
     os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... and the old mtime, as those tools set it
     assert w.stat().st_mtime_ns == st.st_mtime_ns and w.stat().st_size == st.st_size
     assert cache.weights_digest(d, ws) != first
+
+
+def test_round_2_vs_round_1_compares_each_rounds_best(ts):
+    ws = ts
+    for label, rnd, step, answers in (("r1 a", 1, 10, {q: a for q, a in RIGHT.items() if q < "q5"}),
+                                      ("r1 b", 1, 20, {q: a for q, a in RIGHT.items() if q < "q6"}),
+                                      ("r2 a", 2, 30, RIGHT)):
+        _eval(ws, label, answers, meta={"run_id": "r", "experiment_name": "fin", "step": step, "kind": "sft",
+                                        "datasets": [f"train@v{rnd}"], "round": rnd})
+    board = build_leaderboard(ws, "ts@v1", n_boot=200)
+    [rc] = board.round_comparison
+    assert (rc["round"], rc["vs_round"], rc["checkpoint"], rc["vs_checkpoint"]) == (2, 1, "r2 a", "r1 b")
+    assert rc["overall"]["n"] == N and rc["overall"]["diff"] > 0
+    assert set(rc["slices"]) == {"in-domain", "adjacent"} and all(c["small"] for c in rc["slices"].values())
+    assert rc["overall"]["lo"] - 1e-9 <= rc["overall"]["diff"] <= rc["overall"]["hi"] + 1e-9
