@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS eval_started (
     testset VARCHAR, weights_digest VARCHAR, template VARCHAR, gen_config VARCHAR, label VARCHAR,
     started_at TIMESTAMP, PRIMARY KEY (testset, weights_digest, template, gen_config));
 ALTER TABLE eval_outputs ADD COLUMN IF NOT EXISTS env VARCHAR;
+ALTER TABLE eval_outputs ADD COLUMN IF NOT EXISTS truncated BOOLEAN;
 """
 
 
@@ -254,21 +255,24 @@ def stored_prompts(ws: Workspace, digest: str, template: str, gen_config: str) -
 
 
 def write_outputs(ws: Workspace, digest: str, template: str, gen_config: str,
-                  prompt_digests: Sequence[str], outputs: Sequence[str], env: dict[str, Any] | None = None) -> None:
+                  prompt_digests: Sequence[str], outputs: Sequence[str], env: dict[str, Any] | None = None,
+                  truncated: Sequence[bool] | None = None) -> None:
     """Store one batch of outputs (its own transaction) with the environment that
-    generated them."""
+    generated them and whether each prompt was cut to fit the context."""
     if len(prompt_digests) != len(outputs):
         raise ValueError(f"{len(prompt_digests)} prompts but {len(outputs)} outputs")
     frame = pl.DataFrame({"weights_digest": digest, "prompt_digest": list(prompt_digests),
                           "template": template, "gen_config": gen_config, "output": list(outputs),
-                          "created_at": _now(), "env": json.dumps(env or {}, sort_keys=True)})
+                          "created_at": _now(), "env": json.dumps(env or {}, sort_keys=True),
+                          "truncated": list(truncated) if truncated is not None else [False] * len(outputs)},
+                         schema_overrides={"truncated": pl.Boolean})
     with connect(ws) as con:
         _insert(con, "eval_outputs", frame)
 
 
 def load_outputs(ws: Workspace, digest: str, template: str, gen_config: str,
                  with_env: bool = False) -> pl.DataFrame:
-    cols = "prompt_digest, output" + (", env" if with_env else "")
+    cols = "prompt_digest, output" + (", env, coalesce(truncated, false) AS truncated" if with_env else "")
     with connect(ws) as con:
         return _frame(con, f"SELECT {cols} FROM eval_outputs WHERE weights_digest = ? "
                            "AND template = ? AND gen_config = ?", [digest, template, gen_config])

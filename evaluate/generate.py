@@ -169,10 +169,25 @@ class HFGenerator:
                 ids.add(tid)
         return sorted(ids)
 
+    def context_limit(self) -> int:
+        """Prompt tokens that fit: the model's context (``max_position_embeddings``,
+        else the tokenizer's limit) minus the tokens to generate."""
+        from bakeoff.train.models import max_input_length
+
+        ctx = getattr(self.model.config, "max_position_embeddings", None) or max_input_length(self.tok)
+        return max(1, int(ctx) - self.settings.max_new_tokens)
+
     def generate(self, prompts: Sequence[Messages]) -> list[str]:
+        """One answer per prompt. A prompt longer than :meth:`context_limit` is cut
+        from the left (the question, at the end, is kept) and flagged in
+        ``last_truncated``, so the evaluation can count it instead of a
+        transformers warning being the only sign."""
         import torch
 
         texts = [render_prompt(self.tok, m) for m in prompts]
+        limit = self.context_limit()
+        lengths = [len(ids) for ids in self.tok(texts, add_special_tokens=False)["input_ids"]]
+        self.last_truncated = [n > limit for n in lengths]
         # Batches of similar length waste less compute on padding; answers go back
         # in the caller's order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -180,8 +195,13 @@ class HFGenerator:
         s = self.settings
         for start in range(0, len(order), s.batch_size):
             idx = order[start:start + s.batch_size]
-            enc = self.tok([texts[i] for i in idx], return_tensors="pt", padding=True,
-                           add_special_tokens=False).to(self.device)
+            side = self.tok.truncation_side
+            self.tok.truncation_side = "left"
+            try:
+                enc = self.tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
+                               max_length=limit, add_special_tokens=False).to(self.device)
+            finally:
+                self.tok.truncation_side = side
             kwargs: dict[str, Any] = dict(max_new_tokens=s.max_new_tokens, do_sample=s.do_sample,
                                           use_cache=True, pad_token_id=self.tok.pad_token_id,
                                           eos_token_id=self._stop_ids())

@@ -99,6 +99,13 @@ class Entry:
     round: int | None = None
     dataset: str | None = None
     env: dict[str, Any] = field(default_factory=dict)
+    #: items whose prompt was cut to fit the model's context (and their share)
+    n_truncated: int = 0
+    truncated_share: float = 0.0
+
+
+#: Above this share of items with a cut prompt, the leaderboard warns.
+TRUNCATION_WARN = 0.05
 
 
 @dataclass
@@ -244,6 +251,8 @@ def build_leaderboard(ws: Workspace, testset: str, experiment: str | None = None
             continue
         used = env_rows.join(items.select("prompt_digest").unique(), on="prompt_digest", how="semi")
         envs.append(set(used["env"].fill_null("{}").unique().to_list()))
+        cut = set(used.filter(pl.col("truncated"))["prompt_digest"].to_list())
+        run["n_truncated"] = int(items["prompt_digest"].is_in(list(cut)).sum()) if cut else 0
         cols.append(joined["score"].to_numpy().astype(np.float64))
         outputs.append(dict(zip(items["id"].to_list(), joined["output"].to_list())))
         kept.append(run)
@@ -306,7 +315,13 @@ def build_leaderboard(ws: Workspace, testset: str, experiment: str | None = None
             imported=run["template"] == IMPORTED, round=meta.get("round"),
             dataset=(json.loads(run["datasets"] or "[]") or [None])[0],
             env={"settings": json.loads(run["settings"] or "{}"),
-                 "generated_with": [json.loads(e or "{}") for e in sorted(envs[j])]}))
+                 "generated_with": [json.loads(e or "{}") for e in sorted(envs[j])]},
+            n_truncated=run["n_truncated"], truncated_share=run["n_truncated"] / S.shape[0]))
+        if run["n_truncated"] / S.shape[0] > TRUNCATION_WARN:
+            warnings.append(f"{run['label']}: the prompts of {run['n_truncated']} of {S.shape[0]} items "
+                            f"({run['n_truncated'] / S.shape[0]:.0%}) were cut to fit the model's context; its "
+                            "score on them is not its score on the task. Use a model with a longer context, fewer "
+                            "max_new_tokens, or a test set without such long items.")
     order = sorted(range(len(entries)), key=lambda j: (stats.rank[j], j != stats.leader, -stats.p_best[j], j))
     board = Leaderboard(version.ref, version.digest, items.height, stats.test, [entries[j] for j in order],
                         slices, tasks, best_set=[labels[j] for j in stats.best_set], critical=stats.critical,

@@ -53,14 +53,16 @@ def _verdict(e: Entry, board: Leaderboard) -> str:
 
 
 def leaderboard_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
-    cols = ["#", "checkpoint", "kind", "round", "dataset", "step", "score", "95% CI", "n", "p_best",
+    cols = ["#", "checkpoint", "kind", "round", "dataset", "step", "score", "95% CI", "n", "prompts cut", "p_best",
             "Δ to best other (simult. CI)", "p (adj.)", "verdict", *board.slices, "gap (in−adj)"]
     rows = []
     for e in board.entries:
         rows.append([str(e.rank), _label(e), e.kind or ("base" if e.is_base else "—"),
                      "—" if e.round is None else str(e.round), e.dataset or "—",
                      "—" if e.step is None else str(e.step), _f(e.score),
-                     f"[{_f(e.lo)}, {_f(e.hi)}]", str(e.n), _f(e.p_best, 2),
+                     f"[{_f(e.lo)}, {_f(e.hi)}]", str(e.n),
+                     f"{e.n_truncated} ({e.truncated_share:.0%})" + ("!" if e.truncated_share > 0.05 else ""),
+                     _f(e.p_best, 2),
                      "—" if e.diff_lo is None else f"[{e.diff_lo:+.3f}, {e.diff_hi:+.3f}]", _p(e.p_adj),
                      _verdict(e, board), *[_cell(e.slice_stats.get(s)) for s in board.slices], _gap(e)])
     return cols, rows
@@ -332,7 +334,8 @@ def log_to_mlflow(ws: Any, board: Leaderboard, html_path: Path | None, experimen
                 mlflow.set_tags({"bakeoff.checkpoint": e.label, "bakeoff.weights_digest": e.weights_digest,
                                  "bakeoff.train_run_id": e.run_id or "", "bakeoff.is_base": str(e.is_base)})
                 metrics = {"score": e.score, "ci_lo": e.lo, "ci_hi": e.hi, "p_best": e.p_best, "rank": e.rank,
-                           "in_best_set": float(e.in_best_set), "n": e.n}
+                           "in_best_set": float(e.in_best_set), "n": e.n, "n_truncated": e.n_truncated,
+                           "truncated_share": e.truncated_share}
                 metrics.update({f"slice.{k}": v for k, v in e.slices.items() if v is not None})
                 metrics.update({f"slice_n.{k}": c["n"] for k, c in e.slice_stats.items()})
                 metrics.update({f"task.{k}": v for k, v in e.tasks.items() if k})

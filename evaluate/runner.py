@@ -149,10 +149,13 @@ def evaluate_model(ws: Workspace, version: Version, items: pl.DataFrame, spec: M
         task = progress.add_task(f"{spec.label}", total=todo.height + ll_todo.height)
     env = generation_env(generator, settings) if generator is not None else {}
     out_writer = cache.BatchWriter(
-        lambda keys, vals: cache.write_outputs(ws, digest, template, gen_config, keys, vals, env), flush_seconds)
+        lambda keys, vals: cache.write_outputs(ws, digest, template, gen_config, keys, [v[0] for v in vals], env,
+                                               [v[1] for v in vals]), flush_seconds)
     with out_writer:
         for batch in _batches(list(todo.select("prompt_digest", "prompt").iter_rows()), settings.batch_size):
-            out_writer.add([b[0] for b in batch], generator.generate([b[1] for b in batch]))
+            answers = generator.generate([b[1] for b in batch])
+            cut = getattr(generator, "last_truncated", None) or [False] * len(answers)
+            out_writer.add([b[0] for b in batch], list(zip(answers, cut)))
             if task is not None:
                 progress.advance(task, len(batch))
     ll_writer = cache.BatchWriter(

@@ -126,3 +126,22 @@ def test_round_2_vs_round_1_compares_each_rounds_best(ts):
     assert rc["overall"]["n"] == N and rc["overall"]["diff"] > 0
     assert set(rc["slices"]) == {"in-domain", "adjacent"} and all(c["small"] for c in rc["slices"].values())
     assert rc["overall"]["lo"] - 1e-9 <= rc["overall"]["diff"] <= rc["overall"]["hi"] + 1e-9
+
+
+def test_prompts_cut_for_the_context_are_counted_and_warned(ws, tmp_path, torch_one_thread):
+    """A real (tiny, byte-level, 1024-position) model: a prompt longer than its
+    context minus max_new_tokens is cut from the left and counted."""
+    from bakeoff.evaluate.fakes import save_tiny_causal_lm
+
+    items = [dict(question="short question", reference="x"), dict(question="long " * 400 + "question?", reference="y"),
+             dict(question="another short one", reference="z")]
+    commit_testset(ws, "ts", items)
+    version, frame = load_items(ws, "ts@v1")
+    path = save_tiny_causal_lm(tmp_path / "m", seed=0)
+    evaluate_model(ws, version, frame, ModelSpec("tiny", path=str(path)), GenerationSettings(max_new_tokens=4),
+                   loglik=False)
+    board = build_leaderboard(ws, "ts@v1", n_boot=200)
+    e = board.entries[0]
+    assert (e.n_truncated, round(e.truncated_share, 3)) == (1, 0.333)
+    assert any("cut to fit the model's context" in w for w in board.warnings)
+    assert board.to_json()["checkpoints"][0]["n_truncated"] == 1
