@@ -226,7 +226,7 @@ def test_adapter_checkpoint_digest_covers_its_base(ws, tmp_path):
     d0, d1 = (cache.weights_digest(c, ws) for c in ckpts)
     assert d0 != d1 and d0 != cache.weights_digest(bases[0], ws)
     specs = find_checkpoints(ws, [], experiment="exp")
-    assert [s.label for s in specs] == ["run0@5", "run1@5"]
+    assert [s.label for s in specs] == ["sft step 5 (run0)", "sft step 5 (run1)"]  # run ids tell them apart
     commit_testset(ws, "ts", ITEMS[:2])
     version, items = load_items(ws, "ts@v1")
     res = evaluate_model(ws, version, items, specs[0], GenerationSettings(batch_size=2, max_new_tokens=3),
