@@ -5,6 +5,10 @@
 2. Incremental re-ranking: evaluating N checkpoints from scratch vs adding one
    checkpoint to an evaluated set (re-run over all N+1 through the cache, then
    rank). The increment should cost about one checkpoint's evaluation.
+3. Ranking claims (``--ranking``): with equally good checkpoints on 150 binary
+   items, how often each procedure calls one "significantly worse" — the first
+   version (Holm over tests against the observed leader) beside the current one
+   (max-statistic over all pairs) — and what ranking costs in seconds.
 
 Usage:
     .venv/bin/python benchmarks/bench_evaluate.py                 # random small Llama (CPU-friendly)
@@ -116,6 +120,40 @@ def bench_incremental(n_ckpt: int, n_items: int, batch_size: int, max_new_tokens
           f"incremental / full: {t_inc / t_full:.2f}x   ({len(board.entries)} models ranked)")
 
 
+def bench_ranking(experiments: int = 300) -> None:
+    import numpy as np
+
+    from bakeoff.evaluate.stats import holm, mcnemar_exact, rank_models
+
+    def first_version(S: np.ndarray) -> bool:
+        """Any "significantly worse than #1": McNemar vs the observed leader, Holm over m-1 tests."""
+        leader = int(np.argmax(S.mean(axis=0)))
+        others = [j for j in range(S.shape[1]) if j != leader]
+        return min(holm([mcnemar_exact(S[:, j], S[:, leader]) for j in others])) < 0.05
+
+    print(f"\n== false 'significantly worse' claims: equally good checkpoints (p=0.7), 150 binary items, "
+          f"{experiments} experiments ==")
+    print(f"{'checkpoints':<14}{'first version':>15}{'current':>10}{'ratio':>8}")
+    for m in (6, 8, 10):
+        rng = np.random.default_rng(m)
+        old = new = 0
+        for _ in range(experiments):
+            S = (rng.random((150, m)) < 0.7).astype(float)
+            old += first_version(S)
+            new += bool(rank_models(S, n_boot=500, seed=int(rng.integers(1 << 30))).significantly_worse.any())
+        print(f"{m:<14}{old / experiments:>15.3f}{new / experiments:>10.3f}{(old / max(new, 1)):>8.1f}")
+    print(f"\n== rank_models cost (2000 bootstrap replicates) ==")
+    print(f"{'checkpoints':<14}{'items':>8}{'binary s':>10}{'continuous s':>14}")
+    rng = np.random.default_rng(0)
+    for m, n in ((3, 300), (8, 300), (8, 3000), (20, 3000)):
+        times = []
+        for S in ((rng.random((n, m)) < 0.7).astype(float), rng.random((n, m))):
+            t = time.perf_counter()
+            rank_models(S)
+            times.append(time.perf_counter() - t)
+        print(f"{m:<14}{n:>8}{times[0]:>10.2f}{times[1]:>14.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="small", help="'small' (random Llama), 'tiny', 'smollm2' or a path")
@@ -125,7 +163,11 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=3)
     ap.add_argument("--skip-generation", action="store_true")
     ap.add_argument("--skip-incremental", action="store_true")
+    ap.add_argument("--ranking", action="store_true", help="Only the ranking-claims benchmark.")
     args = ap.parse_args()
+    if args.ranking:
+        bench_ranking()
+        return
 
     if not args.skip_generation:
         if args.model == "small":
