@@ -35,26 +35,11 @@ PREDICTION_COLUMNS = ("prediction", "output", "response", "answer")
 def read_predictions(path: str | Path) -> pl.DataFrame:
     """(id, prediction) rows of a JSONL or Parquet file; bad input is a one-line
     error naming the line."""
+    from bakeoff.testsets.importer import read_rows
+
     path = Path(path)
-    if path.suffix == ".parquet":
-        df = pl.read_parquet(path)
-        rows = df.to_dicts()
-        where = [f"row {i + 1}" for i in range(len(rows))]
-    else:
-        rows, where = [], []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise BakeoffError(f"{path}:{n}: not valid JSON ({exc})") from exc
-            if not isinstance(obj, dict):
-                raise BakeoffError(f"{path}:{n}: expected a JSON object with id and prediction")
-            rows.append(obj)
-            where.append(f"line {n}")
     ids, preds = [], []
-    for obj, w in zip(rows, where):
+    for w, obj in read_rows(path):
         col = next((c for c in PREDICTION_COLUMNS if c in obj), None)
         if obj.get("id") in (None, "") or col is None:
             raise BakeoffError(f"{path}:{w}: needs 'id' and one of {', '.join(PREDICTION_COLUMNS)}")

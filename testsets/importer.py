@@ -30,7 +30,10 @@ from bakeoff.workspace import BakeoffError, Version, Workspace
 UNSLICED = "unsliced"
 
 
-def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def read_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(where, row) pairs of a JSONL or Parquet file ("line 3", "row 3"); a line
+    that is not a JSON object is a one-line error naming it."""
+    path = Path(path)
     if path.suffix == ".parquet":
         return [(f"row {i + 1}", r) for i, r in enumerate(pl.read_parquet(path).to_dicts())]
     out = []
@@ -101,7 +104,7 @@ def import_testset(ws: Workspace, path: str | Path, name: str) -> Version:
     path = Path(path)
     if not path.exists():
         raise BakeoffError(f"{path}: no such file")
-    items = [_item(path, where, obj) for where, obj in _rows(path)]
+    items = [_item(path, where, obj) for where, obj in read_rows(path)]
     if not items:
         raise BakeoffError(f"{path}: no items")
     ids = [i["source_id"] for i in items if i["source_id"] is not None]
