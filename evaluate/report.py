@@ -54,7 +54,7 @@ def _verdict(e: Entry, board: Leaderboard) -> str:
 
 def leaderboard_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     cols = ["#", "checkpoint", "kind", "round", "dataset", "step", "score", "95% CI", "n", "prompts cut", "p_best",
-            "Δ to best other (simult. CI)", "p (adj.)", "verdict", *board.slices, "gap (in−adj)"]
+            "Δ to best other (simult. CI)", "p (adj.)", "verdict"]
     rows = []
     for e in board.entries:
         rows.append([str(e.rank), _label(e), e.kind or ("base" if e.is_base else "—"),
@@ -64,8 +64,14 @@ def leaderboard_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
                      f"{e.n_truncated} ({e.truncated_share:.0%})" + ("!" if e.truncated_share > 0.05 else ""),
                      _f(e.p_best, 2),
                      "—" if e.diff_lo is None else f"[{e.diff_lo:+.3f}, {e.diff_hi:+.3f}]", _p(e.p_adj),
-                     _verdict(e, board), *[_cell(e.slice_stats.get(s)) for s in board.slices], _gap(e)])
+                     _verdict(e, board)])
     return cols, rows
+
+
+def slice_rows(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    """Per slice: mean [95% interval] n, and the generalisation gap."""
+    cols = ["checkpoint", *board.slices, "gap (in−adj)"]
+    return cols, [[e.label, *[_cell(e.slice_stats.get(s)) for s in board.slices], _gap(e)] for e in board.entries]
 
 
 def _round_row(name: str, c: dict[str, Any]) -> list[str]:
@@ -96,6 +102,13 @@ def render_terminal(board: Leaderboard) -> None:
         style = "bold green" if e.in_best_set else ("dim" if e.significantly_worse else None)
         t.add_row(*r, style=style)
     out.print(t)
+    st = Table(title="Per slice: mean [95% CI] n", title_justify="left")
+    scols, srows = slice_rows(board)
+    for c in scols:
+        st.add_column(c, justify="left" if c == "checkpoint" else "right")
+    for r in srows:
+        st.add_row(*r)
+    out.print(st)
     out.print(verdict_text(board), highlight=False)
     for rc in board.round_comparison:
         rt = Table(title=f"Round {rc['round']} ({rc['checkpoint']}) vs round {rc['vs_round']} "
@@ -212,6 +225,7 @@ def render_html(board: Leaderboard, path: str | Path, lineage: dict[str, list[st
         f"<p class={'good' if board.winner else 'bad'}><b>{H.esc(verdict_text(board))}</b></p>",
         "<h2>Leaderboard</h2>",
         H.table(cols, rows, highlight=[i for i, e in enumerate(board.entries) if e.in_best_set]),
+        "<h3>Per slice: mean [95% CI] n</h3>", H.table(*slice_rows(board)),
     ]
     if board.not_ranked or board.unevaluated:
         sections.append("<h2>Not ranked</h2>")
