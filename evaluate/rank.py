@@ -185,10 +185,6 @@ def _short(text: Any, n: int = 300) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _env_key(run: dict[str, Any], envs: set[str]) -> str:
-    return json.dumps({"gen_config": run["gen_config"], "env": sorted(envs)}, sort_keys=True)
-
-
 def _describe_env(run: dict[str, Any], envs: set[str]) -> str:
     settings = json.loads(run["settings"] or "{}")
     parts = [f"{k}={v}" for k, v in sorted(settings.items()) if k in ("max_new_tokens", "do_sample", "temperature",
@@ -261,10 +257,18 @@ def build_leaderboard(ws: Workspace, testset: str, experiment: str | None = None
         raise BakeoffError(f"no model has scores for all {items.height} items of {version.ref}: "
                            + "; ".join(f"{e['label']}: {e['reason']}" for e in not_ranked))
 
-    generated = {_env_key(r, e): _describe_env(r, e) for r, e in zip(kept, envs) if r["template"] != IMPORTED}
-    if len(generated) > 1:
+    # Outputs stored before environments were recorded ("{}") cannot be checked: warn, do not refuse.
+    unknown = [r["label"] for r, e in zip(kept, envs) if r["template"] != IMPORTED and e <= {"{}"}]
+    if unknown:
+        warnings.append(f"the generation environment of {', '.join(unknown)} was not recorded (outputs from an "
+                        "older bakeoff); it could not be checked against the others")
+    local = [(r, e - {"{}"}) for r, e in zip(kept, envs) if r["template"] != IMPORTED]
+    generated = {_describe_env(r, e) for r, e in local}
+    mixed = (len({r["gen_config"] for r, _ in local}) > 1
+             or len({frozenset(e) for _, e in local if e}) > 1 or any(len(e) > 1 for _, e in local))
+    if mixed:
         msg = ("models were generated under different settings or environments, which changes answers: "
-               + " | ".join(sorted(set(generated.values()))))
+               + " | ".join(sorted(generated)))
         if not allow_mixed:
             raise BakeoffError(msg + ". Re-evaluate them under one setting, or rank anyway with --allow-mixed.")
         warnings.append(msg + " (ranked together because of --allow-mixed)")

@@ -145,3 +145,23 @@ def test_prompts_cut_for_the_context_are_counted_and_warned(ws, tmp_path, torch_
     assert (e.n_truncated, round(e.truncated_share, 3)) == (1, 0.333)
     assert any("cut to fit the model's context" in w for w in board.warnings)
     assert board.to_json()["checkpoints"][0]["n_truncated"] == 1
+
+
+def test_one_model_resumed_under_another_batch_size_is_mixed(ts):
+    ws = ts
+    with pytest.raises(GeneratorInterrupted):
+        _eval(ws, "A", RIGHT, batch_size=4, fail_after=1)
+    _eval(ws, "A", RIGHT, batch_size=8)  # resumed: 4 outputs from bs=4, 8 from bs=8
+    with pytest.raises(BakeoffError, match="--allow-mixed"):
+        build_leaderboard(ws, "ts@v1", n_boot=200)
+
+
+def test_outputs_without_a_recorded_environment_are_warned_about(ts):
+    ws = ts
+    _eval(ws, "old", RIGHT)
+    _eval(ws, "new", RIGHT)
+    with cache.connect(ws) as con:  # as stored by the first version of bakeoff
+        con.execute("UPDATE eval_outputs SET env = NULL WHERE weights_digest = 'd-old'")
+    board = build_leaderboard(ws, "ts@v1", n_boot=200)
+    assert len(board.entries) == 2
+    assert any("environment of old was not recorded" in w for w in board.warnings)
