@@ -1,29 +1,35 @@
 """Scorers: how well a model's answer matches an item's reference.
 
 Every scorer maps (prediction, reference, options) to a score, 1.0 being a
-perfect answer. Each has a version string; the cache keys scores by it, so
-changing a scorer's logic (bump its version) or its options re-scores the stored
-outputs without generating again.
+perfect answer, and is registered with ``@scorer(name, binary=...)`` in
+:data:`SCORERS` (the one list of methods; the test-set builder reads it). Its
+version is a digest of its code and of everything in this module it uses
+(:func:`code_version`), so a changed scorer re-scores stored outputs without
+generating again, and nobody has to remember to bump a number.
 
 Methods (a test set row names one in its ``scoring`` JSON):
 
-- ``exact``     normalised exact match (case, whitespace, surrounding punctuation).
-- ``numeric``   the first number in the answer against the reference number, with a
-                relative ``tolerance`` (default 1e-6, i.e. 0.0001 %) and ``scale``
-                words (``1.2 million`` == 1200000; ``12%`` == 0.12 when
-                ``percent_as_fraction``), thousands separators, ``(1,200)`` negatives,
-                currency symbols.
-- ``token_f1``  SQuAD-style bag-of-tokens F1.
+- ``exact``     normalised exact match (case, whitespace, surrounding punctuation;
+                signs, currency and percent are part of the answer).
+- ``numeric``   the answer's number (:func:`answer_number`: after an explicit
+                marker, else the last number once years, dates and footnote
+                markers are set aside) against the reference number at the
+                reference's own precision (:func:`numbers_match`), with signs,
+                ``(1,200)`` negatives, percent, scale words (where they are scale
+                words), number words and the source's ``scale``.
+- ``token_f1``  SQuAD-style bag-of-tokens F1 (number tokens keep sign and currency).
 - ``rouge_l``   ROUGE-L F-measure (longest common subsequence of tokens).
-- ``choice``    label accuracy: which of ``choices`` the answer names.
+- ``choice``    label accuracy: which of ``choices`` the answer names, ignoring
+                labels it rules out ("not a lease").
 - ``fields``    field extraction: fraction of reference fields (JSON object, or
                 ``field: value`` lines) the answer reproduces; values compared as
                 numbers when both parse, else normalised text.
 - ``reward``    a reward model's score of (prompt, answer), normalised with the
-                reward checkpoint's ``reward_stats.json``; needs a :class:`RewardScorer`.
+                reward checkpoint's ``reward_stats.json`` (model-backed: needs a
+                :class:`RewardScorer`).
 
-Binary scorers (every score 0 or 1) get McNemar's test in the ranking;
-the others get a paired bootstrap.
+Binary scorers (every score 0 or 1) get McNemar-type statistics in the ranking;
+the others a paired bootstrap.
 """
 
 from __future__ import annotations
