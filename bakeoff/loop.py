@@ -94,7 +94,7 @@ class LoopResult:
     tracking_uri: str = ""
     workspace: str = ""
     round: int = 0                                            # this run's round of the experiment
-    # Every step in order: {"step", "action": run | reuse | fixed | build | check, "detail"}.
+    # Every step in order: {"step", "action": run | reuse | fixed | build, "detail"}.
     plan: list[dict[str, Any]] = field(default_factory=list)
     reused: list[dict[str, Any]] = field(default_factory=list)  # the plan's reused steps
     notes: list[str] = field(default_factory=list)            # what a reader of the ranking must know
@@ -150,7 +150,8 @@ class _Steps:
             return None
         self.note(name, "run")
         value = self(name, fn)
-        reuse.record(self.ws, key, kind, experiment, round_number, inputs or {}, value)
+        if key is not None:
+            reuse.record(self.ws, key, kind, experiment, round_number, inputs or {}, value)
         return {**value, "reused": False, "round": round_number, "key": key}
 
 
@@ -272,7 +273,7 @@ def held_out_training(ws: Workspace, cfg: LoopConfig, train_ref: str | None, tes
     decontam = _build(BuildConfig, cfg.testset_options, "testset").decontam
     inputs = {"train": train_v.digest, "testset": test_v.digest, "config": asdict(decontam),
               "action": cfg.testset_overlap}
-    done = step.reuse_or_run(f"check test set overlap ({train_ref})", "decontaminate", cfg.experiment,
+    done = step.reuse_or_run("check test set overlap", "decontaminate", cfg.experiment,
                              round_number, inputs,
                              lambda: _remove_overlap(ws, train_v, test_v, decontam, cfg.testset_overlap))
     if done is None:
