@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bakeoff.console import err, log
-from bakeoff.workspace import BakeoffError, Workspace
+from bakeoff.workspace import BakeoffError, Workspace, parse_ref
 
 
 @dataclass
@@ -342,27 +342,26 @@ def train_round(ws: Workspace, cfg: LoopConfig, train_ref: str | None, result: L
     def digest(ref: str | None) -> str | None:
         return None if ref is None else ws.resolve(ref).digest
 
+    def trained(kind: str, run_cfg: Any, dataset_ref: str | None, train: Callable) -> dict[str, Any] | None:
+        inputs = None if dataset_ref is None else {
+            "dataset": digest(dataset_ref), "model": run_cfg.model, "config": config_inputs(run_cfg)}
+        run = step.reuse_or_run(f"train {kind}", kind, cfg.experiment, round_number, inputs,
+                                lambda: {"kind": kind, "dataset": dataset_ref, **train(ws, run_cfg).to_json()})
+        if run is not None:
+            result.runs.append(run)
+        return run
+
     # round: round_number -> SFTRunConfig(round=..., run_name=...) once the run configs have them
     sft_cfg = _build(SFTRunConfig, cfg.sft, "sft", dataset=train_ref or "", model=cfg.model,
                      experiment_name=cfg.experiment, hypothesis=cfg.hypothesis)
-    sft_inputs = None if train_ref is None else {
-        "dataset": digest(train_ref), "model": cfg.model, "config": config_inputs(sft_cfg)}
-    sft = step.reuse_or_run("train sft", "sft", cfg.experiment, round_number, sft_inputs,
-                            lambda: {"kind": "sft", "dataset": train_ref, **train_sft(ws, sft_cfg).to_json()})
-    if sft is not None:
-        result.runs.append(sft)
+    sft = trained("sft", sft_cfg, train_ref, train_sft)
     if not (with_rl and cfg.reward_dataset and cfg.ppo_prompts):
         return
     reward_ref = _ref(ws, cfg, result, cfg.reward_dataset)
     # round: round_number -> RewardRunConfig(round=..., run_name=...)
     rm_cfg = _build(RewardRunConfig, cfg.reward, "reward", dataset=reward_ref or "",
                     model=cfg.reward_model or cfg.model, experiment_name=cfg.experiment)
-    rm_inputs = None if reward_ref is None else {
-        "dataset": digest(reward_ref), "model": rm_cfg.model, "config": config_inputs(rm_cfg)}
-    rm = step.reuse_or_run("train reward", "reward", cfg.experiment, round_number, rm_inputs,
-                           lambda: {"kind": "reward", "dataset": reward_ref, **train_reward(ws, rm_cfg).to_json()})
-    if rm is not None:
-        result.runs.append(rm)
+    rm = trained("reward", rm_cfg, reward_ref, train_reward)
     if not step.dry_run and (not rm["checkpoints"] or not sft["checkpoints"]):
         raise BakeoffError("reward or SFT training produced no checkpoint")
     prompts = _ref(ws, cfg, result, cfg.ppo_prompts)
@@ -432,6 +431,17 @@ def evaluate_and_rank(ws: Workspace, cfg: LoopConfig, testset_ref: str, result: 
     return board
 
 
+def _check_names(ws: Workspace, cfg: LoopConfig) -> None:
+    """Every dataset the config names is one of its sources or in the workspace,
+    checked before anything runs."""
+    sources = {s.name for s in cfg.sources}
+    named = [cfg.train_dataset, *cfg.pools, cfg.reward_dataset, cfg.ppo_prompts]
+    missing = [n for n in named if n and parse_ref(n)[0] not in sources and parse_ref(n)[0] not in ws.names()]
+    if missing:
+        raise BakeoffError(f"dataset(s) {', '.join(sorted(set(missing)))} are neither in datasets: nor in "
+                           f"{ws.root} (known: {', '.join(sorted(sources | set(ws.names()))) or 'none'})")
+
+
 def run_loop(ws: Workspace, cfg: LoopConfig, result: LoopResult | None = None,
              second_round_recipe: str | None = None, dry_run: bool = False) -> LoopResult:
     """The whole loop on ``cfg``, as the next round of ``cfg.experiment``. With
@@ -444,6 +454,7 @@ def run_loop(ws: Workspace, cfg: LoopConfig, result: LoopResult | None = None,
 
     result = result or LoopResult()
     result.workspace = str(ws.root)
+    _check_names(ws, cfg)
     if not dry_run:
         result.tracking_uri = setup_mlflow(ws)
     round_number = next_round(ws, cfg.experiment)

@@ -135,3 +135,28 @@ def test_list_shows_whole_names_at_80_columns(ws, tmp_path):
         out.width = width
     assert all(name in text for name in names), text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_rebuild_builds_a_new_testset_and_says_rounds_are_not_comparable(ws, fixed_testset):
+    from bakeoff.loop import fixed_testset as pick_testset
+
+    result = LoopResult()
+    cfg = LoopConfig(experiment="e", testset="heldout")
+    assert pick_testset(ws, cfg, "train@v2", ["pool@v1"], result, _Steps(ws, result)) == "heldout@v1"
+    assert result.plan[0]["action"] == "fixed" and result.notes == []
+    cfg.testset_rebuild = True
+    result = LoopResult()
+    assert pick_testset(ws, cfg, "train@v2", ["pool@v1"], result, _Steps(ws, result, dry_run=True)) is None
+    assert result.plan[0]["action"] == "build"
+    assert "cannot be compared" in result.notes[0] and "heldout@v1" in result.notes[0]
+
+
+def test_unknown_dataset_names_fail_before_anything_runs(ws, tmp_path):
+    from bakeoff.loop import run_loop
+    from bakeoff.workspace import BakeoffError
+
+    cfg = LoopConfig(sources=[Source(name="a", paths=[str(_write(tmp_path / "a.jsonl", [_qa(1)]))])],
+                     train_dataset="a", pools=["pol"])
+    with pytest.raises(BakeoffError, match="pol are neither in datasets"):
+        run_loop(ws, cfg)
+    assert ws.versions() == []
