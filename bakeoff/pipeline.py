@@ -85,13 +85,15 @@ def _type_name(hint: Any) -> str:
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
-def check_options(cls: type, options: dict[str, Any], where: str, fixed: set[str] = frozenset()) -> list[str]:
-    """Problems of ``options`` for the config dataclass ``cls``: unknown names,
-    wrong types (nested dataclasses checked too), and what the config's own
-    ``validate()`` refuses."""
+def check_options(cls: type, options: dict[str, Any], where: str, fixed: frozenset[str] = frozenset(),
+                  section_keys: frozenset[str] = frozenset()) -> list[str]:
+    """Problems of ``options`` for the config dataclass ``cls``: unknown names
+    (``fixed`` fields are set by the loop; ``section_keys`` are the section's own
+    keys, already taken out, offered as names too), wrong types (nested
+    dataclasses checked too), and what the config's own ``validate()`` refuses."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)} - set(fixed)
-    problems = _unknown(options, known, where)
+    problems = _unknown(options, known | set(section_keys), where)
     for key, value in options.items():
         if key not in known:
             continue
@@ -209,21 +211,22 @@ def load_pipeline(path: str | Path) -> LoopConfig:
         problems.append(f"testset.rebuild: expected true or false, got {rebuild!r}")
     if overlap not in ("remove", "report"):
         problems.append(f"testset.overlap: expected remove or report, got {overlap!r}")
-    problems += [p for p in check_options(BuildConfig, testset, "testset")
-                 if "unknown option" not in p] + [
-        p for p in _unknown(testset, {f.name for f in fields(BuildConfig)} | _TESTSET_KEYS, "testset")]
+    problems += check_options(BuildConfig, testset, "testset", section_keys=_TESTSET_KEYS)
 
     problems += _unknown(train, _TRAIN_KEYS - {"sft", "reward", "ppo"}, "train")
-    problems += check_options(SFTRunConfig, sft, "train.sft", {"dataset", "model", "experiment_name", "hypothesis"})
+    set_by_loop = frozenset({"dataset", "model", "experiment_name", "hypothesis"})
+    problems += check_options(SFTRunConfig, sft, "train.sft", set_by_loop)
     reward_dataset, reward_model = reward.pop("dataset", None), reward.pop("model", None)
-    problems += check_options(RewardRunConfig, reward, "train.reward", {"dataset", "model", "experiment_name"})
+    problems += check_options(RewardRunConfig, reward, "train.reward", set_by_loop,
+                              frozenset({"dataset", "model"}))
     prompts, algorithm = ppo.pop("prompts", None), ppo.pop("algorithm", "ppo")
+    ppo_keys = frozenset({"prompts", "algorithm"})
     if algorithm not in _ALGORITHMS:
         problems.append(f"train.ppo.algorithm: expected one of {', '.join(_ALGORITHMS)}, got {algorithm!r}")
     elif algorithm == "ppo":
-        problems += check_options(PPOConfig, ppo, "train.ppo")
+        problems += check_options(PPOConfig, ppo, "train.ppo", section_keys=ppo_keys)
     else:
-        problems += check_options(GroupRLConfig, ppo, "train.ppo", {"algorithm"})
+        problems += check_options(GroupRLConfig, ppo, "train.ppo", frozenset({"algorithm"}), ppo_keys)
     if bool(reward_dataset) != bool(prompts):
         problems.append("train.reward.dataset and train.ppo.prompts go together: the reward model is "
                         "trained for PPO, and PPO needs it (give both, or neither)")
