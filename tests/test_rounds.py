@@ -160,3 +160,22 @@ def test_unknown_dataset_names_fail_before_anything_runs(ws, tmp_path):
     with pytest.raises(BakeoffError, match="pol are neither in datasets"):
         run_loop(ws, cfg)
     assert ws.versions() == []
+
+
+TATQA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tatqa_dev.jsonl"
+
+
+@pytest.mark.skipif(not TATQA.exists(), reason=f"real data not here: {TATQA}")
+def test_real_data_ingest_is_reused_by_contents_not_path(ws, tmp_path):
+    import shutil
+
+    src = Source(name="tatqa", paths=[str(TATQA)], meta={"domain": "finance-tables"})
+    first = LoopResult()
+    ingest_sources(ws, [src], first, _Steps(ws, first))
+    copy = shutil.copy(TATQA, tmp_path / "moved.jsonl")  # the same contents elsewhere
+    again = LoopResult()
+    ingest_sources(ws, [Source(name="tatqa", paths=[copy], meta={"domain": "finance-tables"})],
+                   again, _Steps(ws, again))
+    assert first.versions == again.versions == {"tatqa": "tatqa@v1"}
+    assert again.reused[0]["detail"] == "tatqa@v1: same file contents"
+    assert ws.resolve("tatqa@v1").counts["rows_in"] == 1668
