@@ -258,10 +258,11 @@ def held_out_training(ws: Workspace, cfg: LoopConfig, train_ref: str | None, tes
     training rows that overlap a test item are removed (a new version, each
     removal in its ledger) or, with ``testset_overlap: report``, reported.
     Returns the training version to train on."""
-    if train_ref is None or testset_ref is None:
-        if testset_ref is not None and ws.resolve(testset_ref).parents:
-            step.note("check test set overlap", "run", "against this round's training version")
-        return None if step.dry_run else train_ref
+    if testset_ref is None:  # built in this run (dry run), against ``train_ref`` itself
+        return train_ref
+    if train_ref is None:  # made by an earlier step of this run (dry run)
+        step.note("check test set overlap", "run", "against this round's training version")
+        return None
     test_v, train_v = ws.resolve(testset_ref), ws.resolve(train_ref)
     held_out_from = ws.resolve(test_v.parents[0]) if test_v.parents else None
     if held_out_from is not None and held_out_from.digest == train_v.digest:
