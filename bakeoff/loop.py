@@ -94,7 +94,7 @@ class LoopResult:
     tracking_uri: str = ""
     workspace: str = ""
     round: int = 0                                            # this run's round of the experiment
-    # Every step in order: {"step", "action": run | reuse | fixed | build, "detail"}.
+    # Every step in order: {"step", "action": run | reuse | fixed, "detail"}.
     plan: list[dict[str, Any]] = field(default_factory=list)
     reused: list[dict[str, Any]] = field(default_factory=list)  # the plan's reused steps
     notes: list[str] = field(default_factory=list)            # what a reader of the ranking must know
@@ -219,37 +219,53 @@ def _curate_now(ws: Workspace, raw_ref: str, recipe: str) -> dict[str, Any]:
 
 
 def fixed_testset(ws: Workspace, cfg: LoopConfig, train_ref: str | None, pools: list[str | None],
-                  result: LoopResult, step: _Steps) -> str | None:
+                  result: LoopResult, step: _Steps, round_number: int = 1) -> str | None:
     """The experiment's test set: built once (against the first round's training
-    version), then fixed across rounds; ``testset_rebuild`` builds a new one."""
-    from bakeoff.testsets.builder import BuildConfig, build_testset
+    version), then fixed across rounds. ``testset_rebuild`` builds a new one
+    against this round's training version (once: the same inputs reuse it)."""
+    from bakeoff.testsets.builder import BuildConfig
 
     build_cfg = _build(BuildConfig, cfg.testset_options, "testset")
+    options = json.loads(json.dumps(build_cfg.to_dict(), default=str))
     built_before = [v for v in ws.versions(cfg.testset) if v.operation == "testsets.build"]
     if built_before and not cfg.testset_rebuild:
         fixed = built_before[-1]
-        changed = json.loads(json.dumps(build_cfg.to_dict(), default=str)) != fixed.params
+        changed = [what for what, differs in (("options", options != fixed.params),
+                                              ("pools", None not in pools and pools != fixed.parents[1:]))
+                   if differs]
         step.note("test set", "fixed", f"{fixed.ref}, held out from {fixed.parents[0]}; the same items "
                   "every round (testset: {rebuild: true} builds a new one)"
-                  + ("; its options changed since it was built, and are not applied" if changed else ""))
+                  + (f"; its {' and '.join(changed)} changed since it was built, and are not applied"
+                     if changed else ""))
         return fixed.ref
-    if built_before:
+    inputs = None if train_ref is None or None in pools else {
+        "train": ws.resolve(train_ref).digest, "pools": [ws.resolve(p).digest for p in pools],
+        "name": cfg.testset, "config": options}
+    done = step.reuse_or_run("build test set", "testset", cfg.experiment, round_number, inputs,
+                             lambda: _build_testset_now(ws, cfg.testset, train_ref, pools, build_cfg))
+    if built_before and (done is None or done["version"] != built_before[-1].ref):
         result.notes.append(
-            f"the test set was rebuilt: {cfg.testset}@v{built_before[-1].number + 1} replaces "
+            f"the test set was rebuilt: {done['version'] if done else 'a new version'} replaces "
             f"{built_before[-1].ref}. Checkpoints of earlier rounds trained on data it was not "
             f"held out from, and rounds evaluated on different test sets cannot be compared: "
             f"compare earlier rounds on {built_before[-1].ref}.")
-    step.note("build test set", "build")
-    if step.dry_run or train_ref is None or None in pools:
+    if done is None:
         return None
-    built = step("build test set", lambda: build_testset(ws, train_ref, pools, cfg.testset, build_cfg))
-    if built.html:
-        result.reports["testset"] = built.html
+    result.reports.update(done.get("reports") or {})
+    return done["version"]
+
+
+def _build_testset_now(ws: Workspace, name: str, train_ref: str, pools: list[str], build_cfg: Any
+                       ) -> dict[str, Any]:
+    from bakeoff.testsets.builder import build_testset
+
+    built = build_testset(ws, train_ref, pools, name, build_cfg)
     summary = built.summary()
-    for name, s in summary["slices"].items():
-        log(f"  {name:<10} {s['size']:>4} items  domains: {', '.join(map(str, s['domains']))}")
+    for slice_name, s in summary["slices"].items():
+        log(f"  {slice_name:<10} {s['size']:>4} items  domains: {', '.join(map(str, s['domains']))}")
     log(f"  removed as contaminated: {summary['removed_as_contaminated']}")
-    return built.version.ref
+    return {"version": built.version.ref, "digest": built.version.digest,
+            "reports": {"testset": built.html} if built.html else {}}
 
 
 def held_out_training(ws: Workspace, cfg: LoopConfig, train_ref: str | None, testset_ref: str | None,
@@ -469,7 +485,7 @@ def run_loop(ws: Workspace, cfg: LoopConfig, result: LoopResult | None = None,
     pools = [_ref(ws, cfg, result, p) for p in cfg.pools]
     if not pools:
         raise BakeoffError("a test set needs at least one pool dataset (pools: [...])")
-    testset_ref = fixed_testset(ws, cfg, train_ref, pools, result, step)
+    testset_ref = fixed_testset(ws, cfg, train_ref, pools, result, step, round_number)
     train_ref = held_out_training(ws, cfg, train_ref, testset_ref, result, step, round_number)
     if train_ref is not None:
         result.versions["curated"] = train_ref

@@ -131,6 +131,6 @@ def test_dry_run_on_a_fresh_workspace_runs_nothing(tmp_path: Path):
     assert res.exit_code == 0, res.output
     plan = json.loads(res.stdout)["plan"]
     assert [(p["step"], p["action"]) for p in plan] == [
-        ("ingest a", "run"), ("curate", "run"), ("build test set", "build"), ("train sft", "run"),
+        ("ingest a", "run"), ("curate", "run"), ("build test set", "run"), ("train sft", "run"),
         ("train reward", "run"), ("train ppo", "run"), ("evaluate", "run"), ("rank", "run")]
     assert Workspace(ws).versions() == []

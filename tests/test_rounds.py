@@ -147,7 +147,7 @@ def test_rebuild_builds_a_new_testset_and_says_rounds_are_not_comparable(ws, fix
     cfg.testset_rebuild = True
     result = LoopResult()
     assert pick_testset(ws, cfg, "train@v2", ["pool@v1"], result, _Steps(ws, result, dry_run=True)) is None
-    assert result.plan[0]["action"] == "build"
+    assert result.plan[0]["action"] == "run"
     assert "cannot be compared" in result.notes[0] and "heldout@v1" in result.notes[0]
 
 
