@@ -213,7 +213,7 @@ def load_pipeline(path: str | Path) -> LoopConfig:
         problems.append(f"testset.overlap: expected remove or report, got {overlap!r}")
     problems += check_options(BuildConfig, testset, "testset", section_keys=_TESTSET_KEYS)
 
-    problems += _unknown(train, _TRAIN_KEYS - {"sft", "reward", "ppo"}, "train")
+    problems += _unknown(train, _TRAIN_KEYS, "train")
     set_by_loop = frozenset({"dataset", "model", "experiment_name", "hypothesis"})
     problems += check_options(SFTRunConfig, sft, "train.sft", set_by_loop)
     reward_dataset, reward_model = reward.pop("dataset", None), reward.pop("model", None)
@@ -230,7 +230,7 @@ def load_pipeline(path: str | Path) -> LoopConfig:
     if bool(reward_dataset) != bool(prompts):
         problems.append("train.reward.dataset and train.ppo.prompts go together: the reward model is "
                         "trained for PPO, and PPO needs it (give both, or neither)")
-    problems += _unknown(evaluate, _EVALUATE_KEYS - {"generation"}, "evaluate")
+    problems += _unknown(evaluate, _EVALUATE_KEYS, "evaluate")
     problems += check_options(GenerationSettings, generation, "evaluate.generation")
     loglik = evaluate.pop("loglik", True)
     if not isinstance(loglik, bool):

@@ -41,6 +41,7 @@ def test_readme_example_parses(tmp_path: Path):
     ("datasets:\n  a: {paths: [missing.jsonl]}\n", "file not found: .*missing.jsonl"),
     ("experimnet: x\n", "unknown section 'experimnet' \\(did you mean 'experiment'\\?\\)"),
     ("curate: {dataset: a}\ntestset: {pools: [a], rebuid: true}\n", "did you mean 'rebuild'"),
+    ("curate: {dataset: a}\ntestset: {pools: [a]}\ntrain: {sfft: {}}\n", "did you mean 'sft'"),
     ("curate: {dataset: a}\ntestset: {pools: [a], decontam: {ngram_flag: x}}\n",
      "testset.decontam.ngram_flag: expected int"),
     ("curate: {dataset: a}\n", "testset.pools"),
