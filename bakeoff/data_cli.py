@@ -174,6 +174,15 @@ def diff_versions(ws: Workspace, a: str, b: str, sample: int = 5) -> dict[str, A
 
 # --- why ------------------------------------------------------------------------------------
 
+#: Operations that draw a sample from their parents rather than filter them: a
+#: parent's row they leave out was not selected, which is not a drop.
+SELECTING_OPERATIONS = {
+    "testsets.build": lambda in_training: (
+        "in the training version this test set is held out from; test items are drawn from the pools"
+        if in_training else "not drawn into the test set"),
+}
+
+
 def row_fate(ws: Workspace, row_id: str) -> dict[str, Any]:
     """Where a row appears across every version, and which step dropped it and
     why (rule, score, the kept partner and similarity for duplicates).
@@ -232,9 +241,13 @@ def row_fate(ws: Workspace, row_id: str) -> dict[str, Any]:
         parents_had = any(p in present for p in v.parents)
         if not (here or dropped or parents_had):
             continue
-        entry: dict[str, Any] = {"version": v.ref, "operation": v.operation, "present": here}
+        entry: dict[str, Any] = {"version": v.ref, "operation": v.operation, "present": here,
+                                 "fate": "kept" if here else "dropped"}
         if dropped:
             entry["dropped"] = dropped
+        elif parents_had and not here and v.operation in SELECTING_OPERATIONS:
+            entry["fate"] = "not selected"
+            entry["why"] = SELECTING_OPERATIONS[v.operation](v.parents[0] in present)
         elif parents_had and not here:
             entry["dropped"] = {"stage": v.operation, "rule": "(no ledger entry)"}
         timeline.setdefault(v.name, []).append(entry)
@@ -391,10 +404,19 @@ def list_cmd(as_json: bool) -> None:
         if not r:
             out.print("no datasets yet (try: bakeoff data ingest FILE --name NAME)")
             return
-        out.print(table(None, ["dataset", "latest", "versions", "rows", "kinds", "last operation", "created"],
-                        [[d["name"], d["latest"], d["versions"], d["rows"],
-                          ", ".join(f"{k}:{n}" for k, n in d["kinds"].items()), d["operation"], d["created_at"]]
-                         for d in r]))
+        # The names are what this table is for: their column is as wide as the
+        # longest name, and every column folds rather than cutting text short.
+        from rich.table import Table
+
+        t = Table(title=None)
+        t.add_column("dataset", min_width=max(len(d["name"]) for d in r), overflow="fold")
+        for column in ("latest", "versions", "rows", "kinds", "last operation", "created"):
+            t.add_column(column, overflow="fold")
+        for d in r:
+            t.add_row(d["name"], d["latest"].rsplit("@", 1)[-1], str(d["versions"]), str(d["rows"]),
+                      ", ".join(f"{k}:{n}" for k, n in d["kinds"].items()), d["operation"],
+                      d["created_at"][:16].replace("T", " "))
+        out.print(t)
 
     emit(result, as_json, render)
 
@@ -546,8 +568,8 @@ def why_cmd(row_id: str, as_json: bool) -> None:
             rows = []
             for e in entries:
                 d = e.get("dropped")
-                fate = "kept" if e["present"] else "dropped"
-                detail = ""
+                fate = e.get("fate") or ("kept" if e["present"] else "dropped")
+                detail = e.get("why") or ""
                 if d:
                     detail = f"{d.get('stage')} / {d.get('rule')}"
                     if d.get("score") is not None:

@@ -20,6 +20,7 @@ import polars as pl
 
 from bakeoff.console import log, progress, warn
 from bakeoff.curate import formats, readers
+from bakeoff.reuse import file_digests
 from bakeoff.schema import META_FIELDS, conform, with_ids
 from bakeoff.workspace import QUARANTINE_SCHEMA, BakeoffError, Version, Workspace
 
@@ -165,7 +166,8 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
         warn("the input holds no records; writing an empty version")
 
     params = {"paths": [str(p) for p in files], "format": fmt, "detected": detected,
-              "map": mapping, "meta": meta, "strict": strict}
+              "map": mapping, "meta": meta, "strict": strict,
+              "file_digests": file_digests(files)}  # lets a re-run of the loop reuse this version
     version = ws.commit_version(
         name, rows, operation="ingest", params=params, parents=[], quarantine=quarantine,
         report={"files": per_file, "quarantine_reasons": reasons},
