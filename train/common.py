@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from bakeoff.console import log
+from bakeoff.console import log, warn
 from bakeoff.train.runs import (CheckpointMeta, checkpoint_dirs, last_checkpoint, list_runs,
                                 read_checkpoint_meta, run_dir)
 from bakeoff.train.schedule import Schedule, make_schedule
@@ -152,6 +152,27 @@ def load_rows(ws: "Workspace", ref: str, kind: str, subset: float | None, seed: 
         df = df.sample(n=n, seed=seed, shuffle=True)
         counts["rows_subset"] = df.height
     return df, version, counts
+
+
+#: Above this share of rows lost or cut for length, a stage warns.
+LENGTH_WARN_FRACTION = 0.05
+
+
+def length_losses(stage: str, total: int, truncated: int, dropped: int, max_length: int,
+                  what: str = "rows") -> tuple[dict[str, float], list[str]]:
+    """What a stage lost to ``max_length``, as metrics (summary, ``--json``,
+    MLflow) and, above 5 % of ``total``, a warning that says what to do."""
+    lost = truncated + dropped
+    share = lost / total if total else 0.0
+    metrics = {"length_truncated": truncated, "length_dropped": dropped, "length_total": total,
+               "length_lost_fraction": round(share, 4)}
+    warnings = []
+    if share > LENGTH_WARN_FRACTION:
+        msg = (f"{stage}: {lost} of {total} {what} ({share:.0%}) exceed max_length={max_length} tokens "
+               f"({truncated} truncated, {dropped} dropped); raise --max-length or filter long rows first")
+        warn(msg)
+        warnings.append(msg)
+    return metrics, warnings
 
 
 def collect_checkpoints(output_dir: Path) -> list[str]:

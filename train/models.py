@@ -12,8 +12,9 @@
   float32 safetensors in the cache and loaded from there afterwards.
 - any local directory, or a hub id (passed through to transformers).
 
-Both built-in chat templates mark assistant turns with ``{% generation %}`` so
-TRL's ``assistant_only_loss`` can mask everything else, and both tokenizers have
+Both built-in chat templates mark assistant turns with ``{% generation %}``
+(any other template works too: :mod:`bakeoff.train.chat` derives the assistant
+mask from the template itself), and both tokenizers have
 a pad token distinct from EOS: with pad == EOS a collator masks the EOS labels
 too, and the model never learns to stop.
 """
@@ -326,8 +327,7 @@ def _load(path: str | os.PathLike, auto_class: Any, device: str | None, merge: b
     base = adapter_base(path)
     tok = _load_tokenizer(path, fallback=base)
     model = auto_class.from_pretrained(base or path, dtype=dtype or default_dtype(device), **model_kwargs)
-    _match_vocab(model, tok)
-    model.config.pad_token_id = tok.pad_token_id
+    match_vocab(model, tok)
     if base is not None:
         from peft import PeftModel
 
@@ -348,10 +348,13 @@ def load_causal_lm(path: str | os.PathLike, device: str | None = None,
     from transformers import AutoModelForCausalLM
 
     model, tok = _load(path, AutoModelForCausalLM, device, merge, dtype)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.pad_token_id = tok.pad_token_id
-        if tok.eos_token_id is not None:
-            model.generation_config.eos_token_id = tok.eos_token_id
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.pad_token_id = tok.pad_token_id
+        # Keep the model's own stop ids (chat models often list several, e.g.
+        # Llama 3's <|end_of_text|> and <|eot_id|>); fill in EOS only when none.
+        if gen.eos_token_id is None and tok.eos_token_id is not None:
+            gen.eos_token_id = tok.eos_token_id
     return model, tok
 
 
@@ -368,10 +371,13 @@ def load_reward_model(path: str | os.PathLike, device: str | None = None,
     return _load(path, AutoModelForSequenceClassification, device, merge, dtype, num_labels=1)
 
 
-def _match_vocab(model: Any, tok: Any) -> None:
-    """Grow the embeddings when the tokenizer gained a token (e.g. a new pad)."""
+def match_vocab(model: Any, tok: Any) -> None:
+    """Grow the embeddings when the tokenizer gained a token (a pad added by
+    :func:`fix_tokenizer`: without this its id indexes past the embedding
+    table), and tell the model which id is padding."""
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))
+    model.config.pad_token_id = tok.pad_token_id
 
 
 def reward_stats(path: str | os.PathLike) -> dict[str, float]:
