@@ -357,24 +357,11 @@ class RewardScorer:
         return self._model, self._tok
 
     def score(self, prompts: list[list[dict]], answers: list[str]) -> list[float]:
-        import torch
-
+        from bakeoff.train.chat import score_responses
         from bakeoff.train.models import max_input_length
 
         model, tok = self._load()
-        texts = []
-        for msgs, ans in zip(prompts, answers):
-            conv = list(msgs) + [{"role": "assistant", "content": ans or ""}]
-            if getattr(tok, "chat_template", None):
-                texts.append(tok.apply_chat_template(conv, tokenize=False))
-            else:
-                texts.append("\n".join(m["content"] for m in conv))
-        out: list[float] = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
-                      truncation=True, max_length=max_input_length(tok))
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            with torch.inference_mode():
-                logits = model(**enc).logits[:, 0].float().cpu().tolist()
-            out.extend((x - self.mean) / self.std for x in logits)
-        return out
+        # the token sequence the reward model was trained on, read at its last token (as PPO reads it)
+        raw = score_responses(model, tok, prompts, [a or "" for a in answers], self.batch_size,
+                              max_input_length(tok))
+        return [(x - self.mean) / self.std for x in raw]

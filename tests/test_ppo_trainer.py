@@ -121,12 +121,13 @@ def test_missing_eos_penalty_and_normalisation(policy):
     assert (~ro.has_eos).any()
 
 
-def test_reward_model_scored_at_eos_and_value_head_starts_from_it(policy, reward_model, tiny_dir):
-    """The score of a padded batch at the EOS index equals the reward model on
-    the unpadded text; the value head (LoRA on the reward model) starts equal to
-    it and the reward itself does not drift while the value head trains."""
+def test_reward_model_scored_as_trained_and_value_head_starts_from_it(policy, reward_model, tiny_dir):
+    """The score of a padded batch at the last index equals the reward model on
+    the unpadded text; PPO's raw score is the reward model on the chat-templated
+    prompt + response; the value head (LoRA on the reward model) starts equal to
+    the reward model, and the reward itself does not drift while the value head trains."""
+    from bakeoff.train.chat import score_responses
     from bakeoff.train.ppo import PPOTrainer, scores_at, token_values
-    from bakeoff.train.ppo_core import last_token_index
 
     model, tok = policy
     ids = tok("hello world yes", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -137,21 +138,24 @@ def test_reward_model_scored_at_eos_and_value_head_starts_from_it(policy, reward
         got = scores_at(reward_model, padded, am, torch.tensor([3 + len(ids) - 1])).item()
         assert got == pytest.approx(direct, abs=1e-4)
 
+    import copy
+
+    frozen = copy.deepcopy(reward_model)
     tr = PPOTrainer(_cfg(learning_rate=1e-2), model, tok, PROMPTS, reward_model=reward_model)
     assert tr.value_model is tr.reward_model  # one copy: adapter on = values, off = reward
     ro, _ = tr.rollout(PROMPTS[:8])
+    expected = torch.tensor(score_responses(frozen, tok, PROMPTS[:8], ro.completions))
+    assert torch.allclose(ro.raw_scores, expected, atol=1e-5)
     with torch.no_grad():
-        v = token_values(tr.reward_model, ro.input_ids, ro.attention_mask)
-        at = ro.query_len + last_token_index(ro.mask)
-        rows = torch.arange(len(at))
-        assert torch.allclose(v[rows, at], ro.raw_scores, atol=1e-5)
+        v = token_values(tr.value_model, ro.input_ids, ro.attention_mask)
+        with tr.reward_model.disable_adapter():
+            r = token_values(tr.reward_model, ro.input_ids, ro.attention_mask)
+        assert torch.allclose(v, r, atol=1e-5)
     tr.train_step()
     tr.train_step()
-    with torch.no_grad(), tr.reward_model.disable_adapter():
-        after = scores_at(tr.reward_model, ro.input_ids, ro.attention_mask, at)
-        assert torch.allclose(after, ro.raw_scores, atol=1e-5)
-    assert not torch.allclose(token_values(tr.value_model, ro.input_ids, ro.attention_mask)[rows, at],
-                              ro.raw_scores, atol=1e-5)
+    assert torch.allclose(torch.tensor(tr.reward_scores(PROMPTS[:8], ro.completions)), expected, atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(token_values(tr.value_model, ro.input_ids, ro.attention_mask), v, atol=1e-5)
 
 
 def test_value_model_copy_mode(policy, reward_model):

@@ -142,15 +142,17 @@ def prompt_ids(tok: Any, prompt: Messages) -> list[int]:
     return list(tok(render(tok, prompt, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
 
 
-def reward_sequence(tok: Any, prompt: Messages | str, response: str) -> list[int]:
+def reward_sequence(tok: Any, prompt: Messages | str, response: str | Messages) -> list[int]:
     """Exactly the token sequence a reward model was trained on for (prompt,
     response): TRL's RewardTrainer tokenizes ``apply_chat_template(prompt +
     [assistant answer])``, and a sequence classifier scores its last token (for
     ChatML the template's ``\\n`` after ``<|im_end|>``). Reward statistics,
     evaluation, PPO, GRPO and RLOO all score through this one function."""
     if isinstance(prompt, str):
-        return list(tok(prompt + response, add_special_tokens=False)["input_ids"])
-    conv = [*_plain(prompt), {"role": "assistant", "content": response}]
+        text = response if isinstance(response, str) else "".join(m["content"] for m in response)
+        return list(tok(prompt + text, add_special_tokens=False)["input_ids"])
+    answer = [{"role": "assistant", "content": response}] if isinstance(response, str) else _plain(response)
+    conv = [*_plain(prompt), *answer]
     if not getattr(tok, "chat_template", None):
         text = "\n".join(f"{m['role']}: {m['content']}" for m in conv)
         return list(tok(text, add_special_tokens=True)["input_ids"])
@@ -188,7 +190,7 @@ def score_sequences(model: Any, tok: Any, sequences: Sequence[list[int]], batch_
     return out
 
 
-def score_responses(model: Any, tok: Any, prompts: Sequence[Messages | str], responses: Sequence[str],
+def score_responses(model: Any, tok: Any, prompts: Sequence[Messages | str], responses: Sequence[str | Messages],
                     batch_size: int = 16, max_length: int | None = None) -> list[float]:
     """Raw reward-model scores of (prompt, response) pairs through :func:`reward_sequence`."""
     seqs = [reward_sequence(tok, p, r) for p, r in zip(prompts, responses)]

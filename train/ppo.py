@@ -10,9 +10,11 @@ TRL 1.16 dropped its PPOTrainer, so this follows the design of TRL's last one
    The policy is the SFT model with a fresh LoRA adapter; the reference is the
    *same* model with the adapter disabled (``with model.disable_adapter():``) —
    no second copy in memory, and at step 0 policy == reference exactly.
-2. **Scoring.** The reward model scores prompt+response at the EOS token
-   (tokens after it are padding); a response that never emitted EOS loses
-   ``missing_eos_penalty``. Scores are normalised with the reward checkpoint's
+2. **Scoring.** The reward model scores exactly the token sequence it was
+   trained on: the chat template's rendering of prompt + response
+   (:func:`bakeoff.train.chat.reward_sequence`), read at its last token, as
+   the reward statistics, evaluation, GRPO and RLOO read it; a response that
+   never emitted EOS loses ``missing_eos_penalty``. Scores are normalised with the reward checkpoint's
    ``reward_stats.json`` so ``kl_coef`` means the same for every reward model.
 3. **Advantages.** Per-token reward = ``-kl_coef * KL`` (k1 or k3) plus the score
    at the last response token; GAE (gamma, lambda) with the value head; the
@@ -300,7 +302,8 @@ class PPOTrainer:
     def __init__(self, config: PPOConfig, policy: Any, tokenizer: Any, prompts: Sequence[Any],
                  reward_model: Any | None = None, reward_fn: RewardFn | None = None,
                  reward_stats: dict | None = None,
-                 log_fn: Callable[[dict[str, float], int], None] | None = None) -> None:
+                 log_fn: Callable[[dict[str, float], int], None] | None = None,
+                 reward_tokenizer: Any | None = None) -> None:
         import torch
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -311,6 +314,7 @@ class PPOTrainer:
             raise BakeoffError("no prompts to train on")
         self.config = config
         self.tokenizer = tokenizer
+        self.reward_tokenizer = reward_tokenizer or tokenizer
         self.prompts = list(prompts)
         self.reward_fn = reward_fn
         self.reward_stats = reward_stats if config.normalize_scores else None
@@ -330,19 +334,19 @@ class PPOTrainer:
             raise BakeoffError("pass the SFT model without a PEFT wrapper (load_causal_lm merges "
                                "adapters): PPO adds its own adapter and uses the model without it "
                                "as the reference")
-        disable_dropout(policy)
         self.ref_model = None
         if config.reference == "copy":
             self.ref_model = copy.deepcopy(policy).requires_grad_(False).eval().to(self.device)
+            disable_dropout(self.ref_model)
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
         self.policy = get_peft_model(policy, lora).to(self.device)
+        disable_dropout(self.policy)  # after the wrap: LoRA's own dropout layers too
 
         # Reward and value models.
         self.reward_model = None
         if reward_model is not None:
             self._check_same_vocab(reward_model)
-            disable_dropout(reward_model)
             reward_model.requires_grad_(False)
             reward_model.eval()
             if config.value_model == "lora":
@@ -356,8 +360,10 @@ class PPOTrainer:
             else:
                 self.reward_model = reward_model.to(self.device)
                 self.value_model = copy.deepcopy(reward_model).requires_grad_(True).to(self.device)
+            disable_dropout(self.reward_model)
         else:
             self.value_model = self._value_from_policy(policy).to(self.device)
+        disable_dropout(self.value_model)  # after any LoRA wrap
         if self.reward_model is not None and self.reward_model.config.pad_token_id is None:
             self.reward_model.config.pad_token_id = self.pad_id
 
@@ -404,10 +410,12 @@ class PPOTrainer:
     # -- rollout --
 
     def _prompt_text(self, prompt: Any) -> str:
+        from bakeoff.train.chat import render
+
         if isinstance(prompt, str):
             return prompt
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            return render(self.tokenizer, prompt, add_generation_prompt=True)
         return "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant: "
 
     def _next_prompts(self) -> list[Any]:
@@ -450,21 +458,47 @@ class PPOTrainer:
                 entropy = entropy_from_logits(logits, self.config.temperature)
         return logprobs, entropy
 
-    def _generate(self, enc: dict[str, "torch.Tensor"]) -> "torch.Tensor":
+    def sampling_config(self) -> Any:
+        """Plain temperature sampling (with the configured top-k/top-p), every
+        other field neutral. The PPO ratio assumes the rollout's distribution is
+        ``softmax(logits / T)``; a model's generation config (repetition
+        penalty, n-gram blocking, min-p, typical-p, ...) would silently change
+        it. No ``min_new_tokens``: forcing a first token biases its log-prob."""
         from transformers import GenerationConfig
 
-        gen = GenerationConfig(do_sample=True, temperature=self.config.temperature,
-                               top_k=self.config.top_k, top_p=self.config.top_p,
-                               max_new_tokens=self.config.max_new_tokens, min_new_tokens=1,
-                               pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
-                               bos_token_id=self.tokenizer.bos_token_id)
+        return GenerationConfig(
+            do_sample=True, num_beams=1, temperature=self.config.temperature, top_k=self.config.top_k,
+            top_p=self.config.top_p, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+            repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+            encoder_no_repeat_ngram_size=0, min_length=0, length_penalty=1.0, renormalize_logits=False,
+            max_new_tokens=self.config.max_new_tokens, pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
+            bos_token_id=self.tokenizer.bos_token_id)
+
+    @contextlib.contextmanager
+    def _neutral_generation_config(self) -> Any:
+        """The model's own generation config swapped for a blank one while
+        sampling: ``generate`` fills any field left unset from the model's
+        config (bad_words_ids, suppress_tokens, sequence_bias, ...), so unset
+        must mean unset. The model's config is restored, and saved with checkpoints."""
+        from transformers import GenerationConfig
+
+        inner = _unwrap(self.policy)
+        saved = inner.generation_config
+        inner.generation_config = GenerationConfig()
+        try:
+            yield
+        finally:
+            inner.generation_config = saved
+
+    def _generate(self, enc: dict[str, "torch.Tensor"], **kwargs: Any) -> Any:
         self.policy.eval()
-        return self.policy.generate(**enc, generation_config=gen)
+        with self._neutral_generation_config():
+            return self.policy.generate(**enc, generation_config=self.sampling_config(), **kwargs)
 
     def rollout(self, prompts: list[Any]) -> tuple[Rollout, dict[str, float]]:
         """Sample, score and evaluate one batch of prompts (no gradients)."""
         import torch
-        from bakeoff.train.ppo_core import truncate_after_eos, last_token_index
+        from bakeoff.train.ppo_core import truncate_after_eos
 
         timing: dict[str, float] = {}
         texts = [self._prompt_text(p) for p in prompts]
@@ -505,15 +539,8 @@ class PPOTrainer:
                 if raw.shape != (len(prompts),):
                     raise BakeoffError(f"reward_fn returned {tuple(raw.shape)} scores for {len(prompts)} completions")
             else:
-                at = Q + last_token_index(mask)
-                ctx = (self.reward_model.disable_adapter() if self.reward_model is self.value_model
-                       else nullcontext())
-                raw_parts = []
-                with ctx:
-                    for i in range(0, input_ids.shape[0], fb):
-                        raw_parts.append(scores_at(self.reward_model, input_ids[i:i + fb],
-                                                   attention_mask[i:i + fb], at[i:i + fb]))
-                raw = torch.cat(raw_parts)
+                raw = torch.as_tensor(self.reward_scores(prompts, completions), dtype=torch.float32,
+                                      device=self.device)
             scores = self.normalise_scores(raw, has_eos)
             timing["time/scoring"] = time.perf_counter() - t
 
@@ -521,6 +548,16 @@ class PPOTrainer:
                      logprobs=logprobs_t, ref_logprobs=ref_t, values=values_t, scores=scores,
                      raw_scores=raw, has_eos=has_eos, completions=completions)
         return ro, timing
+
+    def reward_scores(self, prompts: list[Any], completions: list[str]) -> list[float]:
+        """The reward model's raw scores, read where it was trained to be read
+        (:func:`bakeoff.train.chat.score_responses`)."""
+        from bakeoff.train.chat import score_responses
+
+        ctx = self.reward_model.disable_adapter() if self.reward_model is self.value_model else nullcontext()
+        with ctx:
+            return score_responses(self.reward_model, self.reward_tokenizer, prompts, completions,
+                                   self.config.forward_batch_size)
 
     def normalise_scores(self, raw: "torch.Tensor", has_eos: "torch.Tensor") -> "torch.Tensor":
         """(score - mean) / std from reward_stats.json, then the missing-EOS penalty."""
@@ -687,7 +724,7 @@ def train_ppo(ws: "Workspace", policy: str, reward: str, prompts: str, experimen
     device = pick_device(config.device)
     config.device = device
     model, tokenizer = load_causal_lm(policy_path, device=device)
-    reward_model, _ = load_reward_model(reward_path, device=device)
+    reward_model, reward_tok = load_reward_model(reward_path, device=device)
     if device == "cpu":  # bf16 only on GPUs (load_*'s default); PPO's ratios want fp32 on CPU
         model, reward_model = model.float(), reward_model.float()
 
@@ -715,7 +752,7 @@ def train_ppo(ws: "Workspace", policy: str, reward: str, prompts: str, experimen
                              synchronous=False)
 
         trainer = PPOTrainer(config, model, tokenizer, prompt_rows, reward_model=reward_model,
-                             reward_stats=stats, log_fn=log_metrics)
+                             reward_stats=stats, log_fn=log_metrics, reward_tokenizer=reward_tok)
 
         def save(step: int) -> None:
             path = trainer.save(out_dir / f"checkpoint-{step}")

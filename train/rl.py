@@ -76,8 +76,8 @@ class GroupRLConfig:
 class RewardModelFunction:
     """A TRL reward function backed by a sequence-classification reward model.
 
-    Scores the chat-templated prompt + completion at its last token (the reward
-    model was trained on chat-templated conversations), normalises with
+    Scores the chat-templated prompt + completion at its last token, exactly as
+    the reward model was trained (:func:`bakeoff.train.chat.reward_sequence`), normalises with
     ``stats`` and subtracts ``missing_eos_penalty`` for completions TRL reports
     as not ending in EOS (truncated at ``max_completion_length``)."""
 
@@ -92,31 +92,12 @@ class RewardModelFunction:
         self.batch_size = batch_size
         self.__name__ = "reward_model"  # TRL names the logged metric after the function
 
-    def _text(self, prompt: Any, completion: Any) -> str:
-        if isinstance(prompt, list):  # conversational
-            messages = list(prompt) + (list(completion) if isinstance(completion, list)
-                                       else [{"role": "assistant", "content": completion}])
-            if getattr(self.tokenizer, "chat_template", None):
-                return self.tokenizer.apply_chat_template(messages, tokenize=False)
-            return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-        return f"{prompt}{completion}"
-
     def __call__(self, prompts: list[Any], completions: list[Any],
                  completion_ids: list[list[int]] | None = None, **_: Any) -> list[float]:
-        import torch
+        from bakeoff.train.chat import score_responses
 
-        from bakeoff.train.ppo import scores_at
-
-        texts = [self._text(p, c) for p, c in zip(prompts, completions)]
-        device = next(self.model.parameters()).device
-        out: list[float] = []
-        self.tokenizer.padding_side = "left"
-        with torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
-                                     add_special_tokens=False).to(device)
-                last = torch.full((enc["input_ids"].shape[0],), enc["input_ids"].shape[1] - 1, device=device)
-                out.extend(scores_at(self.model, enc["input_ids"], enc["attention_mask"], last).tolist())
+        # The same sequence PPO, evaluation and the reward statistics score.
+        out = score_responses(self.model, self.tokenizer, prompts, completions, self.batch_size)
         if self.stats:
             out = [(s - self.stats["mean"]) / self.stats["std"] for s in out]
         if self.missing_eos_penalty is not None and completion_ids is not None and self.eos_ids:
