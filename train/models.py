@@ -273,12 +273,15 @@ def default_dtype(device: str) -> Any:
     return torch.float32
 
 
-def fix_tokenizer(tok: Any) -> Any:
-    """Pad distinct from EOS, left padding (generation and last-token scoring)."""
-    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+def fix_tokenizer(tok: Any, stop_ids: Any = ()) -> Any:
+    """Pad distinct from EOS and from any other stop id (``stop_ids``: the
+    generation config's, e.g. Qwen2.5 stops on its own pad <|endoftext|>), left
+    padding (generation and last-token scoring)."""
+    stops = {tok.eos_token_id, *stop_ids}
+    if tok.pad_token is None or tok.pad_token_id in stops:
         vocab = tok.get_vocab()
         for candidate in ("<|pad|>", "<pad>", "<|endoftext|>", "<unk>"):
-            if candidate in vocab and vocab[candidate] != tok.eos_token_id:
+            if candidate in vocab and vocab[candidate] not in stops:
                 tok.pad_token = candidate
                 break
         else:
@@ -327,6 +330,7 @@ def _load(path: str | os.PathLike, auto_class: Any, device: str | None, merge: b
     base = adapter_base(path)
     tok = _load_tokenizer(path, fallback=base)
     model = auto_class.from_pretrained(base or path, dtype=dtype or default_dtype(device), **model_kwargs)
+    fix_tokenizer(tok, generation_stop_ids(model))
     match_vocab(model, tok)
     if base is not None:
         from peft import PeftModel
@@ -369,6 +373,12 @@ def load_reward_model(path: str | os.PathLike, device: str | None = None,
     from transformers import AutoModelForSequenceClassification
 
     return _load(path, AutoModelForSequenceClassification, device, merge, dtype, num_labels=1)
+
+
+def generation_stop_ids(model: Any) -> list[int]:
+    """The ids the model's generation config stops on (one id or several)."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return [] if ids is None else [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
 
 
 def match_vocab(model: Any, tok: Any) -> None:
