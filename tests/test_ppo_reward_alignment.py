@@ -179,3 +179,23 @@ def test_reward_and_ppo_on_real_templates(env, name):
                     PPOConfig(steps=1, batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=6,
                               device="cpu"), force=True)
     assert res["checkpoints"] and "kl" in res["metrics"]
+
+
+def test_smaller_defects(env):
+    """No forced first token; no dropout left after the LoRA wrap; the model's
+    own stop ids survive loading (Llama 3 stops on <|end_of_text|> and <|eot_id|>)."""
+    from bakeoff.train.models import load_causal_lm
+    from bakeoff.train.ppo import PPOConfig, PPOTrainer
+
+    _, root = env
+    d = build_model_dir("llama3", root / "llama3")
+    policy, tok = load_causal_lm(d, device="cpu")
+    vocab = tok.get_vocab()
+    assert policy.generation_config.eos_token_id == [vocab["<|end_of_text|>"], vocab["<|eot_id|>"]]
+    assert tok.pad_token_id not in policy.generation_config.eos_token_id
+    assert policy.get_input_embeddings().weight.shape[0] == len(tok)  # the added pad has a row
+    cfg = PPOConfig(steps=1, batch_size=4, mini_batch_size=2, lora_dropout=0.1, device="cpu")
+    tr = PPOTrainer(cfg, policy, tok, PROMPTS, reward_fn=lambda p, c, i: [0.0] * len(c))
+    assert not tr.sampling_config().min_new_tokens
+    assert all(m.p == 0.0 for m in tr.policy.modules() if isinstance(m, torch.nn.Dropout))
+    assert all(m.p == 0.0 for m in tr.value_model.modules() if isinstance(m, torch.nn.Dropout))
