@@ -158,19 +158,15 @@ def train_round(ws: Workspace, cfg: LoopConfig, train_ref: str, result: LoopResu
         raise BakeoffError("reward or SFT training produced no checkpoint")
     reward_ckpt, policy = rm.checkpoints[-1], sft.checkpoints[-1]
     prompts = ws.resolve(cfg.ppo_prompts).ref
-    if cfg.algorithm == "ppo":
-        from bakeoff.train.ppo import PPOConfig, train_ppo
+    from bakeoff.train.options import trainers
 
-        ppo_cfg = _build(PPOConfig, cfg.ppo, "ppo")
-        rl = step("train ppo", lambda: train_ppo(ws, policy, reward_ckpt, prompts, cfg.experiment,
-                                                 config=ppo_cfg, hypothesis=cfg.hypothesis))
-    else:
-        from bakeoff.train.rl import GroupRLConfig, train_group_rl
-
-        rl_cfg = _build(GroupRLConfig, cfg.ppo, cfg.algorithm, algorithm=cfg.algorithm)
-        rl = step(f"train {cfg.algorithm}", lambda: train_group_rl(
-            ws, policy, reward_ckpt, prompts, cfg.experiment, config=rl_cfg, hypothesis=cfg.hypothesis))
-    result.runs.append({"kind": cfg.algorithm, "dataset": prompts, **_as_dict(rl)})
+    trainer = trainers()[cfg.algorithm]
+    rl_cfg = _build(trainer.config, cfg.ppo, cfg.algorithm,
+                    **({} if cfg.algorithm == "ppo" else {"algorithm": cfg.algorithm}),
+                    dataset=prompts, model=policy, reward_model=reward_ckpt, experiment_name=cfg.experiment,
+                    hypothesis=cfg.hypothesis)
+    rl = step(f"train {cfg.algorithm}", lambda: trainer.train(ws, rl_cfg))
+    result.runs.append({"kind": cfg.algorithm, "dataset": prompts, **rl.to_json()})
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

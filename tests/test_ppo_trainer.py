@@ -14,6 +14,12 @@ from bakeoff.workspace import BakeoffError
 
 
 
+def _lora(r, alpha, dropout=0.0):
+    from bakeoff.train.config import LoraSettings
+
+    return LoraSettings(r=r, alpha=alpha, dropout=dropout)
+
+
 @pytest.fixture(autouse=True)
 def one_thread(torch_one_thread):
     """Every test here runs torch on one thread (see conftest)."""
@@ -49,7 +55,7 @@ def _cfg(**kw):
     from bakeoff.train.ppo import PPOConfig
 
     base = dict(steps=2, batch_size=8, mini_batch_size=4, ppo_epochs=1, max_new_tokens=6,
-                temperature=1.0, lora_r=4, lora_alpha=8, device="cpu", learning_rate=1e-3)
+                temperature=1.0, lora_settings=_lora(4, 8), device="cpu", learning_rate=1e-3)
     base.update(kw)
     return PPOConfig(**base)
 
@@ -173,7 +179,7 @@ def test_value_model_copy_mode(policy, reward_model):
 
 
 def test_sft_lineage_required_unless_forced(tmp_path, tiny_dir):
-    from bakeoff.train.ppo import check_sft_lineage
+    from bakeoff.train.checkpoints import check_sft_lineage
 
     plain = tmp_path / "plain"
     shutil.copytree(tiny_dir, plain)
@@ -187,11 +193,11 @@ def test_sft_lineage_required_unless_forced(tmp_path, tiny_dir):
     with pytest.raises(BakeoffError, match="kind 'reward'"):
         check_sft_lineage(ckpt)
     (ckpt / "bakeoff_checkpoint.json").write_text(json.dumps({"run_id": "r1", "kind": "sft"}))
-    assert check_sft_lineage(ckpt)["run_id"] == "r1"
+    assert check_sft_lineage(ckpt).run_id == "r1"
     # a model folder below an SFT checkpoint counts too ("in or above")
     sub = ckpt / "merged"
     shutil.copytree(tiny_dir, sub)
-    assert check_sft_lineage(sub)["run_id"] == "r1"
+    assert check_sft_lineage(sub).run_id == "r1"
 
 
 def test_checkpoint_reloads_as_the_trained_policy(policy, tmp_path):
@@ -238,7 +244,7 @@ def test_mean_reward_rises_on_a_toy_reward(tiny_dir):
         return [sum(t in target for t in x) / max(1, len(x)) for x in ids]
 
     cfg = _cfg(steps=12, batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3,
-               max_new_tokens=8, missing_eos_penalty=None, kl_coef=0.0, lora_r=8, lora_alpha=16,
+               max_new_tokens=8, missing_eos_penalty=None, kl_coef=0.0, lora_settings=_lora(8, 16),
                warmup_steps=0, seed=0)
     tr = PPOTrainer(cfg, model, tok, PROMPTS, reward_fn=reward_fn)
     history = tr.train()

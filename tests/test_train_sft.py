@@ -80,7 +80,7 @@ def test_sft_loss_falls_and_checkpoints(full_run):
                     "parent_checkpoint": None}
     assert Path(meta["base_model"]).is_dir()
     assert Path(r.checkpoints[0]).parent == ws.runs_dir() / "exp" / r.run_id
-    from bakeoff.train.runs import list_checkpoints
+    from bakeoff.train.checkpoints import list_checkpoints
 
     assert [m.step for m in list_checkpoints(ws, "exp", kind="sft")] == [5, 10]
 

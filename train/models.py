@@ -388,12 +388,3 @@ def match_vocab(model: Any, tok: Any) -> None:
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))
     model.config.pad_token_id = tok.pad_token_id
-
-
-def reward_stats(path: str | os.PathLike) -> dict[str, float]:
-    """``reward_stats.json`` of a reward checkpoint ({mean, std}); identity when absent."""
-    f = Path(path) / "reward_stats.json"
-    if f.exists():
-        stats = json.loads(f.read_text())
-        return {"mean": float(stats["mean"]), "std": float(stats["std"]) or 1.0}
-    return {"mean": 0.0, "std": 1.0}

@@ -32,9 +32,6 @@ from bakeoff.train.schedule import check_lr_practice
 if TYPE_CHECKING:
     from bakeoff.workspace import Workspace
 
-STATS_FILE = "reward_stats.json"
-
-
 def preference_datasets(rows: Any, eval_fraction: float, seed: int, tok: Any = None
                         ) -> tuple[Any, Any]:
     """(train, eval) HF datasets with TRL's conversational columns prompt/chosen/rejected.
@@ -107,14 +104,6 @@ def pairs_over_length(tok: Any, pairs: Any, max_length: int) -> int:
                for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]))
 
 
-def write_reward_stats(checkpoint_dir: str | Path, stats: dict[str, float]) -> Path:
-    f = Path(checkpoint_dir) / STATS_FILE
-    f.write_text(json.dumps({"mean": stats["mean"], "std": stats["std"] if stats["std"] > 0 else 1.0,
-                             "accuracy": stats.get("accuracy"), "margin": stats.get("margin"),
-                             "n_pairs": stats.get("n_pairs")}, indent=2))
-    return f
-
-
 def load_trainable_reward_model(model_path: str, device: str, workdir: Path) -> tuple[Any, Any, str]:
     """(model, tokenizer, base_model) with a fresh one-output score head.
 
@@ -153,7 +142,7 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
     from trl import RewardConfig, RewardTrainer
 
     from bakeoff.train.monitor import make_monitor_callback
-    from bakeoff.train.runs import make_checkpoint_callback
+    from bakeoff.train.checkpoints import make_checkpoint_callback
     from bakeoff.train.sft import lora_config
     from bakeoff.train.tracking import is_main_process, make_mlflow_callback, training_run
 

@@ -127,7 +127,7 @@ def train_sft(ws: "Workspace", cfg: SFTRunConfig, callbacks: list[Any] | None = 
     from trl import SFTConfig, SFTTrainer
 
     from bakeoff.train.monitor import make_monitor_callback
-    from bakeoff.train.runs import make_checkpoint_callback
+    from bakeoff.train.checkpoints import make_checkpoint_callback
     from bakeoff.train.tracking import is_main_process, make_mlflow_callback, training_run
 
     plan = plan_run(ws, cfg, "sft", resume_run_id)
