@@ -142,7 +142,7 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
     from trl import RewardConfig, RewardTrainer
 
     from bakeoff.train.monitor import make_monitor_callback
-    from bakeoff.train.checkpoints import make_checkpoint_callback
+    from bakeoff.train.checkpoints import make_checkpoint_callback, write_reward_stats
     from bakeoff.train.sft import lora_config
     from bakeoff.train.tracking import is_main_process, make_mlflow_callback, training_run
 
@@ -207,11 +207,12 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
             if not state.is_world_process_zero:
                 return control
             d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            stats = pair_stats(model, tok, ref_pairs, cfg.batch_size)
+            stats = {**pair_stats(model, tok, ref_pairs, cfg.batch_size), "measured_on": ref_name}
             write_reward_stats(d, stats)
             history.append({"step": state.global_step, **stats})
             if mlflow.active_run():
-                mlflow.log_metrics({f"{ref_name}_{k}": float(v) for k, v in stats.items() if k != "n_pairs"},
+                mlflow.log_metrics({f"{ref_name}_{k}": float(v) for k, v in stats.items()
+                                    if k not in ("n_pairs", "measured_on")},
                                    step=state.global_step)
             return control
 

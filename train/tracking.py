@@ -145,27 +145,51 @@ def training_run(ws: "Workspace", experiment_name: str, *, run_id: str | None = 
         yield run
 
 
-def note(ws: "Workspace", run_id: str, conclusion: str) -> dict[str, Any]:
-    """Record what was learned on a finished run: a tag plus the run description
-    (the hypothesis it tested, then the conclusion)."""
+def resolve_run_id(ws: "Workspace", prefix: str) -> str:
+    """The full id of the one run whose id starts with ``prefix`` (any
+    experiment of the workspace's store), or a one-line error."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     from bakeoff.workspace import BakeoffError
 
     setup_mlflow(ws)
     client = mlflow.MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        raise BakeoffError(f"no MLflow run {run_id} in {mlflow.get_tracking_uri()}") from exc
+    prefix = prefix.strip().lower()
+    if not prefix:
+        raise BakeoffError("give a run id (or a unique prefix of one)")
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    found = [r.info.run_id for r in client.search_runs(exp_ids, max_results=50000)
+             if r.info.run_id.startswith(prefix)] if exp_ids else []
+    if not found:
+        raise BakeoffError(f"no MLflow run id starts with {prefix!r} in {mlflow.get_tracking_uri()}")
+    if len(found) > 1:
+        raise BakeoffError(f"{prefix!r} matches {len(found)} runs ({', '.join(f[:12] for f in found[:5])}"
+                           f"{', ...' if len(found) > 5 else ''}); give more of the id")
+    return found[0]
+
+
+def note(ws: "Workspace", run_id: str, conclusion: str) -> dict[str, Any]:
+    """Record what was learned on a run: appended to its notes (a tag, and the
+    run description: the hypothesis it tested, then every conclusion in order).
+    ``run_id`` may be a unique prefix."""
+    import mlflow
+
+    run_id = resolve_run_id(ws, run_id)
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
     hypothesis = run.data.tags.get("bakeoff.hypothesis")
+    earlier = json.loads(run.data.tags.get("bakeoff.conclusions", "[]"))
+    if not earlier and run.data.tags.get("bakeoff.conclusion"):  # noted before notes were a list
+        earlier = [run.data.tags["bakeoff.conclusion"]]
+    conclusions = [*earlier, conclusion]
     client.set_tag(run_id, "bakeoff.conclusion", conclusion)
-    text = (f"Hypothesis: {hypothesis}\n\n" if hypothesis else "") + f"Conclusion: {conclusion}"
+    client.set_tag(run_id, "bakeoff.conclusions", json.dumps(conclusions)[:5000])
+    text = (f"Hypothesis: {hypothesis}\n\n" if hypothesis else "") + "\n".join(
+        f"Conclusion{f' {i}' if len(conclusions) > 1 else ''}: {c}" for i, c in enumerate(conclusions, 1))
     client.set_tag(run_id, "mlflow.note.content", text)
     exp = client.get_experiment(run.info.experiment_id)
     return {"run_id": run_id, "experiment_name": exp.name, "hypothesis": hypothesis,
-            "conclusion": conclusion, "tracking_uri": mlflow.get_tracking_uri()}
+            "conclusion": conclusion, "conclusions": conclusions, "tracking_uri": mlflow.get_tracking_uri()}
 
 
 def make_mlflow_callback(extra_metrics: Any = None) -> Any:
