@@ -113,9 +113,8 @@ class SFTRunConfig(TrainRunConfig):
 
     assistant_only_loss: bool = opt(True, "Loss on the assistant's tokens only (mask from the chat template).",
                                     flags=("--assistant-only-loss/--no-assistant-only-loss",))
-    packing: bool | None = opt(None, "Pack samples (kept apart by position ids). Default: where it is faster "
-                                     "(on a GPU with a variable-length attention kernel), not on CPU.",
-                               flags=("--packing/--no-packing",))
+    packing: bool = opt(True, "Pack samples (kept apart by position ids; on CPU one pack per forward pass).",
+                        flags=("--packing/--no-packing",))
 
 
 @dataclass

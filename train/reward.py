@@ -221,7 +221,7 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
     ckpt_meta = {"run_id": plan.run_id, "experiment_name": cfg.experiment_name, "kind": "reward",
                  "base_model": base_model, "datasets": [version.ref],
                  "parent_run_id": parent.run_id if parent else None,
-                 "parent_checkpoint": parent.path if parent else None}
+                 "parent_checkpoint": parent.path if parent else None, "round": cfg.round}
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
                       peft_config=lora_config(cfg, task_type="SEQ_CLS") if cfg.lora else None,
                       callbacks=[make_checkpoint_callback(ckpt_meta), RewardStatsCallback(),
@@ -239,7 +239,7 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
             **({"bakeoff.parent_run_id": parent.run_id, "bakeoff.parent_checkpoint": parent.path}
                if parent else {}),
             **({"bakeoff.practice_warnings": " | ".join(warnings)[:5000]} if warnings else {}),
-            **cfg.extra_tags}
+            **cfg.run_tags()}
     params = {**cfg.to_params(), "base_model": base_model, "device": device,
               **{f"data.{k}": v for k, v in counts.items()}, "data.train_pairs": len(train_ds) - over,
               "data.pairs_over_max_length": over,

@@ -10,7 +10,7 @@ Choices, and why:
 - Packing is TRL's best-fit-decreasing packing in padding-free form: samples are
   concatenated without padding and carry their own position ids, from which the
   attention mask is made block-diagonal, so packed samples never attend to each
-  other.
+  other. On CPU one pack goes through each forward pass (see ``packing_layout``).
 - The LR follows warm-up -> linear step-down to a floor (schedule.py); a monitor
   watches the loss at the peak LR (monitor.py).
 - A checkpoint every ``save_steps`` (10 % of the run by default), all kept:
@@ -111,6 +111,23 @@ def load_trainable_causal_lm(model_path: str, lora: bool, device: str) -> tuple[
     return PeftModel.from_pretrained(model, model_path).merge_and_unload(), tok, model_path, False
 
 
+def packing_layout(cfg: SFTRunConfig, device: str) -> tuple[int, str]:
+    """(packs per forward pass, why). TRL's padding-free collator joins the
+    whole batch of packs into one row; without a variable-length attention
+    kernel (CPU, or a GPU without flash-attention) attention over that row is
+    dense, so it costs (batch x max_length)^2, not the sum of the samples'
+    squares. Measured with SmolLM2-135M on CPU, that made packing slower than
+    no packing (benchmarks/bench_train_sft.py). On CPU one pack goes through
+    each forward pass and gradients accumulate to the batch: the same samples
+    per optimizer step, attention over max_length at most."""
+    if not cfg.packing:
+        return cfg.batch_size, "off (--no-packing)"
+    if device.startswith("cuda"):
+        return cfg.batch_size, f"on: {cfg.batch_size} packs per forward pass (GPU)"
+    return 1, (f"on: 1 pack per forward pass, gradients accumulated over {cfg.batch_size} (CPU: attention "
+               f"over {cfg.batch_size} joined packs would be dense and quadratic in their length)")
+
+
 def lora_config(cfg: SFTRunConfig, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None) -> Any:
     from peft import LoraConfig
 
@@ -149,10 +166,12 @@ def train_sft(ws: "Workspace", cfg: SFTRunConfig, callbacks: list[Any] | None = 
     log(f"SFT {'LoRA' if cfg.lora else 'full'} on {len(dataset)} conversations from {version.ref}; "
         f"model {model_path}; device {device}")
 
+    per_forward, packing_reason = packing_layout(cfg, device)
+    log(f"packing {packing_reason}")
     args = SFTConfig(
         output_dir=str(plan.output_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=per_forward,
+        gradient_accumulation_steps=cfg.grad_accum * (cfg.batch_size // per_forward),
         learning_rate=cfg.peak_lr(),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -185,7 +204,7 @@ def train_sft(ws: "Workspace", cfg: SFTRunConfig, callbacks: list[Any] | None = 
     ckpt_meta = {"run_id": plan.run_id, "experiment_name": cfg.experiment_name, "kind": "sft",
                  "base_model": base_model, "datasets": [version.ref],
                  "parent_run_id": parent.run_id if parent else None,
-                 "parent_checkpoint": parent.path if parent else None}
+                 "parent_checkpoint": parent.path if parent else None, "round": cfg.round}
     trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                       peft_config=lora_config(cfg) if cfg.lora and not continues else None,
                       callbacks=[make_checkpoint_callback(ckpt_meta), make_mlflow_callback(),
@@ -198,9 +217,10 @@ def train_sft(ws: "Workspace", cfg: SFTRunConfig, callbacks: list[Any] | None = 
             **({"bakeoff.parent_run_id": parent.run_id, "bakeoff.parent_checkpoint": parent.path}
                if parent else {}),
             **({"bakeoff.practice_warnings": " | ".join(warnings)[:5000]} if warnings else {}),
-            **cfg.extra_tags}
+            **cfg.run_tags()}
     params = {**cfg.to_params(), "base_model": base_model, "device": device,
-              "packing_strategy": "bfd" if cfg.packing else "none", **{f"data.{k}": v for k, v in counts.items()},
+              "packing_strategy": "bfd" if cfg.packing else "none", "packs_per_forward": per_forward,
+              **{f"data.{k}": v for k, v in counts.items()},
               "data.conversations": len(dataset),
               **{f"data.{k}": v for k, v in lengths.items()}}
     # Under data-parallel launch only rank 0 talks to MLflow (the others train).
@@ -222,4 +242,5 @@ def train_sft(ws: "Workspace", cfg: SFTRunConfig, callbacks: list[Any] | None = 
     return TrainResult(run_id=plan.run_id, tracking_uri=uri, experiment_name=cfg.experiment_name,
                        checkpoints=checkpoints, output_dir=str(plan.output_dir), kind="sft",
                        metrics=metrics, warnings=warnings, lr_alerts=list(alerts),
-                       extra={"dataset": version.ref, "base_model": base_model, "length": length_metrics})
+                       extra={"dataset": version.ref, "base_model": base_model, "length": length_metrics,
+                              "packing": cfg.packing, "packing_reason": packing_reason, "round": cfg.round})
