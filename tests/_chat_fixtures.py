@@ -118,3 +118,15 @@ def conversation() -> list[dict[str, str]]:
             {"role": "assistant", "content": "The total revenue was 1,234.56 million dollars."},
             {"role": "user", "content": "And the net income?"},
             {"role": "assistant", "content": "The net income is 42."}]
+
+
+def labelled_runs(tok: Any, ids: list[int], mask: list[int]) -> list[str]:
+    """The decoded text of each contiguous run of labelled (mask 1) tokens."""
+    runs, cur = [], []
+    for i, m in zip(ids, mask):
+        if m:
+            cur.append(i)
+        elif cur:
+            runs.append(tok.decode(cur))
+            cur = []
+    return runs + ([tok.decode(cur)] if cur else [])

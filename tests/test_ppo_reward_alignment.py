@@ -10,17 +10,11 @@ import pytest
 import torch
 
 from _chat_fixtures import build_model_dir
-from _train_data import commit, pref_rows
+from _train_data import commit, lora, pref_rows
 
 pytest.importorskip("trl")
 
 PROMPTS = [[{"role": "user", "content": f"What is the total in row {i}?"}] for i in range(8)]
-
-
-def _lora(r, alpha, dropout=0.0):
-    from bakeoff.train.config import LoraSettings
-
-    return LoraSettings(r=r, alpha=alpha, dropout=dropout)
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +70,7 @@ def test_ppo_reward_equals_the_trained_reward_models_score_of_the_templated_text
     policy, tok = load_causal_lm("tiny", device="cpu")
     rm, rtok = load_reward_model(ckpt, device="cpu")
     cfg = PPOConfig(steps=1, batch_size=8, mini_batch_size=4, ppo_epochs=1, max_new_tokens=6, temperature=1.0,
-                    lora_settings=_lora(4, 8), device="cpu", normalize_scores=False, missing_eos_penalty=None)
+                    lora_settings=lora(4, 8), device="cpu", normalize_scores=False, missing_eos_penalty=None)
     tr = PPOTrainer(cfg, policy, tok, PROMPTS, reward_model=rm, reward_tokenizer=rtok)
     ro, _ = tr.rollout(PROMPTS)
 
@@ -120,7 +114,7 @@ def test_rollout_logprobs_match_training_logprobs_under_a_non_neutral_generation
     gen.repetition_penalty, gen.no_repeat_ngram_size, gen.min_p = 1.5, 2, 0.1
     assert gen.top_k == 20 and gen.top_p == 0.8
     cfg = PPOConfig(steps=1, batch_size=8, mini_batch_size=4, ppo_epochs=1, max_new_tokens=12,
-                    temperature=0.9, lora_settings=_lora(4, 8), device="cpu")
+                    temperature=0.9, lora_settings=lora(4, 8), device="cpu")
     tr = PPOTrainer(cfg, policy, tok, PROMPTS, reward_fn=lambda p, c, i: [0.0] * len(c))
     enc = tr._encode([tr._prompt_text(p) for p in PROMPTS])
     Q = enc["input_ids"].shape[1]
@@ -200,7 +194,7 @@ def test_smaller_defects(env):
     assert policy.generation_config.eos_token_id == [vocab["<|end_of_text|>"], vocab["<|eot_id|>"]]
     assert tok.pad_token_id not in policy.generation_config.eos_token_id
     assert policy.get_input_embeddings().weight.shape[0] == len(tok)  # the added pad has a row
-    cfg = PPOConfig(steps=1, batch_size=4, mini_batch_size=2, lora_settings=_lora(16, 32, 0.1), device="cpu")
+    cfg = PPOConfig(steps=1, batch_size=4, mini_batch_size=2, lora_settings=lora(16, 32, 0.1), device="cpu")
     tr = PPOTrainer(cfg, policy, tok, PROMPTS, reward_fn=lambda p, c, i: [0.0] * len(c))
     assert not tr.sampling_config().min_new_tokens
     assert all(m.p == 0.0 for m in tr.policy.modules() if isinstance(m, torch.nn.Dropout))

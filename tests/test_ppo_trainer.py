@@ -10,14 +10,9 @@ import shutil
 import pytest
 import torch
 
+from _train_data import lora
 from bakeoff.workspace import BakeoffError
 
-
-
-def _lora(r, alpha, dropout=0.0):
-    from bakeoff.train.config import LoraSettings
-
-    return LoraSettings(r=r, alpha=alpha, dropout=dropout)
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +50,7 @@ def _cfg(**kw):
     from bakeoff.train.ppo import PPOConfig
 
     base = dict(steps=2, batch_size=8, mini_batch_size=4, ppo_epochs=1, max_new_tokens=6,
-                temperature=1.0, lora_settings=_lora(4, 8), device="cpu", learning_rate=1e-3)
+                temperature=1.0, lora_settings=lora(4, 8), device="cpu", learning_rate=1e-3)
     base.update(kw)
     return PPOConfig(**base)
 
@@ -244,7 +239,7 @@ def test_mean_reward_rises_on_a_toy_reward(tiny_dir):
         return [sum(t in target for t in x) / max(1, len(x)) for x in ids]
 
     cfg = _cfg(steps=12, batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3,
-               max_new_tokens=8, missing_eos_penalty=None, kl_coef=0.0, lora_settings=_lora(8, 16),
+               max_new_tokens=8, missing_eos_penalty=None, kl_coef=0.0, lora_settings=lora(8, 16),
                warmup_steps=0, seed=0)
     tr = PPOTrainer(cfg, model, tok, PROMPTS, reward_fn=reward_fn)
     history = tr.train()

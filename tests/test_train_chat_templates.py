@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from _chat_fixtures import NAMES, SPECS, TRL_PATCHED, build_model_dir, conversation
+from _chat_fixtures import NAMES, SPECS, TRL_PATCHED, build_model_dir, conversation, labelled_runs
 from _train_data import commit, sft_rows
 
 pytest.importorskip("trl")
@@ -44,18 +44,6 @@ def _tok(path):
     return fix_tokenizer(AutoTokenizer.from_pretrained(path))
 
 
-def _labelled_runs(tok, ids, mask):
-    """The decoded text of each contiguous run of labelled tokens."""
-    runs, cur = [], []
-    for i, m in zip(ids, mask):
-        if m:
-            cur.append(i)
-        elif cur:
-            runs.append(tok.decode(cur))
-            cur = []
-    return runs + ([tok.decode(cur)] if cur else [])
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_exactly_the_assistant_tokens_and_their_end_of_turn_carry_labels(fixture_dirs, name):
     from bakeoff.train.chat import tokenize_with_assistant_mask
@@ -63,7 +51,7 @@ def test_exactly_the_assistant_tokens_and_their_end_of_turn_carry_labels(fixture
     tok = _tok(fixture_dirs[name])
     ids, mask = tokenize_with_assistant_mask(tok, conversation())
     answers = [m["content"] for m in conversation() if m["role"] == "assistant"]
-    assert _labelled_runs(tok, ids, mask) == [a + SPECS[name]["end"] for a in answers]
+    assert labelled_runs(tok, ids, mask) == [a + SPECS[name]["end"] for a in answers]
     if name in ("gemma", "mistral"):  # no system role: its text is folded into the first user turn
         assert "You are a helpful assistant." in tok.decode(ids)
 

@@ -136,6 +136,14 @@ class RLRunConfig(RunConfig):
     reward_model: str = opt("", "Reward model checkpoint directory.", flags=("--reward", "--reward-model"))
     force: bool = opt(False, "Run even when the policy has no SFT run behind it.")
     max_prompt_length: int = opt(512, "Longest prompt in tokens (longer prompts lose their start; counted).")
+    learning_rate: float = opt(5e-5, "Peak learning rate (LoRA policy; PPO: and value head).", flags=("--lr",))
+    warmup_steps: float = opt(0.05, "Warm-up (< 1: a fraction of the optimizer steps).", flags=("--warmup",))
+    lr_floor: float = opt(0.45, "Final LR as a multiple of the peak (linear step-down, not to zero).")
+    max_grad_norm: float = opt(1.0, "", cli=False)
+    temperature: float = opt(0.7, "Sampling temperature (plain: the model's generation config is not used).")
+    max_new_tokens: int = opt(64, "Longest response.")
+    missing_eos_penalty: float | None = opt(1.0, "Subtracted from the score of a response that never emits EOS.")
+    normalize_scores: bool = opt(True, "", cli=False)  # with the reward checkpoint's reward_stats.json
     lora_settings: LoraSettings = opt(factory=lambda: LoraSettings(dropout=0.0), cli=False)
 
     def validate_run(self) -> None:

@@ -76,14 +76,8 @@ class PPOConfig(RLRunConfig):
     batch_size: int = opt(16, "Prompts sampled per iteration.")
     mini_batch_size: int = opt(4, "Rollouts per optimizer step.")
     ppo_epochs: int = opt(4, "Passes over each rollout batch.")
-    learning_rate: float = opt(5e-5, "Peak learning rate (LoRA policy + value head).", flags=("--lr",))
-    warmup_steps: float = opt(0.05, "Warm-up (< 1: a fraction of the optimizer steps).", flags=("--warmup",))
-    lr_floor: float = opt(0.45, "Final LR as a multiple of the peak (linear step-down, not to zero).")
-    max_grad_norm: float = opt(1.0, "", cli=False)
-    temperature: float = opt(0.7, "Sampling temperature.")
     top_k: int = opt(0, "", cli=False)
     top_p: float = opt(1.0, "", cli=False)
-    max_new_tokens: int = opt(64, "Longest response.")
     kl_coef: float = opt(0.05, "KL penalty coefficient.")
     kl_estimator: Literal["k1", "k3"] = opt("k1", "Per-token KL estimator.", choices=("k1", "k3"))
     gamma: float = opt(1.0, "", cli=False)
@@ -92,8 +86,6 @@ class PPOConfig(RLRunConfig):
     cliprange_value: float = opt(0.2, "", cli=False)
     vf_coef: float = opt(0.1, "", cli=False)
     whiten_rewards: bool = opt(False, "", cli=False)
-    missing_eos_penalty: float | None = opt(1.0, "Subtracted from the score of a response that never emits EOS.")
-    normalize_scores: bool = opt(True, "", cli=False)  # with reward_stats.json
     value_model: Literal["lora", "copy"] = opt("lora", "", cli=False)
     # "adapter": the reference is the policy with its adapter disabled (no extra
     # memory). "copy": a frozen second copy of the SFT model, as TRL did without

@@ -47,17 +47,9 @@ class GroupRLConfig(RLRunConfig):
     steps: int = opt(100, "Optimizer steps (max_steps).")
     batch_size: int = opt(16, "Completions per step (prompts x num_generations).")
     num_generations: int = opt(4, "Completions per prompt: the group that is the baseline.")
-    learning_rate: float = opt(5e-5, "Peak learning rate.", flags=("--lr",))
-    warmup_steps: float = opt(0.05, "Warm-up (< 1: a fraction of the steps).", flags=("--warmup",))
-    lr_floor: float = opt(0.45, "Final LR as a multiple of the peak (linear step-down, not to zero).")
-    max_grad_norm: float = opt(1.0, "", cli=False)
-    temperature: float = opt(0.7, "Sampling temperature.")
-    max_new_tokens: int = opt(64, "Longest response.")
     beta: float = opt(0.05, "KL coefficient (0: no reference pass).", param="kl_coef")
     epsilon: float = opt(0.2, "", cli=False)                 # clip range
     num_iterations: int = opt(1, "", cli=False)
-    missing_eos_penalty: float | None = opt(1.0, "Subtracted from the score of a response that never emits EOS.")
-    normalize_scores: bool = opt(True, "", cli=False)
     save_steps: int = opt(0, "Checkpoint every N steps (0: at the end only); all kept.")
 
     def validate(self) -> None:
