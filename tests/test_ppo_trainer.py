@@ -239,12 +239,14 @@ def test_mean_reward_rises_on_a_toy_reward(tiny_dir):
         return [sum(t in target for t in x) / max(1, len(x)) for x in ids]
 
     cfg = _cfg(steps=12, batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3,
-               max_new_tokens=8, missing_eos_penalty=None, kl_coef=0.0, lora_settings=lora(8, 16),
+               max_new_tokens=8, missing_eos_penalty=None, kl_coef=0.01, lora_settings=lora(8, 16),
                warmup_steps=0, seed=0)
     tr = PPOTrainer(cfg, model, tok, PROMPTS, reward_fn=reward_fn)
     history = tr.train()
     first = sum(h["reward"] for h in history[:3]) / 3
     last = sum(h["reward"] for h in history[-3:]) / 3
     assert last > first + 0.2, [round(h["reward"], 3) for h in history]
+    # the KL to the reference is reported every step, and grows as the policy moves away
+    assert all("kl" in h for h in history) and history[-1]["kl"] > history[0]["kl"]
     assert history[-1]["entropy"] < history[0]["entropy"]
     assert all(0.0 <= h["clipfrac"] <= 1.0 for h in history)
