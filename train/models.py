@@ -304,11 +304,11 @@ def adapter_base(path: str | os.PathLike) -> str | None:
     cfg = path / "adapter_config.json"
     if not cfg.exists():
         return None
-    meta = path / "bakeoff_checkpoint.json"
-    if meta.exists():
-        base = json.loads(meta.read_text()).get("base_model")
-        if base and Path(base).exists():
-            return str(base)
+    from bakeoff.train.checkpoints import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(path)
+    if meta is not None and meta.base_model and Path(meta.base_model).exists():
+        return str(meta.base_model)
     return json.loads(cfg.read_text())["base_model_name_or_path"]
 
 
