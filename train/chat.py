@@ -165,6 +165,8 @@ def score_sequences(model: Any, tok: Any, sequences: Sequence[list[int]], batch_
     in batches; sequences longer than ``max_length`` keep their end)."""
     import torch
 
+    from bakeoff.train.ppo import scores_at
+
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     was_training = model.training
@@ -181,8 +183,6 @@ def score_sequences(model: Any, tok: Any, sequences: Sequence[list[int]], batch_
                     if s:
                         ids[r, width - len(s):] = torch.tensor(s)
                         am[r, width - len(s):] = 1
-                from bakeoff.train.ppo import scores_at
-
                 last = torch.full((len(chunk),), width - 1, device=device)
                 out.extend(scores_at(model, ids.to(device), am.to(device), last).tolist())
     finally:
