@@ -20,7 +20,7 @@ from bakeoff.cli import cli
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-TINY_SFT = {"batch_size": 8, "max_length": 192, "max_steps": 4, "save_steps": 2}
+TINY_SFT = {"batch_size": 8, "max_length": 512, "max_steps": 4, "save_steps": 2}  # the rows are 80-470 tokens
 
 
 def _invoke(ws: Path, *args: str) -> dict:
@@ -88,7 +88,7 @@ def test_two_rounds_ranked_together(tmp_path: Path):
     assert curated["version"] == "fin-train@v3"
     sft2 = _invoke(ws, "train", "sft", "--dataset", "fin-train@v3", "--model", "tiny",
                    "--experiment_name", "e2e", "--max-steps", "4", "--save-steps", "2",
-                   "--max-length", "192", "--json")
+                   "--max-length", "512", "--json")
     _invoke(ws, "evaluate", "run", "--testset", "fin-test@v1", "--experiment", "e2e", "--json")
     ranked = _invoke(ws, "evaluate", "rank", "--testset", "fin-test@v1", "--experiment", "e2e", "--json")
     ranked_paths = {e.get("path") for e in ranked["checkpoints"]}
