@@ -77,7 +77,7 @@ def test_sft_loss_falls_and_checkpoints(full_run):
     meta = json.loads((Path(r.checkpoints[0]) / "bakeoff_checkpoint.json").read_text())
     assert meta == {"run_id": r.run_id, "experiment_name": "exp", "step": 5, "kind": "sft",
                     "base_model": meta["base_model"], "datasets": [ref], "parent_run_id": None,
-                    "parent_checkpoint": None}
+                    "parent_checkpoint": None, "round": None}
     assert Path(meta["base_model"]).is_dir()
     assert Path(r.checkpoints[0]).parent == ws.runs_dir() / "exp" / r.run_id
     from bakeoff.train.checkpoints import list_checkpoints
