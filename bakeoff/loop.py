@@ -21,7 +21,7 @@ import contextlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -368,26 +368,25 @@ def train_round(ws: Workspace, cfg: LoopConfig, train_ref: str | None, result: L
             result.runs.append(run)
         return run
 
-    # round: round_number -> SFTRunConfig(round=..., run_name=...) once the run configs have them
     sft_cfg = _build(SFTRunConfig, cfg.sft, "sft", dataset=train_ref or "", model=cfg.model,
-                     experiment_name=cfg.experiment, hypothesis=cfg.hypothesis)
+                     experiment_name=cfg.experiment, hypothesis=cfg.hypothesis, round=round_number)
     sft = trained("sft", sft_cfg, train_ref, train_sft)
     if not (with_rl and cfg.reward_dataset and cfg.ppo_prompts):
         return
     reward_ref = _ref(ws, cfg, result, cfg.reward_dataset)
-    # round: round_number -> RewardRunConfig(round=..., run_name=...)
     rm_cfg = _build(RewardRunConfig, cfg.reward, "reward", dataset=reward_ref or "",
-                    model=cfg.reward_model or cfg.model, experiment_name=cfg.experiment)
+                    model=cfg.reward_model or cfg.model, experiment_name=cfg.experiment, round=round_number)
     rm = trained("reward", rm_cfg, reward_ref, train_reward)
     if not step.dry_run and (not rm["checkpoints"] or not sft["checkpoints"]):
         raise BakeoffError("reward or SFT training produced no checkpoint")
     prompts = _ref(ws, cfg, result, cfg.ppo_prompts)
-    if cfg.algorithm == "ppo":
-        from bakeoff.train.ppo import PPOConfig as rl_class
-    else:
-        from bakeoff.train.rl import GroupRLConfig as rl_class  # type: ignore[assignment]
-    fixed = {} if cfg.algorithm == "ppo" else {"algorithm": cfg.algorithm}
-    rl_cfg = _build(rl_class, cfg.ppo, "ppo" if cfg.algorithm == "ppo" else cfg.algorithm, **fixed)
+    from bakeoff.train.options import trainers
+
+    trainer = trainers()[cfg.algorithm]
+    rl_cfg = _build(trainer.config, cfg.ppo, cfg.algorithm,
+                    **({} if cfg.algorithm == "ppo" else {"algorithm": cfg.algorithm}),
+                    dataset=prompts or "", experiment_name=cfg.experiment, hypothesis=cfg.hypothesis,
+                    round=round_number)
     # The policy and the reward model are named by the runs that made them: same
     # run inputs, same checkpoints.
     rl_inputs = None if None in (sft, rm, prompts) or None in (sft.get("key"), rm.get("key")) else {
@@ -396,28 +395,13 @@ def train_round(ws: Workspace, cfg: LoopConfig, train_ref: str | None, result: L
         "prompts": digest(prompts), "algorithm": cfg.algorithm, "config": config_inputs(rl_cfg)}
 
     def run_rl() -> dict[str, Any]:
-        policy, reward_ckpt = sft["checkpoints"][-1], rm["checkpoints"][-1]
-        # round: round_number -> the RL run's round and run name
-        if cfg.algorithm == "ppo":
-            from bakeoff.train.ppo import train_ppo
-
-            rl = train_ppo(ws, policy, reward_ckpt, prompts, cfg.experiment, config=rl_cfg,
-                           hypothesis=cfg.hypothesis)
-        else:
-            from bakeoff.train.rl import train_group_rl
-
-            rl = train_group_rl(ws, policy, reward_ckpt, prompts, cfg.experiment, config=rl_cfg,
-                                hypothesis=cfg.hypothesis)
-        return {"kind": cfg.algorithm, "dataset": prompts, **_as_dict(rl)}
+        run_cfg = replace(rl_cfg, model=sft["checkpoints"][-1], reward_model=rm["checkpoints"][-1])
+        return {"kind": cfg.algorithm, "dataset": prompts, **trainer.train(ws, run_cfg).to_json()}
 
     rl = step.reuse_or_run(f"train {cfg.algorithm}", cfg.algorithm, cfg.experiment, round_number,
                            rl_inputs, run_rl)
     if rl is not None:
         result.runs.append(rl)
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    return value.to_json() if hasattr(value, "to_json") else dict(value)
 
 
 def _ref(ws: Workspace, cfg: LoopConfig, result: LoopResult, name: str) -> str | None:

@@ -38,7 +38,7 @@ TABLE = "finished_steps"
 
 #: Config fields that say how or why a step runs, not what it computes.
 NOT_INPUTS = frozenset({"round", "run_name", "hypothesis", "extra_tags", "resume", "device",
-                        "experiment_name", "dataset", "model"})
+                        "experiment_name", "dataset", "model", "reward_model"})
 
 #: Ingest options that change the rows (with the files' content).
 INGEST_OPTIONS = ("format", "map", "meta", "strict")

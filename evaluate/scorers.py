@@ -552,28 +552,15 @@ def score_one(pred: str, ref: str, spec: dict[str, Any], prompt: list[dict] | No
 
 def reward_model_scores(model: Any, tok: Any, prompts: list[list[dict]], answers: list[str],
                         batch_size: int) -> list[float]:
-    """Raw reward-model scores of (prompt, answer) pairs: the conversation as the
-    chat template renders it, one logit per pair. The one place evaluation calls
-    a reward model."""
-    import torch
-
+    """Raw reward-model scores of (prompt, answer) pairs. The one place evaluation
+    calls a reward model: it scores exactly the token sequence the reward model
+    was trained on, read at its last token, as PPO, GRPO and RLOO read it
+    (``bakeoff.train.chat.score_responses``)."""
+    from bakeoff.train.chat import score_responses
     from bakeoff.train.models import max_input_length
 
-    texts = []
-    for msgs, ans in zip(prompts, answers):
-        conv = list(msgs) + [{"role": "assistant", "content": ans or ""}]
-        if getattr(tok, "chat_template", None):
-            texts.append(tok.apply_chat_template(conv, tokenize=False))
-        else:
-            texts.append("\n".join(m["content"] for m in conv))
-    out: list[float] = []
-    for i in range(0, len(texts), batch_size):
-        enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True,
-                  truncation=True, max_length=max_input_length(tok))
-        enc = {k: v.to(model.device) for k, v in enc.items()}
-        with torch.inference_mode():
-            out.extend(model(**enc).logits[:, 0].float().cpu().tolist())
-    return out
+    return score_responses(model, tok, prompts, [a or "" for a in answers], batch_size,
+                           max_input_length(tok))
 
 
 class RewardScorer:

@@ -47,3 +47,10 @@ def pref_rows(n: int = 80, seed: int = 0) -> pl.DataFrame:
 def commit(ws, name: str, df: pl.DataFrame) -> str:
     v = ws.commit_version(name, df, operation="test")
     return v.ref
+
+
+def lora(r: int, alpha: int, dropout: float = 0.0):
+    """LoRA settings for the RL tests' small adapters."""
+    from bakeoff.train.config import LoraSettings
+
+    return LoraSettings(r=r, alpha=alpha, dropout=dropout)

@@ -23,7 +23,7 @@ from bakeoff.cli import cli
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-TINY_SFT = {"batch_size": 8, "max_length": 192, "max_steps": 2, "save_steps": 2}
+TINY_SFT = {"batch_size": 8, "max_length": 512, "max_steps": 2, "save_steps": 2}  # the rows are 80-470 tokens
 
 
 def _invoke(ws: Path, *args: str) -> dict:

@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 
+from _train_data import lora
 from bakeoff.workspace import BakeoffError
 
 
@@ -49,7 +50,7 @@ def _cfg(**kw):
     from bakeoff.train.ppo import PPOConfig
 
     base = dict(steps=2, batch_size=8, mini_batch_size=4, ppo_epochs=1, max_new_tokens=6,
-                temperature=1.0, lora_r=4, lora_alpha=8, device="cpu", learning_rate=1e-3)
+                temperature=1.0, lora_settings=lora(4, 8), device="cpu", learning_rate=1e-3)
     base.update(kw)
     return PPOConfig(**base)
 
@@ -121,12 +122,13 @@ def test_missing_eos_penalty_and_normalisation(policy):
     assert (~ro.has_eos).any()
 
 
-def test_reward_model_scored_at_eos_and_value_head_starts_from_it(policy, reward_model, tiny_dir):
-    """The score of a padded batch at the EOS index equals the reward model on
-    the unpadded text; the value head (LoRA on the reward model) starts equal to
-    it and the reward itself does not drift while the value head trains."""
+def test_reward_model_scored_as_trained_and_value_head_starts_from_it(policy, reward_model, tiny_dir):
+    """The score of a padded batch at the last index equals the reward model on
+    the unpadded text; PPO's raw score is the reward model on the chat-templated
+    prompt + response; the value head (LoRA on the reward model) starts equal to
+    the reward model, and the reward itself does not drift while the value head trains."""
+    from bakeoff.train.chat import score_responses
     from bakeoff.train.ppo import PPOTrainer, scores_at, token_values
-    from bakeoff.train.ppo_core import last_token_index
 
     model, tok = policy
     ids = tok("hello world yes", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -137,21 +139,24 @@ def test_reward_model_scored_at_eos_and_value_head_starts_from_it(policy, reward
         got = scores_at(reward_model, padded, am, torch.tensor([3 + len(ids) - 1])).item()
         assert got == pytest.approx(direct, abs=1e-4)
 
+    import copy
+
+    frozen = copy.deepcopy(reward_model)
     tr = PPOTrainer(_cfg(learning_rate=1e-2), model, tok, PROMPTS, reward_model=reward_model)
     assert tr.value_model is tr.reward_model  # one copy: adapter on = values, off = reward
     ro, _ = tr.rollout(PROMPTS[:8])
+    expected = torch.tensor(score_responses(frozen, tok, PROMPTS[:8], ro.completions))
+    assert torch.allclose(ro.raw_scores, expected, atol=1e-5)
     with torch.no_grad():
-        v = token_values(tr.reward_model, ro.input_ids, ro.attention_mask)
-        at = ro.query_len + last_token_index(ro.mask)
-        rows = torch.arange(len(at))
-        assert torch.allclose(v[rows, at], ro.raw_scores, atol=1e-5)
+        v = token_values(tr.value_model, ro.input_ids, ro.attention_mask)
+        with tr.reward_model.disable_adapter():
+            r = token_values(tr.reward_model, ro.input_ids, ro.attention_mask)
+        assert torch.allclose(v, r, atol=1e-5)
     tr.train_step()
     tr.train_step()
-    with torch.no_grad(), tr.reward_model.disable_adapter():
-        after = scores_at(tr.reward_model, ro.input_ids, ro.attention_mask, at)
-        assert torch.allclose(after, ro.raw_scores, atol=1e-5)
-    assert not torch.allclose(token_values(tr.value_model, ro.input_ids, ro.attention_mask)[rows, at],
-                              ro.raw_scores, atol=1e-5)
+    assert torch.allclose(torch.tensor(tr.reward_scores(PROMPTS[:8], ro.completions)), expected, atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(token_values(tr.value_model, ro.input_ids, ro.attention_mask), v, atol=1e-5)
 
 
 def test_value_model_copy_mode(policy, reward_model):
@@ -169,7 +174,7 @@ def test_value_model_copy_mode(policy, reward_model):
 
 
 def test_sft_lineage_required_unless_forced(tmp_path, tiny_dir):
-    from bakeoff.train.ppo import check_sft_lineage
+    from bakeoff.train.checkpoints import check_sft_lineage
 
     plain = tmp_path / "plain"
     shutil.copytree(tiny_dir, plain)
@@ -183,11 +188,11 @@ def test_sft_lineage_required_unless_forced(tmp_path, tiny_dir):
     with pytest.raises(BakeoffError, match="kind 'reward'"):
         check_sft_lineage(ckpt)
     (ckpt / "bakeoff_checkpoint.json").write_text(json.dumps({"run_id": "r1", "kind": "sft"}))
-    assert check_sft_lineage(ckpt)["run_id"] == "r1"
+    assert check_sft_lineage(ckpt).run_id == "r1"
     # a model folder below an SFT checkpoint counts too ("in or above")
     sub = ckpt / "merged"
     shutil.copytree(tiny_dir, sub)
-    assert check_sft_lineage(sub)["run_id"] == "r1"
+    assert check_sft_lineage(sub).run_id == "r1"
 
 
 def test_checkpoint_reloads_as_the_trained_policy(policy, tmp_path):
@@ -234,12 +239,14 @@ def test_mean_reward_rises_on_a_toy_reward(tiny_dir):
         return [sum(t in target for t in x) / max(1, len(x)) for x in ids]
 
     cfg = _cfg(steps=12, batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3,
-               max_new_tokens=8, missing_eos_penalty=None, kl_coef=0.0, lora_r=8, lora_alpha=16,
+               max_new_tokens=8, missing_eos_penalty=None, kl_coef=0.01, lora_settings=lora(8, 16),
                warmup_steps=0, seed=0)
     tr = PPOTrainer(cfg, model, tok, PROMPTS, reward_fn=reward_fn)
     history = tr.train()
     first = sum(h["reward"] for h in history[:3]) / 3
     last = sum(h["reward"] for h in history[-3:]) / 3
     assert last > first + 0.2, [round(h["reward"], 3) for h in history]
+    # the KL to the reference is reported every step, and grows as the policy moves away
+    assert all("kl" in h for h in history) and history[-1]["kl"] > history[0]["kl"]
     assert history[-1]["entropy"] < history[0]["entropy"]
     assert all(0.0 <= h["clipfrac"] <= 1.0 for h in history)

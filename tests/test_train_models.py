@@ -44,17 +44,9 @@ def test_chat_template_marks_assistant_turns(model_cache):
             {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"},
             {"role": "assistant", "content": "6"}]
     out = tok.apply_chat_template(msgs, return_dict=True, return_assistant_tokens_mask=True)
-    ids, mask = out["input_ids"], out["assistant_masks"]
-    spans, cur = [], []
-    for i, m in zip(ids, mask):
-        if m:
-            cur.append(i)
-        elif cur:
-            spans.append(tok.decode(cur))
-            cur = []
-    if cur:
-        spans.append(tok.decode(cur))
-    assert spans == ["4<|im_end|>", "6<|im_end|>"]
+    from _chat_fixtures import labelled_runs
+
+    assert labelled_runs(tok, out["input_ids"], out["assistant_masks"]) == ["4<|im_end|>", "6<|im_end|>"]
     assert is_chat_template_stop_token_trained(tok)
     prompt = tok.apply_chat_template(msgs[:2], tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("<|im_start|>assistant\n")

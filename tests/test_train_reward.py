@@ -24,7 +24,7 @@ def test_reward_model_learns_separable_pairs(ws, model_cache):
     from bakeoff.train.config import RewardRunConfig
     from bakeoff.train.models import load_reward_model
     from bakeoff.train.reward import pair_stats, preference_datasets
-    from bakeoff.train.runs import read_checkpoint_meta
+    from bakeoff.train.checkpoints import read_checkpoint_meta
 
     ref = commit(ws, "prefs", pref_rows(60))
     cfg = RewardRunConfig(dataset=ref, model="tiny", experiment_name="rm", lora=False, lr=3e-3,

@@ -77,10 +77,10 @@ def test_sft_loss_falls_and_checkpoints(full_run):
     meta = json.loads((Path(r.checkpoints[0]) / "bakeoff_checkpoint.json").read_text())
     assert meta == {"run_id": r.run_id, "experiment_name": "exp", "step": 5, "kind": "sft",
                     "base_model": meta["base_model"], "datasets": [ref], "parent_run_id": None,
-                    "parent_checkpoint": None}
+                    "parent_checkpoint": None, "round": None}
     assert Path(meta["base_model"]).is_dir()
     assert Path(r.checkpoints[0]).parent == ws.runs_dir() / "exp" / r.run_id
-    from bakeoff.train.runs import list_checkpoints
+    from bakeoff.train.checkpoints import list_checkpoints
 
     assert [m.step for m in list_checkpoints(ws, "exp", kind="sft")] == [5, 10]
 
@@ -176,9 +176,10 @@ def test_assistant_only_labels_and_packing_positions(model_cache):
     rows = sft_rows(6)
     model, tok = load_causal_lm("tiny")
     args = SFTConfig(output_dir=str(model_cache / "mask"), per_device_train_batch_size=6, max_length=256,
-                     packing=True, packing_strategy="bfd", padding_free=True, assistant_only_loss=True,
+                     packing=True, packing_strategy="bfd", padding_free=True, assistant_only_loss=False,
                      report_to="none", use_cpu=True)
-    trainer = SFTTrainer(model=model.train(), args=args, train_dataset=sft_dataset(rows), processing_class=tok)
+    data, _ = sft_dataset(rows, tok, 256)  # tokenized with bakeoff's assistant mask
+    trainer = SFTTrainer(model=model.train(), args=args, train_dataset=data, processing_class=tok)
     batch = next(iter(trainer.get_train_dataloader()))
     ids, labels, pos = batch["input_ids"][0], batch["labels"][0], batch["position_ids"][0]
     starts = (pos == 0).nonzero().flatten().tolist()

@@ -11,7 +11,8 @@ def train() -> None:
 
     \b
     Example:
-      bakeoff train sft --dataset fin-train@v3 --model smollm2 --experiment_name fin
+      bakeoff train sft --dataset fin-train@v3 --model smollm2 --experiment fin
+      bakeoff train rl --algorithm ppo --policy CKPT --reward RM_CKPT --prompts prompts@v1 --experiment fin
     """
 
 
@@ -20,3 +21,4 @@ from bakeoff.train import ppo_cmd, sft_cmd  # noqa: E402
 
 for _cmd in (*sft_cmd.commands, *ppo_cmd.commands):
     train.add_command(_cmd)
+train.add_command(ppo_cmd.rl, name="ppo")  # the earlier name of `train rl`

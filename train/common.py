@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from bakeoff.console import log
-from bakeoff.train.runs import (CheckpointMeta, checkpoint_dirs, last_checkpoint, list_runs,
-                                read_checkpoint_meta, run_dir)
+from bakeoff.console import log, warn
+from bakeoff.train.checkpoints import (CheckpointMeta, checkpoint_dirs, last_checkpoint, list_runs,
+                                       read_checkpoint_meta, run_dir)
 from bakeoff.train.schedule import Schedule, make_schedule
 from bakeoff.workspace import BakeoffError
 
@@ -110,13 +110,13 @@ def plan_run(ws: "Workspace", cfg: "TrainRunConfig", kind: str,
             raise BakeoffError(f"--resume: run {run_id} has no complete checkpoint in {out}")
         saved = out / RUN_CONFIG_FILE
         if saved.exists():
-            cfg = type(cfg).from_json(json.loads(saved.read_text())) if hasattr(type(cfg), "from_json") \
-                else _restore(cfg, json.loads(saved.read_text()))
+            cfg = _restore(cfg, json.loads(saved.read_text()))
             cfg.resume = True
         log(f"resuming run {run_id} from {ckpt.name}")
         return RunPlan(run_id=run_id, output_dir=out, resume_from=ckpt, cfg=cfg)
-    run_id = os.environ.get(ENV_RUN_ID) or create_run(ws, cfg.experiment_name,
-                                                        run_name=f"{kind}-{Path(str(cfg.model)).name}")
+    run_id = os.environ.get(ENV_RUN_ID) or create_run(
+        ws, cfg.experiment_name, run_name=cfg.run_name or f"{kind}-{Path(str(cfg.model)).name}",
+        tags={"bakeoff.kind": kind, **cfg.run_tags()})
     out = run_dir(ws, cfg.experiment_name, run_id)
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2, default=str))
@@ -131,7 +131,9 @@ def _restore(cfg: Any, saved: dict[str, Any]) -> Any:
     if isinstance(saved.get("lora_settings"), dict):
         saved["lora_settings"] = LoraSettings(**saved["lora_settings"])
     known = {k: v for k, v in saved.items() if k in type(cfg).__dataclass_fields__}
-    return type(cfg)(**known)
+    restored = type(cfg)(**known)
+    restored.device = cfg.device  # where it runs now is this invocation's choice
+    return restored
 
 
 def load_rows(ws: "Workspace", ref: str, kind: str, subset: float | None, seed: int
@@ -152,6 +154,27 @@ def load_rows(ws: "Workspace", ref: str, kind: str, subset: float | None, seed: 
         df = df.sample(n=n, seed=seed, shuffle=True)
         counts["rows_subset"] = df.height
     return df, version, counts
+
+
+#: Above this share of rows lost or cut for length, a stage warns.
+LENGTH_WARN_FRACTION = 0.05
+
+
+def length_losses(stage: str, total: int, truncated: int, dropped: int, max_length: int,
+                  what: str = "rows") -> tuple[dict[str, float], list[str]]:
+    """What a stage lost to ``max_length``, as metrics (summary, ``--json``,
+    MLflow) and, above 5 % of ``total``, a warning that says what to do."""
+    lost = truncated + dropped
+    share = lost / total if total else 0.0
+    metrics = {"length_truncated": truncated, "length_dropped": dropped, "length_total": total,
+               "length_lost_fraction": round(share, 4)}
+    warnings = []
+    if share > LENGTH_WARN_FRACTION:
+        msg = (f"{stage}: {lost} of {total} {what} ({share:.0%}) exceed max_length={max_length} tokens "
+               f"({truncated} truncated, {dropped} dropped); raise --max-length or filter long rows first")
+        warn(msg)
+        warnings.append(msg)
+    return metrics, warnings
 
 
 def collect_checkpoints(output_dir: Path) -> list[str]:
@@ -193,3 +216,87 @@ def log_effective_params(trainer: Any, plan: RunPlan) -> Any:
             return control
 
     return _Effective()
+
+
+@dataclass
+class RLInputs:
+    """What an RL run starts from, checked: the policy and its SFT lineage, the
+    reward checkpoint and its statistics, the prompts, and the chain they make."""
+
+    policy_path: str
+    policy_meta: CheckpointMeta | None
+    reward_path: str | None
+    reward_meta: CheckpointMeta | None
+    stats: dict[str, float] | None
+    prompts_ref: str
+    prompts: list[list[dict]]
+    lineage: list[dict[str, Any]]
+
+    def base_model(self) -> str:
+        return str((self.policy_meta.base_model if self.policy_meta else None) or self.policy_path)
+
+    def checkpoint_meta(self, plan: RunPlan, kind: str) -> dict[str, Any]:
+        """Everything of this run's checkpoint metadata but the step."""
+        cfg = plan.cfg
+        return {"run_id": plan.run_id, "experiment_name": cfg.experiment_name, "kind": kind,
+                "base_model": self.base_model(), "datasets": [self.prompts_ref],
+                "parent_run_id": self.policy_meta.run_id if self.policy_meta else None,
+                "parent_checkpoint": self.policy_path, "round": cfg.round, "lineage": self.lineage,
+                # lets an RL checkpoint be the policy of a further RL run
+                "sft_lineage": self.policy_meta is not None,
+                "reward_model": self.reward_path or "reward_fn"}
+
+
+def rl_inputs(ws: "Workspace", cfg: Any, algorithm: str, with_reward_model: bool = True) -> RLInputs:
+    """Resolve and check an RL run's inputs (``cfg``: an ``RLRunConfig``)."""
+    from bakeoff.train.checkpoints import (check_sft_lineage, find_checkpoint_meta, load_reward_stats,
+                                           rl_lineage)
+    from bakeoff.train.models import resolve_model
+
+    name = algorithm.upper()
+    if not cfg.model or not cfg.dataset or (with_reward_model and not cfg.reward_model):
+        raise BakeoffError(f"{name} needs a policy (--policy), prompts (--prompts) and a reward model (--reward)")
+    policy_path = resolve_model(cfg.model, ws)
+    policy_meta = check_sft_lineage(policy_path, force=cfg.force)
+    if policy_meta is None:
+        warn(f"running {name} on {cfg.model} without an SFT run behind it (--force)")
+    reward_path = reward_meta = stats = None
+    if with_reward_model:
+        reward_path = resolve_model(cfg.reward_model, ws)
+        reward_meta = find_checkpoint_meta(reward_path)
+        if reward_meta is None or reward_meta.kind != "reward":
+            warn(f"{cfg.reward_model} is not a bakeoff reward checkpoint: its scores may mean nothing")
+        if cfg.normalize_scores:
+            stats = load_reward_stats(reward_path)
+            if stats is None:
+                warn(f"no reward_stats.json for {cfg.reward_model}: rewards are used unnormalised, so the "
+                     "KL coefficient and missing_eos_penalty are on the reward model's own scale")
+    version = ws.resolve(cfg.dataset)
+    from bakeoff.train.ppo import load_prompts
+
+    prompts = load_prompts(ws, version.ref)
+    return RLInputs(policy_path=policy_path, policy_meta=policy_meta, reward_path=reward_path,
+                    reward_meta=reward_meta, stats=stats, prompts_ref=version.ref, prompts=prompts,
+                    lineage=rl_lineage(policy_meta, policy_path, reward_meta, reward_path, version.ref))
+
+
+def prompt_length_losses(tok: Any, prompts: list[list[dict]], max_prompt_length: int,
+                         stage: str) -> tuple[dict[str, float], list[str]]:
+    """RL prompts longer than ``max_prompt_length`` lose their start: count them."""
+    from bakeoff.train.chat import prompt_ids
+
+    over = sum(len(prompt_ids(tok, p)) > max_prompt_length for p in prompts)
+    return length_losses(stage, len(prompts), over, 0, max_prompt_length, "prompts")
+
+
+def lineage_params(lineage: list[dict[str, Any]]) -> dict[str, str]:
+    """The chain as MLflow params: ``lineage.reward.run_id`` etc."""
+    out: dict[str, str] = {}
+    for link in lineage:
+        role = link["role"]
+        for key in ("kind", "run_id", "checkpoint"):
+            if link.get(key):
+                out[f"lineage.{role}.{key}"] = str(link[key])
+        if link.get("datasets"):
+            out[f"lineage.{role}.datasets"] = ",".join(link["datasets"])
+    return out

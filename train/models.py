@@ -12,8 +12,9 @@
   float32 safetensors in the cache and loaded from there afterwards.
 - any local directory, or a hub id (passed through to transformers).
 
-Both built-in chat templates mark assistant turns with ``{% generation %}`` so
-TRL's ``assistant_only_loss`` can mask everything else, and both tokenizers have
+Both built-in chat templates mark assistant turns with ``{% generation %}``
+(any other template works too: :mod:`bakeoff.train.chat` derives the assistant
+mask from the template itself), and both tokenizers have
 a pad token distinct from EOS: with pad == EOS a collator masks the EOS labels
 too, and the model never learns to stop.
 """
@@ -272,12 +273,15 @@ def default_dtype(device: str) -> Any:
     return torch.float32
 
 
-def fix_tokenizer(tok: Any) -> Any:
-    """Pad distinct from EOS, left padding (generation and last-token scoring)."""
-    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+def fix_tokenizer(tok: Any, stop_ids: Any = ()) -> Any:
+    """Pad distinct from EOS and from any other stop id (``stop_ids``: the
+    generation config's, e.g. Qwen2.5 stops on its own pad <|endoftext|>), left
+    padding (generation and last-token scoring)."""
+    stops = {tok.eos_token_id, *stop_ids}
+    if tok.pad_token is None or tok.pad_token_id in stops:
         vocab = tok.get_vocab()
         for candidate in ("<|pad|>", "<pad>", "<|endoftext|>", "<unk>"):
-            if candidate in vocab and vocab[candidate] != tok.eos_token_id:
+            if candidate in vocab and vocab[candidate] not in stops:
                 tok.pad_token = candidate
                 break
         else:
@@ -300,11 +304,11 @@ def adapter_base(path: str | os.PathLike) -> str | None:
     cfg = path / "adapter_config.json"
     if not cfg.exists():
         return None
-    meta = path / "bakeoff_checkpoint.json"
-    if meta.exists():
-        base = json.loads(meta.read_text()).get("base_model")
-        if base and Path(base).exists():
-            return str(base)
+    from bakeoff.train.checkpoints import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(path)
+    if meta is not None and meta.base_model and Path(meta.base_model).exists():
+        return str(meta.base_model)
     return json.loads(cfg.read_text())["base_model_name_or_path"]
 
 
@@ -326,8 +330,8 @@ def _load(path: str | os.PathLike, auto_class: Any, device: str | None, merge: b
     base = adapter_base(path)
     tok = _load_tokenizer(path, fallback=base)
     model = auto_class.from_pretrained(base or path, dtype=dtype or default_dtype(device), **model_kwargs)
-    _match_vocab(model, tok)
-    model.config.pad_token_id = tok.pad_token_id
+    fix_tokenizer(tok, generation_stop_ids(model))
+    match_vocab(model, tok)
     if base is not None:
         from peft import PeftModel
 
@@ -348,10 +352,13 @@ def load_causal_lm(path: str | os.PathLike, device: str | None = None,
     from transformers import AutoModelForCausalLM
 
     model, tok = _load(path, AutoModelForCausalLM, device, merge, dtype)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.pad_token_id = tok.pad_token_id
-        if tok.eos_token_id is not None:
-            model.generation_config.eos_token_id = tok.eos_token_id
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.pad_token_id = tok.pad_token_id
+        # Keep the model's own stop ids (chat models often list several, e.g.
+        # Llama 3's <|end_of_text|> and <|eot_id|>); fill in EOS only when none.
+        if gen.eos_token_id is None and tok.eos_token_id is not None:
+            gen.eos_token_id = tok.eos_token_id
     return model, tok
 
 
@@ -368,16 +375,16 @@ def load_reward_model(path: str | os.PathLike, device: str | None = None,
     return _load(path, AutoModelForSequenceClassification, device, merge, dtype, num_labels=1)
 
 
-def _match_vocab(model: Any, tok: Any) -> None:
-    """Grow the embeddings when the tokenizer gained a token (e.g. a new pad)."""
+def generation_stop_ids(model: Any) -> list[int]:
+    """The ids the model's generation config stops on (one id or several)."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return [] if ids is None else [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+
+
+def match_vocab(model: Any, tok: Any) -> None:
+    """Grow the embeddings when the tokenizer gained a token (a pad added by
+    :func:`fix_tokenizer`: without this its id indexes past the embedding
+    table), and tell the model which id is padding."""
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))
-
-
-def reward_stats(path: str | os.PathLike) -> dict[str, float]:
-    """``reward_stats.json`` of a reward checkpoint ({mean, std}); identity when absent."""
-    f = Path(path) / "reward_stats.json"
-    if f.exists():
-        stats = json.loads(f.read_text())
-        return {"mean": float(stats["mean"]), "std": float(stats["std"]) or 1.0}
-    return {"mean": 0.0, "std": 1.0}
+    model.config.pad_token_id = tok.pad_token_id

@@ -10,9 +10,11 @@ TRL 1.16 dropped its PPOTrainer, so this follows the design of TRL's last one
    The policy is the SFT model with a fresh LoRA adapter; the reference is the
    *same* model with the adapter disabled (``with model.disable_adapter():``) —
    no second copy in memory, and at step 0 policy == reference exactly.
-2. **Scoring.** The reward model scores prompt+response at the EOS token
-   (tokens after it are padding); a response that never emitted EOS loses
-   ``missing_eos_penalty``. Scores are normalised with the reward checkpoint's
+2. **Scoring.** The reward model scores exactly the token sequence it was
+   trained on: the chat template's rendering of prompt + response
+   (:func:`bakeoff.train.chat.reward_sequence`), read at its last token, as
+   the reward statistics, evaluation, GRPO and RLOO read it; a response that
+   never emitted EOS loses ``missing_eos_penalty``. Scores are normalised with the reward checkpoint's
    ``reward_stats.json`` so ``kl_coef`` means the same for every reward model.
 3. **Advantages.** Per-token reward = ``-kl_coef * KL`` (k1 or k3) plus the score
    at the last response token; GAE (gamma, lambda) with the value head; the
@@ -45,62 +47,55 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
+from bakeoff.train.config import RLRunConfig, opt
 from bakeoff.workspace import BakeoffError
 
 if TYPE_CHECKING:  # heavy imports stay inside functions (bakeoff --help stays fast)
     import torch
+    from bakeoff.train.common import TrainResult
     from bakeoff.workspace import Workspace
 
-CHECKPOINT_META = "bakeoff_checkpoint.json"
-REWARD_STATS = "reward_stats.json"
+
+#: Sampling fields a model's generation config may set, at the values that leave
+#: the distribution alone (PPO, GRPO and RLOO sample from softmax(logits / T)).
+NEUTRAL_SAMPLING = dict(typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, encoder_repetition_penalty=1.0,
+                        no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, min_length=0,
+                        length_penalty=1.0, renormalize_logits=False)
 
 #: A toy/scripted reward: (prompts, completions, completion token ids) -> one score each.
 RewardFn = Callable[[list[str], list[str], list[list[int]]], Sequence[float]]
 
 
 @dataclass
-class PPOConfig:
-    """PPO hyperparameters. Defaults follow TRL's last PPOConfig where it had one,
-    adjusted for a LoRA policy (higher learning rate)."""
+class PPOConfig(RLRunConfig):
+    """PPO hyperparameters (beside the run settings every trainer shares).
+    Defaults follow TRL's last PPOConfig where it had one, adjusted for a LoRA
+    policy (higher learning rate)."""
 
-    steps: int = 100                 # PPO iterations (one rollout batch each)
-    batch_size: int = 16             # prompts sampled per iteration
-    mini_batch_size: int = 4         # rollouts per optimizer step
-    ppo_epochs: int = 4              # passes over each rollout batch
-    learning_rate: float = 5e-5      # LoRA policy + value head
-    warmup_steps: float = 0.05       # < 1: a fraction of the optimizer steps
-    lr_floor: float = 0.45           # linear step-down to this fraction of the peak, not to 0
-    max_grad_norm: float = 1.0
-    temperature: float = 0.7
-    top_k: int = 0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    max_prompt_length: int = 512
-    kl_coef: float = 0.05
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    whiten_rewards: bool = False
-    missing_eos_penalty: float | None = 1.0
-    normalize_scores: bool = True    # with reward_stats.json
-    value_model: Literal["lora", "copy"] = "lora"
+    steps: int = opt(100, "PPO iterations (one rollout batch each).")
+    batch_size: int = opt(16, "Prompts sampled per iteration.")
+    mini_batch_size: int = opt(4, "Rollouts per optimizer step.")
+    ppo_epochs: int = opt(4, "Passes over each rollout batch.")
+    top_k: int = opt(0, "", cli=False)
+    top_p: float = opt(1.0, "", cli=False)
+    kl_coef: float = opt(0.05, "KL penalty coefficient.")
+    kl_estimator: Literal["k1", "k3"] = opt("k1", "Per-token KL estimator.", choices=("k1", "k3"))
+    gamma: float = opt(1.0, "", cli=False)
+    lam: float = opt(0.95, "", cli=False)
+    cliprange: float = opt(0.2, "", cli=False)
+    cliprange_value: float = opt(0.2, "", cli=False)
+    vf_coef: float = opt(0.1, "", cli=False)
+    whiten_rewards: bool = opt(False, "", cli=False)
+    value_model: Literal["lora", "copy"] = opt("lora", "", cli=False)
     # "adapter": the reference is the policy with its adapter disabled (no extra
     # memory). "copy": a frozen second copy of the SFT model, as TRL did without
     # PEFT; kept to measure what the adapter trick saves (benchmarks/bench_ppo.py).
-    reference: Literal["adapter", "copy"] = "adapter"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: str | list[str] = "all-linear"
-    forward_batch_size: int = 16     # rollouts per no-grad forward pass
-    save_steps: int = 0              # 0: a checkpoint at the end only
-    seed: int = 0
-    device: str | None = None
+    reference: Literal["adapter", "copy"] = opt("adapter", "", cli=False)
+    forward_batch_size: int = opt(16, "", cli=False)  # rollouts per no-grad forward pass
+    save_steps: int = opt(0, "Checkpoint every N iterations (0: at the end only); all kept.")
 
     def validate(self) -> None:
+        self.validate_run()
         if self.batch_size % self.mini_batch_size:
             raise BakeoffError(f"batch_size ({self.batch_size}) must be a multiple of "
                                f"mini_batch_size ({self.mini_batch_size})")
@@ -154,55 +149,6 @@ def disable_dropout(model: Any) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-
-
-def find_checkpoint_meta(path: str | os.PathLike) -> tuple[dict, Path] | None:
-    """``bakeoff_checkpoint.json`` in ``path`` or the nearest folder above it."""
-    p = Path(path)
-    if not p.exists():
-        return None
-    p = p.resolve()
-    for d in (p, *p.parents):
-        f = d / CHECKPOINT_META
-        if f.is_file():
-            try:
-                return json.loads(f.read_text()), d
-            except json.JSONDecodeError as e:
-                raise BakeoffError(f"{f}: not valid JSON ({e})") from None
-    return None
-
-
-def check_sft_lineage(policy_path: str | os.PathLike, force: bool = False) -> dict | None:
-    """The SFT checkpoint metadata behind ``policy_path``. PPO on a model that was
-    never fine-tuned on the domain mostly teaches it to game the reward model, so
-    without one this refuses unless ``force``. An RL checkpoint whose own chain
-    starts at an SFT run counts as well (continuing PPO)."""
-    found = find_checkpoint_meta(policy_path)
-    meta = found[0] if found else None
-    ok = meta is not None and (meta.get("kind") == "sft" or meta.get("sft_lineage") is True)
-    if not ok and not force:
-        what = "no bakeoff_checkpoint.json" if meta is None else f"a checkpoint of kind {meta.get('kind')!r}"
-        raise BakeoffError(f"policy {policy_path} has {what} from an SFT run: run `bakeoff train sft` "
-                           "first and pass one of its checkpoints (or --force to run PPO on it anyway)")
-    return meta if ok else None
-
-
-def load_reward_stats(reward_path: str | os.PathLike) -> dict | None:
-    """``reward_stats.json`` ({"mean", "std"}) in the reward checkpoint or above it."""
-    p = Path(reward_path)
-    if not p.exists():
-        return None
-    p = p.resolve()
-    for d in (p, *p.parents):
-        f = d / REWARD_STATS
-        if f.is_file():
-            stats = json.loads(f.read_text())
-            if not stats.get("std") or not math.isfinite(float(stats["std"])) or float(stats["std"]) <= 0:
-                raise BakeoffError(f"{f}: std must be a positive number, got {stats.get('std')!r}")
-            return {"mean": float(stats["mean"]), "std": float(stats["std"])}
-        if (d / CHECKPOINT_META).is_file():
-            break  # don't wander above the checkpoint's run
-    return None
 
 
 def _unwrap(model: Any) -> Any:
@@ -300,7 +246,8 @@ class PPOTrainer:
     def __init__(self, config: PPOConfig, policy: Any, tokenizer: Any, prompts: Sequence[Any],
                  reward_model: Any | None = None, reward_fn: RewardFn | None = None,
                  reward_stats: dict | None = None,
-                 log_fn: Callable[[dict[str, float], int], None] | None = None) -> None:
+                 log_fn: Callable[[dict[str, float], int], None] | None = None,
+                 reward_tokenizer: Any | None = None) -> None:
         import torch
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -311,6 +258,7 @@ class PPOTrainer:
             raise BakeoffError("no prompts to train on")
         self.config = config
         self.tokenizer = tokenizer
+        self.reward_tokenizer = reward_tokenizer or tokenizer
         self.prompts = list(prompts)
         self.reward_fn = reward_fn
         self.reward_stats = reward_stats if config.normalize_scores else None
@@ -330,34 +278,35 @@ class PPOTrainer:
             raise BakeoffError("pass the SFT model without a PEFT wrapper (load_causal_lm merges "
                                "adapters): PPO adds its own adapter and uses the model without it "
                                "as the reference")
-        disable_dropout(policy)
         self.ref_model = None
         if config.reference == "copy":
             self.ref_model = copy.deepcopy(policy).requires_grad_(False).eval().to(self.device)
-        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+            disable_dropout(self.ref_model)
+        ls = config.lora_settings
+        lora = LoraConfig(r=ls.r, lora_alpha=ls.alpha, lora_dropout=ls.dropout,
+                          target_modules=ls.target_modules, task_type="CAUSAL_LM")
         self.policy = get_peft_model(policy, lora).to(self.device)
+        disable_dropout(self.policy)  # after the wrap: LoRA's own dropout layers too
 
         # Reward and value models.
         self.reward_model = None
         if reward_model is not None:
             self._check_same_vocab(reward_model)
-            disable_dropout(reward_model)
             reward_model.requires_grad_(False)
             reward_model.eval()
             if config.value_model == "lora":
                 head_name = "score" if hasattr(_unwrap(reward_model), "score") else "classifier"
-                vlora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                                   lora_dropout=config.lora_dropout,
-                                   target_modules=config.lora_target_modules,
-                                   modules_to_save=[head_name])
+                vlora = LoraConfig(r=ls.r, lora_alpha=ls.alpha, lora_dropout=ls.dropout,
+                                   target_modules=ls.target_modules, modules_to_save=[head_name])
                 self.value_model = get_peft_model(reward_model, vlora).to(self.device)
                 self.reward_model = self.value_model  # scored with the adapter disabled
             else:
                 self.reward_model = reward_model.to(self.device)
                 self.value_model = copy.deepcopy(reward_model).requires_grad_(True).to(self.device)
+            disable_dropout(self.reward_model)
         else:
             self.value_model = self._value_from_policy(policy).to(self.device)
+        disable_dropout(self.value_model)  # after any LoRA wrap
         if self.reward_model is not None and self.reward_model.config.pad_token_id is None:
             self.reward_model.config.pad_token_id = self.pad_id
 
@@ -404,10 +353,12 @@ class PPOTrainer:
     # -- rollout --
 
     def _prompt_text(self, prompt: Any) -> str:
+        from bakeoff.train.chat import render
+
         if isinstance(prompt, str):
             return prompt
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            return render(self.tokenizer, prompt, add_generation_prompt=True)
         return "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant: "
 
     def _next_prompts(self) -> list[Any]:
@@ -450,21 +401,45 @@ class PPOTrainer:
                 entropy = entropy_from_logits(logits, self.config.temperature)
         return logprobs, entropy
 
-    def _generate(self, enc: dict[str, "torch.Tensor"]) -> "torch.Tensor":
+    def sampling_config(self) -> Any:
+        """Plain temperature sampling (with the configured top-k/top-p), every
+        other field neutral. The PPO ratio assumes the rollout's distribution is
+        ``softmax(logits / T)``; a model's generation config (repetition
+        penalty, n-gram blocking, min-p, typical-p, ...) would silently change
+        it. No ``min_new_tokens``: forcing a first token biases its log-prob."""
         from transformers import GenerationConfig
 
-        gen = GenerationConfig(do_sample=True, temperature=self.config.temperature,
-                               top_k=self.config.top_k, top_p=self.config.top_p,
-                               max_new_tokens=self.config.max_new_tokens, min_new_tokens=1,
-                               pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
-                               bos_token_id=self.tokenizer.bos_token_id)
+        return GenerationConfig(
+            do_sample=True, num_beams=1, temperature=self.config.temperature, top_k=self.config.top_k,
+            top_p=self.config.top_p, min_p=0.0, repetition_penalty=1.0, **NEUTRAL_SAMPLING,
+            max_new_tokens=self.config.max_new_tokens, pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
+            bos_token_id=self.tokenizer.bos_token_id)
+
+    @contextlib.contextmanager
+    def _neutral_generation_config(self) -> Any:
+        """The model's own generation config swapped for a blank one while
+        sampling: ``generate`` fills any field left unset from the model's
+        config (bad_words_ids, suppress_tokens, sequence_bias, ...), so unset
+        must mean unset. The model's config is restored, and saved with checkpoints."""
+        from transformers import GenerationConfig
+
+        inner = _unwrap(self.policy)
+        saved = inner.generation_config
+        inner.generation_config = GenerationConfig()
+        try:
+            yield
+        finally:
+            inner.generation_config = saved
+
+    def _generate(self, enc: dict[str, "torch.Tensor"], **kwargs: Any) -> Any:
         self.policy.eval()
-        return self.policy.generate(**enc, generation_config=gen)
+        with self._neutral_generation_config():
+            return self.policy.generate(**enc, generation_config=self.sampling_config(), **kwargs)
 
     def rollout(self, prompts: list[Any]) -> tuple[Rollout, dict[str, float]]:
         """Sample, score and evaluate one batch of prompts (no gradients)."""
         import torch
-        from bakeoff.train.ppo_core import truncate_after_eos, last_token_index
+        from bakeoff.train.ppo_core import truncate_after_eos
 
         timing: dict[str, float] = {}
         texts = [self._prompt_text(p) for p in prompts]
@@ -505,15 +480,8 @@ class PPOTrainer:
                 if raw.shape != (len(prompts),):
                     raise BakeoffError(f"reward_fn returned {tuple(raw.shape)} scores for {len(prompts)} completions")
             else:
-                at = Q + last_token_index(mask)
-                ctx = (self.reward_model.disable_adapter() if self.reward_model is self.value_model
-                       else nullcontext())
-                raw_parts = []
-                with ctx:
-                    for i in range(0, input_ids.shape[0], fb):
-                        raw_parts.append(scores_at(self.reward_model, input_ids[i:i + fb],
-                                                   attention_mask[i:i + fb], at[i:i + fb]))
-                raw = torch.cat(raw_parts)
+                raw = torch.as_tensor(self.reward_scores(prompts, completions), dtype=torch.float32,
+                                      device=self.device)
             scores = self.normalise_scores(raw, has_eos)
             timing["time/scoring"] = time.perf_counter() - t
 
@@ -521,6 +489,16 @@ class PPOTrainer:
                      logprobs=logprobs_t, ref_logprobs=ref_t, values=values_t, scores=scores,
                      raw_scores=raw, has_eos=has_eos, completions=completions)
         return ro, timing
+
+    def reward_scores(self, prompts: list[Any], completions: list[str]) -> list[float]:
+        """The reward model's raw scores, read where it was trained to be read
+        (:func:`bakeoff.train.chat.score_responses`)."""
+        from bakeoff.train.chat import score_responses
+
+        ctx = self.reward_model.disable_adapter() if self.reward_model is self.value_model else nullcontext()
+        with ctx:
+            return score_responses(self.reward_model, self.reward_tokenizer, prompts, completions,
+                                   self.config.forward_batch_size)
 
     def normalise_scores(self, raw: "torch.Tensor", has_eos: "torch.Tensor") -> "torch.Tensor":
         """(score - mean) / std from reward_stats.json, then the missing-EOS penalty."""
@@ -610,9 +588,9 @@ class PPOTrainer:
 
     def train(self, on_checkpoint: Callable[[int], None] | None = None,
               progress: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-        """Run ``config.steps`` iterations; ``on_checkpoint(step)`` every
-        ``save_steps`` and at the end."""
-        for _ in range(self.config.steps):
+        """Run iterations up to ``config.steps`` (from ``self.step``: a resumed
+        trainer continues); ``on_checkpoint(step)`` every ``save_steps`` and at the end."""
+        while self.step < self.config.steps:
             stats = self.train_step()
             if progress is not None:
                 progress(self.step, stats)
@@ -623,15 +601,58 @@ class PPOTrainer:
             on_checkpoint(self.step)
         return self.history
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly: the trained
+        weights (policy adapter, value head), optimizer and schedule, the step,
+        the prompt order and every random generator."""
+        import torch
+
+        def trainable(model: Any) -> dict[str, Any]:
+            return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+        return {"step": self.step, "policy": trainable(self.policy), "value": trainable(self.value_model),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "history": self.history, "order": list(self._order), "rng": self._rng.getstate(),
+                "torch_rng": torch.random.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import torch
+
+        for model, saved in ((self.policy, state["policy"]), (self.value_model, state["value"])):
+            params = dict(model.named_parameters())
+            missing = set(saved) - set(params)
+            if missing:
+                raise BakeoffError(f"--resume: the checkpoint's PPO state does not fit this model "
+                                   f"({len(missing)} unknown parameters, e.g. {sorted(missing)[0]})")
+            with torch.no_grad():
+                for name, value in saved.items():
+                    params[name].copy_(value.to(params[name].device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.history, self._order = state["step"], list(state["history"]), list(state["order"])
+        self._rng.setstate(state["rng"])
+        torch.random.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
     def save(self, path: str | os.PathLike) -> Path:
         """The policy with its adapter merged (full weights + tokenizer), so the
-        checkpoint loads on its own whatever the SFT checkpoint was."""
+        checkpoint loads on its own whatever the SFT checkpoint was; plus the
+        trainer state ``--resume`` continues from."""
+        import torch
+
+        from bakeoff.train.checkpoints import PPO_STATE_FILE
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         base = self.policy.get_base_model()
         base.save_pretrained(path, state_dict=merged_state_dict(self.policy))
         self.tokenizer.save_pretrained(path)
         (path / "ppo_config.json").write_text(json.dumps(asdict(self.config), indent=2, default=str))
+        tmp = path / f".{PPO_STATE_FILE}.tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path / PPO_STATE_FILE)  # last: its presence marks the checkpoint complete
         return path
 
 
@@ -652,85 +673,76 @@ def load_prompts(ws: "Workspace", ref: str, limit: int | None = None) -> list[li
     return prompts[:limit] if limit else prompts
 
 
-def train_ppo(ws: "Workspace", policy: str, reward: str, prompts: str, experiment_name: str,
-              config: PPOConfig | None = None, force: bool = False,
-              hypothesis: str | None = None) -> dict[str, Any]:
-    """Run PPO as an MLflow run in ``experiment_name``; checkpoints under
-    ``ws.runs_dir()/<experiment>/<run_id>/checkpoint-<step>/`` with
-    ``bakeoff_checkpoint.json`` (kind 'ppo', parent = the SFT run/checkpoint).
-
-    Returns ``{"run_id", "tracking_uri", "experiment_name", "checkpoints", ...}``."""
+def train_ppo(ws: "Workspace", cfg: PPOConfig, resume_run_id: str | None = None) -> "TrainResult":
+    """Run PPO as an MLflow run in ``cfg.experiment_name``: the policy
+    ``cfg.model`` (an SFT checkpoint) against ``cfg.reward_model`` on the
+    prompts of ``cfg.dataset``. Checkpoints under
+    ``ws.runs_dir()/<experiment>/<run_id>/checkpoint-<step>/`` carry
+    ``bakeoff_checkpoint.json`` (kind 'ppo', the whole lineage) and the
+    trainer state; ``cfg.resume`` continues the latest PPO run of the
+    experiment (or ``resume_run_id``) from its last checkpoint."""
     import mlflow
 
-    from bakeoff.console import log, progress, warn
-    from bakeoff.train.models import load_causal_lm, load_reward_model, pick_device, resolve_model
-    from bakeoff.train.runs import run_dir, write_checkpoint_meta
-    from bakeoff.train.tracking import create_run, training_run
+    from bakeoff.console import log, progress
+    from bakeoff.train.checkpoints import write_checkpoint_meta
+    from bakeoff.train.common import (TrainResult, collect_checkpoints, lineage_params, plan_run,
+                                      prompt_length_losses, rl_inputs)
+    from bakeoff.train.models import load_causal_lm, load_reward_model, pick_device
+    from bakeoff.train.tracking import training_run
 
-    config = config or PPOConfig()
-    config.validate()
-    policy_path = resolve_model(policy, ws)
-    sft_meta = check_sft_lineage(policy_path, force=force)
-    if sft_meta is None:
-        warn(f"running PPO on {policy} without an SFT run behind it (--force)")
-    reward_path = resolve_model(reward, ws)
-    reward_meta = find_checkpoint_meta(reward_path)
-    if reward_meta is None or reward_meta[0].get("kind") != "reward":
-        warn(f"{reward} is not a bakeoff reward checkpoint: its scores may mean nothing")
-    stats = load_reward_stats(reward_path) if config.normalize_scores else None
-    if stats is None and config.normalize_scores:
-        warn(f"no {REWARD_STATS} for {reward}: rewards are used unnormalised, so kl_coef "
-             "and missing_eos_penalty are on the reward model's own scale")
-    version = ws.resolve(prompts)
-    prompt_rows = load_prompts(ws, version.ref)
-
-    device = pick_device(config.device)
-    config.device = device
-    model, tokenizer = load_causal_lm(policy_path, device=device)
-    reward_model, _ = load_reward_model(reward_path, device=device)
+    cfg.validate()
+    # A resumed run brings its own config; a new run is created only once its inputs check out.
+    plan = plan_run(ws, cfg, "ppo", resume_run_id) if cfg.resume else None
+    cfg = plan.cfg if plan else cfg
+    inputs = rl_inputs(ws, cfg, "ppo")
+    plan = plan or plan_run(ws, cfg, "ppo")
+    device = pick_device(cfg.device)
+    cfg.device = device
+    model, tokenizer = load_causal_lm(inputs.policy_path, device=device)
+    reward_model, reward_tok = load_reward_model(inputs.reward_path, device=device)
     if device == "cpu":  # bf16 only on GPUs (load_*'s default); PPO's ratios want fp32 on CPU
         model, reward_model = model.float(), reward_model.float()
+    length_metrics, warnings = prompt_length_losses(tokenizer, inputs.prompts, cfg.max_prompt_length, "PPO")
 
-    run_id = create_run(ws, experiment_name, run_name=f"ppo-{Path(policy_path).name}")
-    out_dir = run_dir(ws, experiment_name, run_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    parent_run = (sft_meta or {}).get("run_id")
-    params = {**asdict(config), "algorithm": "ppo", "policy": str(policy_path),
-              "reward_model": str(reward_path), "prompts": version.ref, "n_prompts": len(prompt_rows)}
-    if stats:
-        params.update(reward_mean=stats["mean"], reward_std=stats["std"])
-    tags = {"bakeoff.kind": "ppo", "bakeoff.algorithm": "ppo",
-            "bakeoff.parent_run_id": str(parent_run), "bakeoff.parent_checkpoint": str(policy_path),
-            "bakeoff.reward_model": str(reward_path)}
-    checkpoints: list[str] = []
-    with training_run(ws, experiment_name, run_id=run_id, params=params, tags=tags,
-                      datasets=[(version.ref, "training")], hypothesis=hypothesis) as run:
+    params = {**cfg.to_params(), "algorithm": "ppo", "policy": inputs.policy_path,
+              "reward_model": str(inputs.reward_path), "prompts": inputs.prompts_ref,
+              "n_prompts": len(inputs.prompts), **lineage_params(inputs.lineage)}
+    if inputs.stats:
+        params.update(reward_mean=inputs.stats["mean"], reward_std=inputs.stats["std"])
+    tags = {"bakeoff.kind": "ppo", "bakeoff.algorithm": "ppo", "bakeoff.output_dir": str(plan.output_dir),
+            "bakeoff.parent_run_id": str(inputs.checkpoint_meta(plan, "ppo")["parent_run_id"]),
+            "bakeoff.parent_checkpoint": inputs.policy_path, "bakeoff.reward_model": str(inputs.reward_path),
+            **cfg.run_tags()}
+    meta = inputs.checkpoint_meta(plan, "ppo")
+    with training_run(ws, cfg.experiment_name, run_id=plan.run_id, params=params, tags=tags,
+                      datasets=[(inputs.prompts_ref, "training")], hypothesis=cfg.hypothesis,
+                      resume=plan.resume_from is not None):
         client = mlflow.MlflowClient()
 
         def log_metrics(s: dict[str, float], step: int) -> None:
             from mlflow.entities import Metric
 
             ts = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in s.items()],
+            client.log_batch(plan.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in s.items()],
                              synchronous=False)
 
-        trainer = PPOTrainer(config, model, tokenizer, prompt_rows, reward_model=reward_model,
-                             reward_stats=stats, log_fn=log_metrics)
+        trainer = PPOTrainer(cfg, model, tokenizer, inputs.prompts, reward_model=reward_model,
+                             reward_stats=inputs.stats, log_fn=log_metrics, reward_tokenizer=reward_tok)
+        if plan.resume_from is not None:
+            import torch
+
+            from bakeoff.train.checkpoints import PPO_STATE_FILE
+
+            trainer.load_state_dict(torch.load(plan.resume_from / PPO_STATE_FILE, weights_only=False))
+            log(f"PPO resumes at iteration {trainer.step} of {cfg.steps}")
 
         def save(step: int) -> None:
-            path = trainer.save(out_dir / f"checkpoint-{step}")
-            write_checkpoint_meta(path, {
-                "run_id": run_id, "experiment_name": experiment_name, "step": step, "kind": "ppo",
-                "base_model": str((sft_meta or {}).get("base_model") or policy_path),
-                "datasets": [version.ref], "parent_run_id": parent_run,
-                "parent_checkpoint": str(policy_path),
-                # lets a PPO checkpoint be the policy of a further PPO run
-                "sft_lineage": sft_meta is not None, "reward_model": str(reward_path)})
-            checkpoints.append(str(path))
+            path = trainer.save(plan.output_dir / f"checkpoint-{step}")
+            write_checkpoint_meta(path, {**meta, "step": step})
             log(f"checkpoint {path}")
 
         with progress() as bar:
-            task = bar.add_task("PPO", total=config.steps)
+            task = bar.add_task("PPO", total=cfg.steps, completed=trainer.step)
 
             def tick(step: int, s: dict[str, float]) -> None:
                 bar.update(task, advance=1,
@@ -738,9 +750,15 @@ def train_ppo(ws: "Workspace", policy: str, reward: str, prompts: str, experimen
             with contextlib.redirect_stdout(sys.stderr):  # --json owns stdout
                 trainer.train(on_checkpoint=save, progress=tick)
         mlflow.flush_async_logging()
+        mlflow.log_metrics(length_metrics)
+        checkpoints = collect_checkpoints(plan.output_dir)
         mlflow.set_tag("bakeoff.checkpoints", json.dumps(checkpoints))
         tracking_uri = mlflow.get_tracking_uri()
     final = trainer.history[-1] if trainer.history else {}
-    return {"run_id": run.info.run_id, "tracking_uri": tracking_uri, "experiment_name": experiment_name,
-            "checkpoints": checkpoints, "algorithm": "ppo", "output_dir": str(out_dir),
-            "metrics": {k: v for k, v in final.items() if not k.startswith("time/")}}
+    return TrainResult(run_id=plan.run_id, tracking_uri=tracking_uri, experiment_name=cfg.experiment_name,
+                       checkpoints=checkpoints, output_dir=str(plan.output_dir), kind="ppo",
+                       metrics={k: v for k, v in final.items() if not k.startswith("time/")},
+                       warnings=warnings,
+                       extra={"algorithm": "ppo", "dataset": inputs.prompts_ref, "length": length_metrics,
+                              "lineage": inputs.lineage, "round": cfg.round})
+

@@ -23,21 +23,25 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from bakeoff.console import log, warn
 from bakeoff.train.common import (ScheduleMixin, ScheduleRef, TrainResult, collect_checkpoints,
-                                  load_rows, log_effective_params, parent_of, plan_run,
+                                  length_losses, load_rows, log_effective_params, parent_of, plan_run,
                                   trainer_precision)
 from bakeoff.train.config import RewardRunConfig
-from bakeoff.train.models import adapter_base, fix_tokenizer, pick_device, resolve_model
+from bakeoff.train.models import adapter_base, fix_tokenizer, match_vocab, pick_device, resolve_model
 from bakeoff.train.schedule import check_lr_practice
 
 if TYPE_CHECKING:
     from bakeoff.workspace import Workspace
 
-STATS_FILE = "reward_stats.json"
-
-
-def preference_datasets(rows: Any, eval_fraction: float, seed: int) -> tuple[Any, Any]:
+def preference_datasets(rows: Any, eval_fraction: float, seed: int, tok: Any = None
+                        ) -> tuple[Any, Any]:
     """(train, eval) HF datasets with TRL's conversational columns prompt/chosen/rejected.
-    Rows with an empty chosen or rejected side carry no preference and are skipped."""
+
+    The split is by prompt, not by row: pairs sharing a prompt all land on one
+    side, so the held-out accuracy is measured on prompts the model never saw.
+    Rows with an empty chosen or rejected side carry no preference and are
+    skipped. With ``tok``, conversations are conformed to its template (a
+    system turn folded into the first user turn where the template has no
+    system role)."""
     import polars as pl
     from datasets import Dataset
 
@@ -48,47 +52,42 @@ def preference_datasets(rows: Any, eval_fraction: float, seed: int) -> tuple[Any
         from bakeoff.workspace import BakeoffError
 
         raise BakeoffError(f"need at least 2 preference pairs, got {ok.height}")
-    ok = ok.sample(fraction=1.0, shuffle=True, seed=seed)
-    n_eval = min(ok.height - 1, max(1, int(round(ok.height * eval_fraction)))) if eval_fraction > 0 else 0
-    table = ok.select(pl.col("messages").alias("prompt"), "chosen", "rejected")
-    train = Dataset(table.slice(n_eval).to_arrow())
-    held = Dataset(table.slice(0, n_eval).to_arrow()) if n_eval else None
-    return train, held
+    ok = ok.with_columns(pl.col("messages").list.eval(pl.element().struct.json_encode())
+                         .list.join("\x1f").alias("_prompt_key"))
+    prompts = ok.select("_prompt_key").unique(maintain_order=True).sample(fraction=1.0, shuffle=True, seed=seed)
+    n_prompts = prompts.height
+    n_eval = min(n_prompts - 1, max(1, int(round(n_prompts * eval_fraction)))) if eval_fraction > 0 else 0
+    held_keys = prompts.slice(0, n_eval)["_prompt_key"]
+    table = ok.sample(fraction=1.0, shuffle=True, seed=seed).select(
+        "_prompt_key", pl.col("messages").alias("prompt"), "chosen", "rejected")
+    is_held = pl.col("_prompt_key").is_in(held_keys.implode())
+    train_t, held_t = table.filter(~is_held).drop("_prompt_key"), table.filter(is_held).drop("_prompt_key")
+    if tok is not None:
+        from bakeoff.train.chat import conform_messages
+
+        def conform(t: Any) -> Any:
+            return {c: [conform_messages(tok, m) if c == "prompt" else m for m in t[c].to_list()]
+                    for c in ("prompt", "chosen", "rejected")}
+        return Dataset.from_dict(conform(train_t)), (Dataset.from_dict(conform(held_t)) if n_eval else None)
+    return Dataset(train_t.to_arrow()), (Dataset(held_t.to_arrow()) if n_eval else None)
 
 
 def score_conversations(model: Any, tok: Any, conversations: Sequence[list[dict]],
                         batch_size: int = 16) -> list[float]:
-    """Rewards for full conversations (chat template applied, no generation prompt)."""
-    import torch
+    """Rewards for full conversations (chat template applied, no generation
+    prompt), read at the last token as the reward model was trained."""
+    from bakeoff.train.chat import render, score_sequences
 
-    from bakeoff.train.models import max_input_length
-
-    texts = [tok.apply_chat_template(list(c), tokenize=False) for c in conversations]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    scores: list[float] = []
-    side = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        with torch.no_grad():
-            for i in range(0, len(texts), batch_size):
-                enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=False, truncation=True,
-                          max_length=max_input_length(tok)).to(device)
-                scores.extend(model(**enc).logits[:, 0].float().cpu().tolist())
-    finally:
-        tok.padding_side = side
-        model.train(was_training)
-    return scores
+    seqs = [list(tok(render(tok, c), add_special_tokens=False)["input_ids"]) for c in conversations]
+    return score_sequences(model, tok, seqs, batch_size)
 
 
 def pair_stats(model: Any, tok: Any, pairs: Any, batch_size: int = 16) -> dict[str, float]:
     """Pairwise accuracy, mean margin, and reward mean/std over both sides of ``pairs``."""
-    chosen = [list(p) + list(c) for p, c in zip(pairs["prompt"], pairs["chosen"])]
-    rejected = [list(p) + list(r) for p, r in zip(pairs["prompt"], pairs["rejected"])]
-    rc = score_conversations(model, tok, chosen, batch_size)
-    rr = score_conversations(model, tok, rejected, batch_size)
+    from bakeoff.train.chat import score_responses
+
+    rc = score_responses(model, tok, pairs["prompt"], pairs["chosen"], batch_size)
+    rr = score_responses(model, tok, pairs["prompt"], pairs["rejected"], batch_size)
     allr = rc + rr
     mean = sum(allr) / len(allr)
     std = math.sqrt(sum((x - mean) ** 2 for x in allr) / max(1, len(allr) - 1))
@@ -97,12 +96,12 @@ def pair_stats(model: Any, tok: Any, pairs: Any, batch_size: int = 16) -> dict[s
             "mean": mean, "std": std, "n_pairs": len(rc)}
 
 
-def write_reward_stats(checkpoint_dir: str | Path, stats: dict[str, float]) -> Path:
-    f = Path(checkpoint_dir) / STATS_FILE
-    f.write_text(json.dumps({"mean": stats["mean"], "std": stats["std"] if stats["std"] > 0 else 1.0,
-                             "accuracy": stats.get("accuracy"), "margin": stats.get("margin"),
-                             "n_pairs": stats.get("n_pairs")}, indent=2))
-    return f
+def pairs_over_length(tok: Any, pairs: Any, max_length: int) -> int:
+    """How many pairs RewardTrainer will drop: either side longer than ``max_length``."""
+    from bakeoff.train.chat import reward_sequence
+
+    return sum(max(len(reward_sequence(tok, p, c)), len(reward_sequence(tok, p, r))) > max_length
+               for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]))
 
 
 def load_trainable_reward_model(model_path: str, device: str, workdir: Path) -> tuple[Any, Any, str]:
@@ -131,7 +130,7 @@ def load_trainable_reward_model(model_path: str, device: str, workdir: Path) -> 
 
     tok = fix_tokenizer(AutoTokenizer.from_pretrained(src))
     model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, dtype=dtype)
-    model.config.pad_token_id = tok.pad_token_id
+    match_vocab(model, tok)  # a pad added to the tokenizer needs an embedding row
     return model, tok, src
 
 
@@ -139,11 +138,11 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
                  resume_run_id: str | None = None) -> TrainResult:
     """Train a reward model on a preference version; returns run id, checkpoints, stats."""
     import mlflow
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback, set_seed
     from trl import RewardConfig, RewardTrainer
 
     from bakeoff.train.monitor import make_monitor_callback
-    from bakeoff.train.runs import make_checkpoint_callback
+    from bakeoff.train.checkpoints import make_checkpoint_callback, write_reward_stats
     from bakeoff.train.sft import lora_config
     from bakeoff.train.tracking import is_main_process, make_mlflow_callback, training_run
 
@@ -153,13 +152,23 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
     warnings = check_lr_practice(cfg.peak_lr(), cfg.mode, cfg.epochs if cfg.max_steps <= 0 else 1,
                                  cfg.warmup, cfg.lr_floor)
     rows, version, counts = load_rows(ws, cfg.dataset, "preference", cfg.subset, cfg.seed)
-    train_ds, held = preference_datasets(rows, cfg.eval_fraction, cfg.seed)
-    ref_pairs = held if held is not None else train_ds.select(range(min(64, len(train_ds))))
     model_path = resolve_model(cfg.model, ws)
     parent = parent_of(model_path)
+    set_seed(cfg.seed)  # before loading: the fresh score head (and LoRA) are seeded, so reruns match
     model, tok, base_model = load_trainable_reward_model(model_path, device, plan.output_dir)
-    log(f"reward model ({cfg.mode}) on {len(train_ds)} pairs from {version.ref} "
-        f"({0 if held is None else len(held)} held out); model {model_path}; device {device}")
+    train_ds, held = preference_datasets(rows, cfg.eval_fraction, cfg.seed, tok)
+    # Without a held-out split the statistics come from training pairs: say so in their names.
+    ref_name = "heldout" if held is not None else "trainpairs"
+    if held is None:
+        warn("eval_fraction=0: no held-out pairs; accuracy and margin are measured on training pairs "
+             "(reported as trainpairs_*), reward_stats.json too")
+    ref_pairs = held if held is not None else train_ds.select(range(min(64, len(train_ds))))
+    over = pairs_over_length(tok, train_ds, cfg.max_length)
+    length_metrics, length_warnings = length_losses("reward", len(train_ds), 0, over, cfg.max_length, "pairs")
+    warnings += length_warnings
+    log(f"reward model ({cfg.mode}) on {len(train_ds) - over} pairs from {version.ref} "
+        f"({over} over max_length={cfg.max_length} dropped, {0 if held is None else len(held)} held out); "
+        f"model {model_path}; device {device}")
 
     args = RewardConfig(
         output_dir=str(plan.output_dir),
@@ -198,11 +207,12 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
             if not state.is_world_process_zero:
                 return control
             d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            stats = pair_stats(model, tok, ref_pairs, cfg.batch_size)
+            stats = {**pair_stats(model, tok, ref_pairs, cfg.batch_size), "measured_on": ref_name}
             write_reward_stats(d, stats)
             history.append({"step": state.global_step, **stats})
             if mlflow.active_run():
-                mlflow.log_metrics({f"heldout_{k}": float(v) for k, v in stats.items() if k != "n_pairs"},
+                mlflow.log_metrics({f"{ref_name}_{k}": float(v) for k, v in stats.items()
+                                    if k not in ("n_pairs", "measured_on")},
                                    step=state.global_step)
             return control
 
@@ -211,7 +221,7 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
     ckpt_meta = {"run_id": plan.run_id, "experiment_name": cfg.experiment_name, "kind": "reward",
                  "base_model": base_model, "datasets": [version.ref],
                  "parent_run_id": parent.run_id if parent else None,
-                 "parent_checkpoint": parent.path if parent else None}
+                 "parent_checkpoint": parent.path if parent else None, "round": cfg.round}
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
                       peft_config=lora_config(cfg, task_type="SEQ_CLS") if cfg.lora else None,
                       callbacks=[make_checkpoint_callback(ckpt_meta), RewardStatsCallback(),
@@ -229,9 +239,10 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
             **({"bakeoff.parent_run_id": parent.run_id, "bakeoff.parent_checkpoint": parent.path}
                if parent else {}),
             **({"bakeoff.practice_warnings": " | ".join(warnings)[:5000]} if warnings else {}),
-            **cfg.extra_tags}
+            **cfg.run_tags()}
     params = {**cfg.to_params(), "base_model": base_model, "device": device,
-              **{f"data.{k}": v for k, v in counts.items()}, "data.train_pairs": len(train_ds),
+              **{f"data.{k}": v for k, v in counts.items()}, "data.train_pairs": len(train_ds) - over,
+              "data.pairs_over_max_length": over,
               "data.heldout_pairs": 0 if held is None else len(held)}
     # Under data-parallel launch only rank 0 talks to MLflow (the others train).
     main = is_main_process()
@@ -243,17 +254,18 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
         metrics = {k: float(v) for k, v in out.metrics.items() if isinstance(v, (int, float))}
         final = history[-1] if history else pair_stats(trainer.model, tok, ref_pairs, cfg.batch_size)
         checkpoints = collect_checkpoints(plan.output_dir)
-        metrics.update({"heldout_accuracy": final["accuracy"], "heldout_margin": final["margin"],
+        metrics.update({f"{ref_name}_accuracy": final["accuracy"], f"{ref_name}_margin": final["margin"],
                         "reward_mean": final["mean"], "reward_std": final["std"]})
         if final["std"] < 1e-3:
             warn("reward spread on reference samples is ~0: the reward signal can't rank answers")
         if main:
             mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
+            mlflow.log_metrics(length_metrics)
             mlflow.set_tags({"bakeoff.checkpoints": str(len(checkpoints)),
                              "bakeoff.lr_monitor": "warned" if monitor_cb.monitor.alerts else "ok"})
         uri = mlflow.get_tracking_uri() if main else ws.tracking_uri
     return TrainResult(run_id=plan.run_id, tracking_uri=uri, experiment_name=cfg.experiment_name,
                        checkpoints=checkpoints, output_dir=str(plan.output_dir), kind="reward",
                        metrics=metrics, warnings=warnings, lr_alerts=list(monitor_cb.monitor.alerts),
-                       extra={"dataset": version.ref, "base_model": base_model,
-                              "heldout": final, "stats_by_checkpoint": history})
+                       extra={"dataset": version.ref, "base_model": base_model, ref_name: final,
+                              "stats_by_checkpoint": history, "length": length_metrics})

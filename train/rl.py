@@ -28,42 +28,32 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
+from bakeoff.train.config import RLRunConfig, opt
 from bakeoff.workspace import BakeoffError
 
 if TYPE_CHECKING:
+    from bakeoff.train.common import TrainResult
     from bakeoff.workspace import Workspace
 
 ALGORITHMS = ("ppo", "grpo", "rloo")
 
 
 @dataclass
-class GroupRLConfig:
-    """Settings shared by GRPO and RLOO (TRL's names where they have one)."""
+class GroupRLConfig(RLRunConfig):
+    """GRPO/RLOO settings (TRL's names where they have one), beside the run
+    settings every trainer shares."""
 
-    algorithm: Literal["grpo", "rloo"] = "grpo"
-    steps: int = 100                 # optimizer steps (max_steps)
-    batch_size: int = 16             # completions per step (prompts x num_generations)
-    num_generations: int = 4         # completions per prompt: the group
-    learning_rate: float = 5e-5
-    warmup_steps: float = 0.05
-    lr_floor: float = 0.45
-    max_grad_norm: float = 1.0
-    temperature: float = 0.7
-    max_new_tokens: int = 64
-    beta: float = 0.05               # KL coefficient (0: no reference pass)
-    epsilon: float = 0.2             # clip range
-    num_iterations: int = 1
-    missing_eos_penalty: float | None = 1.0
-    normalize_scores: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: str | list[str] = "all-linear"
-    save_steps: int = 0              # 0: at the end only
-    seed: int = 0
-    device: str | None = None
+    algorithm: Literal["grpo", "rloo"] = opt("grpo", "", cli=False)
+    steps: int = opt(100, "Optimizer steps (max_steps).")
+    batch_size: int = opt(16, "Completions per step (prompts x num_generations).")
+    num_generations: int = opt(4, "Completions per prompt: the group that is the baseline.")
+    beta: float = opt(0.05, "KL coefficient (0: no reference pass).", param="kl_coef")
+    epsilon: float = opt(0.2, "", cli=False)                 # clip range
+    num_iterations: int = opt(1, "", cli=False)
+    save_steps: int = opt(0, "Checkpoint every N steps (0: at the end only); all kept.")
 
     def validate(self) -> None:
+        self.validate_run()
         if self.algorithm not in ("grpo", "rloo"):
             raise BakeoffError(f"algorithm must be grpo or rloo here, not {self.algorithm!r}")
         if self.num_generations < 2:
@@ -76,8 +66,8 @@ class GroupRLConfig:
 class RewardModelFunction:
     """A TRL reward function backed by a sequence-classification reward model.
 
-    Scores the chat-templated prompt + completion at its last token (the reward
-    model was trained on chat-templated conversations), normalises with
+    Scores the chat-templated prompt + completion at its last token, exactly as
+    the reward model was trained (:func:`bakeoff.train.chat.reward_sequence`), normalises with
     ``stats`` and subtracts ``missing_eos_penalty`` for completions TRL reports
     as not ending in EOS (truncated at ``max_completion_length``)."""
 
@@ -92,31 +82,12 @@ class RewardModelFunction:
         self.batch_size = batch_size
         self.__name__ = "reward_model"  # TRL names the logged metric after the function
 
-    def _text(self, prompt: Any, completion: Any) -> str:
-        if isinstance(prompt, list):  # conversational
-            messages = list(prompt) + (list(completion) if isinstance(completion, list)
-                                       else [{"role": "assistant", "content": completion}])
-            if getattr(self.tokenizer, "chat_template", None):
-                return self.tokenizer.apply_chat_template(messages, tokenize=False)
-            return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-        return f"{prompt}{completion}"
-
     def __call__(self, prompts: list[Any], completions: list[Any],
                  completion_ids: list[list[int]] | None = None, **_: Any) -> list[float]:
-        import torch
+        from bakeoff.train.chat import score_responses
 
-        from bakeoff.train.ppo import scores_at
-
-        texts = [self._text(p, c) for p, c in zip(prompts, completions)]
-        device = next(self.model.parameters()).device
-        out: list[float] = []
-        self.tokenizer.padding_side = "left"
-        with torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
-                                     add_special_tokens=False).to(device)
-                last = torch.full((enc["input_ids"].shape[0],), enc["input_ids"].shape[1] - 1, device=device)
-                out.extend(scores_at(self.model, enc["input_ids"], enc["attention_mask"], last).tolist())
+        # The same sequence PPO, evaluation and the reward statistics score.
+        out = score_responses(self.model, self.tokenizer, prompts, completions, self.batch_size)
         if self.stats:
             out = [(s - self.stats["mean"]) / self.stats["std"] for s in out]
         if self.missing_eos_penalty is not None and completion_ids is not None and self.eos_ids:
@@ -131,7 +102,7 @@ def _merged_checkpoint_callback(base_meta: dict[str, Any], tokenizer: Any,
     from transformers import TrainerCallback
 
     from bakeoff.train.ppo import merged_state_dict
-    from bakeoff.train.runs import write_checkpoint_meta
+    from bakeoff.train.checkpoints import write_checkpoint_meta
 
     class MergedCheckpoints(TrainerCallback):
         def on_save(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
@@ -152,90 +123,79 @@ def _merged_checkpoint_callback(base_meta: dict[str, Any], tokenizer: Any,
     return MergedCheckpoints()
 
 
-def train_group_rl(ws: "Workspace", policy: str, reward: str, prompts: str, experiment_name: str,
-                   config: GroupRLConfig | None = None, force: bool = False,
-                   hypothesis: str | None = None,
-                   reward_fn: Callable[..., list[float]] | None = None) -> dict[str, Any]:
-    """GRPO or RLOO (``config.algorithm``) as an MLflow run; same lineage rules,
-    checkpoint layout and result as :func:`bakeoff.train.ppo.train_ppo`.
+def train_group_rl(ws: "Workspace", cfg: GroupRLConfig,
+                   reward_fn: Callable[..., list[float]] | None = None) -> "TrainResult":
+    """GRPO or RLOO (``cfg.algorithm``) as an MLflow run; same inputs, lineage
+    rules, checkpoint layout and result as :func:`bakeoff.train.ppo.train_ppo`.
     ``reward_fn`` replaces the reward model (tests, scripted objectives)."""
     import mlflow
     from datasets import Dataset
     from peft import LoraConfig
 
-    from bakeoff.console import warn
-    from bakeoff.train.models import load_causal_lm, load_reward_model, pick_device, resolve_model
-    from bakeoff.train.ppo import (check_pad_not_eos, check_sft_lineage, eos_token_ids,
-                                   find_checkpoint_meta, load_prompts, load_reward_stats)
-    from bakeoff.train.runs import run_dir
+    from bakeoff.train.common import (TrainResult, length_losses, lineage_params, plan_run, rl_inputs)
+    from bakeoff.train.chat import prompt_ids
+    from bakeoff.train.models import load_causal_lm, load_reward_model, pick_device
+    from bakeoff.train.ppo import NEUTRAL_SAMPLING, check_pad_not_eos, eos_token_ids
     from bakeoff.train.schedule import make_schedule
-    from bakeoff.train.tracking import create_run, make_mlflow_callback, training_run
+    from bakeoff.train.tracking import make_mlflow_callback, training_run
 
-    config = config or GroupRLConfig()
-    config.validate()
-    algo = config.algorithm
-    policy_path = resolve_model(policy, ws)
-    sft_meta = check_sft_lineage(policy_path, force=force)
-    if sft_meta is None:
-        warn(f"running {algo.upper()} on {policy} without an SFT run behind it (--force)")
-    version = ws.resolve(prompts)
-    prompt_rows = load_prompts(ws, version.ref)
-
-    device = pick_device(config.device)
-    model, tokenizer = load_causal_lm(policy_path, device=device)
+    cfg.validate()
+    algo = cfg.algorithm
+    if cfg.resume:
+        raise BakeoffError(f"--resume is supported for PPO runs; start a new {algo.upper()} run")
+    inputs = rl_inputs(ws, cfg, algo, with_reward_model=reward_fn is None)
+    plan = plan_run(ws, cfg, algo)
+    device = pick_device(cfg.device)
+    model, tokenizer = load_causal_lm(inputs.policy_path, device=device)
     if device == "cpu":
         model = model.float()
     check_pad_not_eos(tokenizer, model)
-    stats = None
-    reward_path = None
     if reward_fn is None:
-        reward_path = resolve_model(reward, ws)
-        meta = find_checkpoint_meta(reward_path)
-        if meta is None or meta[0].get("kind") != "reward":
-            warn(f"{reward} is not a bakeoff reward checkpoint: its scores may mean nothing")
-        stats = load_reward_stats(reward_path) if config.normalize_scores else None
-        rm, rtok = load_reward_model(reward_path, device=device)
+        rm, rtok = load_reward_model(inputs.reward_path, device=device)
         if device == "cpu":
             rm = rm.float()
-        reward_fn = RewardModelFunction(rm, rtok, stats, config.missing_eos_penalty,
+        reward_fn = RewardModelFunction(rm, rtok, inputs.stats, cfg.missing_eos_penalty,
                                         eos_token_ids(tokenizer, model))
+    # TRL 1.16's GRPO/RLOO don't truncate prompts: longer ones are dropped here, and counted.
+    prompts = [p for p in inputs.prompts if len(prompt_ids(tokenizer, p)) <= cfg.max_prompt_length]
+    length_metrics, warnings = length_losses(algo.upper(), len(inputs.prompts), 0,
+                                             len(inputs.prompts) - len(prompts), cfg.max_prompt_length, "prompts")
+    if not prompts:
+        raise BakeoffError(f"every prompt of {inputs.prompts_ref} is longer than max_prompt_length="
+                           f"{cfg.max_prompt_length} tokens; raise --max-prompt-length")
 
-    run_id = create_run(ws, experiment_name, run_name=f"{algo}-{Path(policy_path).name}")
-    out_dir = run_dir(ws, experiment_name, run_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+    ls = cfg.lora_settings
+    lora = LoraConfig(r=ls.r, lora_alpha=ls.alpha, lora_dropout=ls.dropout, target_modules=ls.target_modules,
+                      task_type="CAUSAL_LM")
     common = dict(
-        output_dir=str(out_dir), max_steps=config.steps, learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size, num_generations=config.num_generations,
-        max_completion_length=config.max_new_tokens, temperature=config.temperature,
-        beta=config.beta, epsilon=config.epsilon, num_iterations=config.num_iterations,
-        max_grad_norm=config.max_grad_norm, logging_steps=1, report_to="none", seed=config.seed,
-        save_strategy="steps", save_steps=config.save_steps or config.steps,
+        output_dir=str(plan.output_dir), max_steps=cfg.steps, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size, num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
+        beta=cfg.beta, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations,
+        max_grad_norm=cfg.max_grad_norm, logging_steps=1, report_to="none", seed=cfg.seed,
+        save_strategy="steps", save_steps=cfg.save_steps or cfg.steps,
         use_cpu=device == "cpu", bf16=device.startswith("cuda") and _bf16_ok(),
-        disable_dropout=True, log_completions=False)
+        disable_dropout=True, log_completions=False,
+        # Plain temperature sampling: nothing from the model's generation config.
+        top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, generation_kwargs=dict(NEUTRAL_SAMPLING))
     if algo == "grpo":
         from trl import GRPOConfig as TRLConfig, GRPOTrainer as TRLTrainer
     else:
         from trl import RLOOConfig as TRLConfig, RLOOTrainer as TRLTrainer
     args = TRLConfig(**common)
-    dataset = Dataset.from_dict({"prompt": prompt_rows})
+    dataset = Dataset.from_dict({"prompt": prompts})
 
-    parent_run = (sft_meta or {}).get("run_id")
-    base_meta = {"run_id": run_id, "experiment_name": experiment_name, "kind": algo,
-                 "base_model": str((sft_meta or {}).get("base_model") or policy_path),
-                 "datasets": [version.ref], "parent_run_id": parent_run,
-                 "parent_checkpoint": str(policy_path), "sft_lineage": sft_meta is not None,
-                 "reward_model": str(reward_path) if reward_path else "reward_fn"}
+    base_meta = inputs.checkpoint_meta(plan, algo)
     checkpoints: list[str] = []
-    params = {**asdict(config), "policy": str(policy_path), "reward_model": base_meta["reward_model"],
-              "prompts": version.ref, "n_prompts": len(prompt_rows)}
-    if stats:
-        params.update(reward_mean=stats["mean"], reward_std=stats["std"])
-    tags = {"bakeoff.kind": algo, "bakeoff.algorithm": algo, "bakeoff.parent_run_id": str(parent_run),
-            "bakeoff.parent_checkpoint": str(policy_path)}
-    with training_run(ws, experiment_name, run_id=run_id, params=params, tags=tags,
-                      datasets=[(version.ref, "training")], hypothesis=hypothesis):
+    params = {**cfg.to_params(), "policy": inputs.policy_path, "reward_model": base_meta["reward_model"],
+              "prompts": inputs.prompts_ref, "n_prompts": len(prompts), **lineage_params(inputs.lineage)}
+    if inputs.stats:
+        params.update(reward_mean=inputs.stats["mean"], reward_std=inputs.stats["std"])
+    tags = {"bakeoff.kind": algo, "bakeoff.algorithm": algo, "bakeoff.output_dir": str(plan.output_dir),
+            "bakeoff.parent_run_id": str(base_meta["parent_run_id"]),
+            "bakeoff.parent_checkpoint": inputs.policy_path, **cfg.run_tags()}
+    with training_run(ws, cfg.experiment_name, run_id=plan.run_id, params=params, tags=tags,
+                      datasets=[(inputs.prompts_ref, "training")], hypothesis=cfg.hypothesis):
         trainer = TRLTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=dataset,
                              processing_class=tokenizer, peft_config=lora,
                              callbacks=[make_mlflow_callback(),
@@ -244,20 +204,23 @@ def train_group_rl(ws: "Workspace", policy: str, reward: str, prompts: str, expe
         import torch
 
         trainer.create_optimizer()
-        schedule = make_schedule(config.steps, config.warmup_steps, 0.0, config.lr_floor)
+        schedule = make_schedule(cfg.steps, cfg.warmup_steps, 0.0, cfg.lr_floor)
         trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, schedule)
         # Trainer prints its log dicts on stdout; --json owns stdout.
         with contextlib.redirect_stdout(sys.stderr):
             trainer.train()
         mlflow.flush_async_logging()
+        mlflow.log_metrics(length_metrics)
         mlflow.set_tag("bakeoff.checkpoints", json.dumps(checkpoints))
         tracking_uri = mlflow.get_tracking_uri()
         history = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
     final = history[-1] if history else {}
-    return {"run_id": run_id, "tracking_uri": tracking_uri, "experiment_name": experiment_name,
-            "checkpoints": checkpoints, "algorithm": algo, "output_dir": str(out_dir),
-            "metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
-            "history": history}
+    return TrainResult(run_id=plan.run_id, tracking_uri=tracking_uri, experiment_name=cfg.experiment_name,
+                       checkpoints=checkpoints, output_dir=str(plan.output_dir), kind=algo,
+                       metrics={k: v for k, v in final.items() if isinstance(v, (int, float))},
+                       warnings=warnings,
+                       extra={"algorithm": algo, "dataset": inputs.prompts_ref, "length": length_metrics,
+                              "lineage": inputs.lineage, "round": cfg.round, "history": history})
 
 
 def _bf16_ok() -> bool:

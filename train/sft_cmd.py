@@ -9,62 +9,28 @@ from typing import Any
 import click
 
 from bakeoff.context import get_workspace, json_option
+from bakeoff.train.config import RewardRunConfig, SFTRunConfig
+from bakeoff.train.options import config_options
 
 
-def _common_options(f: Any) -> Any:
-    """Options every trainer shares (applied bottom-up, so listed in reverse)."""
-    opts = [
-        click.option("--dataset", required=True, help="Dataset version NAME@vN (NAME = latest)."),
-        click.option("--model", default="smollm2", show_default=True,
-                     help="'tiny', 'smollm2', a local directory (or checkpoint) or a hub id."),
-        click.option("--experiment_name", "--experiment-name", "experiment_name", required=True,
-                     help="MLflow experiment (and folder under runs/)."),
-        click.option("--devices", default=None, help="GPU indices, e.g. 0,1 (more than one: data-parallel); 'cpu'."),
-        click.option("--subset", type=float, default=None, help="Train on this fraction of the rows first."),
-        click.option("--lora/--full", default=True, show_default=True, help="LoRA adapter or full fine-tuning."),
-        click.option("--hypothesis", default=None, help="What this run tests (MLflow tag)."),
-        click.option("--lr", type=float, default=None, help="Peak LR [default: 2e-4 LoRA, 1e-5 full]."),
-        click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over the data."),
-        click.option("--max-steps", "max_steps", type=int, default=-1, help="Stop after N optimizer steps."),
-        click.option("--save-steps", "save_steps", type=float, default=None,
-                     help="Checkpoint every N steps (a fraction < 1: of the run)."),
-        click.option("--batch-size", "batch_size", type=int, default=None, help="Per-device batch size."),
-        click.option("--max-length", "max_length", type=int, default=None, help="Max tokens per sequence."),
-        click.option("--warmup", type=float, default=0.05, show_default=True, help="Warm-up fraction of steps."),
-        click.option("--lr-floor", "lr_floor", type=float, default=0.45, show_default=True,
-                     help="Final LR as a multiple of the peak."),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--resume", is_flag=True, help="Continue the latest run of this experiment from its last checkpoint."),
-        click.option("--resume-run", "resume_run", default=None, help="With --resume: the run id to continue."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def _build(cls: Any, kw: dict[str, Any]) -> Any:
-    cfg = cls()
-    for k in ("dataset", "model", "experiment_name", "subset", "lora", "hypothesis", "lr", "epochs",
-              "max_steps", "warmup", "lr_floor", "seed", "resume"):
-        setattr(cfg, k, kw[k])
-    for k in ("save_steps", "batch_size", "max_length"):
-        if kw.get(k) is not None:
-            setattr(cfg, k, kw[k])
-    return cfg
+def _run_options(f: Any) -> Any:
+    """Options every command-line run has besides its config's fields."""
+    f = click.option("--resume-run", "resume_run", default=None,
+                     help="With --resume: the run id to continue.")(f)
+    return click.option("--devices", default=None,
+                        help="GPU indices, e.g. 0,1 (more than one: data-parallel); 'cpu'.")(f)
 
 
 def _train(kind: str, ws: Any, kw: dict[str, Any]) -> Any:
-    if kind == "sft":
-        from bakeoff.train.config import SFTRunConfig
-        from bakeoff.train.sft import train_sft
+    from bakeoff.train.options import build_config, trainers
 
-        cfg = _build(SFTRunConfig, kw)
-        cfg.packing = kw["packing"]
-        return train_sft(ws, cfg, resume_run_id=kw["resume_run"])
-    from bakeoff.train.config import RewardRunConfig
-    from bakeoff.train.reward import train_reward
+    from bakeoff.workspace import BakeoffError
 
-    return train_reward(ws, _build(RewardRunConfig, kw), resume_run_id=kw["resume_run"])
+    t = trainers()[kind]
+    cfg = build_config(t.config, kw, **({"device": "cpu"} if kw.get("devices") == "cpu" else {}))
+    if not cfg.dataset and not cfg.resume:
+        raise BakeoffError("--dataset is required (a version NAME@vN), unless --resume continues a run")
+    return t.train(ws, cfg, resume_run_id=kw.get("resume_run"))
 
 
 def _run(kind: str, kw: dict[str, Any], as_json: bool) -> None:
@@ -78,7 +44,7 @@ def _run(kind: str, kw: dict[str, Any], as_json: bool) -> None:
         # Data-parallel: create the run here, re-run this command under accelerate.
         from bakeoff.train.tracking import create_run
 
-        run_id = create_run(ws, kw["experiment_name"], run_name=f"{kind}-ddp")
+        run_id = create_run(ws, kw.get("experiment_name") or "default", run_name=f"{kind}-ddp")
         raise SystemExit(relaunch_data_parallel(n_gpus, run_id))
     # Libraries print training logs to stdout (the Trainer's progress callback);
     # keep stdout for the result alone (one JSON document with --json).
@@ -91,10 +57,19 @@ def _run(kind: str, kw: dict[str, Any], as_json: bool) -> None:
         out.print(f"[bold]{kind}[/] run [cyan]{r['run_id']}[/] in experiment {r['experiment_name']} "
                   f"({r['tracking_uri']})")
         out.print(table("checkpoints", ["path"], [[c] for c in r["checkpoints"]]))
-        keys = ("train_loss", "heldout_accuracy", "heldout_margin", "reward_mean", "reward_std")
+        keys = ("train_loss", "heldout_accuracy", "heldout_margin", "trainpairs_accuracy", "trainpairs_margin",
+                "reward_mean", "reward_std")
         rows = [[k, f"{r['metrics'][k]:.4g}"] for k in keys if k in r["metrics"]]
+        length = r.get("length") or {}
+        if length:
+            rows.append(["lost to max_length", f"{length['length_truncated']} truncated, "
+                         f"{length['length_dropped']} dropped of {length['length_total']}"])
+        if r.get("packing") is not None:
+            rows.append(["packing", f"{'on' if r['packing'] else 'off'} ({r.get('packing_reason', '')})"])
         if rows:
-            out.print(table("metrics", ["metric", "value"], rows))
+            out.print(table("summary", ["metric", "value"], rows))
+        for w in r["warnings"]:
+            out.print(f"[yellow]warning:[/] {w}")
         for a in r["lr_alerts"]:
             out.print(f"[yellow]LR monitor:[/] {a['message']}")
 
@@ -102,59 +77,64 @@ def _run(kind: str, kw: dict[str, Any], as_json: bool) -> None:
 
 
 @click.command("sft")
-@_common_options
-@click.option("--packing/--no-packing", default=True, show_default=True,
-              help="Pack samples (kept apart by position ids).")
+@config_options(SFTRunConfig)
+@_run_options
 @json_option
 def sft(as_json: bool, **kw: Any) -> None:
     """Supervised fine-tuning (TRL SFTTrainer; LoRA by default), tracked in MLflow.
 
-    Loss on assistant tokens only, packed samples kept apart, warm-up then a
+    Loss on assistant tokens only (the mask comes from the model's own chat
+    template, whatever it is), packed samples kept apart, warm-up then a
     linear step-down to a floor, a checkpoint every 10% of the run (all kept),
-    a monitor that warns when the loss misbehaves at the peak LR.
+    a monitor that warns when the loss misbehaves at the peak LR. Rows cut or
+    dropped for --max-length are counted in the summary.
 
     \b
     Example:
-      bakeoff train sft --dataset fin-train@v3 --model smollm2 --experiment_name fin --subset 0.1
-      bakeoff train sft --dataset fin-train@v3 --model smollm2 --experiment_name fin \\
+      bakeoff train sft --dataset fin-train@v3 --model smollm2 --experiment fin --subset 0.1
+      bakeoff train sft --dataset fin-train@v3 --model ./my-model-dir --experiment fin \\
           --hypothesis "curated data beats raw" --json
-      bakeoff train sft --dataset fin-train@v3 --experiment_name fin --resume
+      bakeoff train sft --dataset fin-train@v3 --experiment fin --resume
     """
     _run("sft", kw, as_json)
 
 
 @click.command("reward")
-@_common_options
+@config_options(RewardRunConfig)
+@_run_options
 @json_option
 def reward(as_json: bool, **kw: Any) -> None:
     """Train a reward model on preference pairs (TRL RewardTrainer).
 
-    Reports held-out pairwise accuracy and the reward mean/spread on reference
-    samples; each checkpoint gets reward_stats.json for PPO's normalisation.
+    Reports held-out pairwise accuracy (the split is by prompt) and the reward
+    mean/spread on reference samples; each checkpoint gets reward_stats.json
+    for RL's normalisation. Pairs over --max-length are counted.
 
     \b
     Example:
-      bakeoff train reward --dataset prefs@v1 --model smollm2 --experiment_name fin-rm --json
+      bakeoff train reward --dataset prefs@v1 --model smollm2 --experiment fin-rm --json
     """
     _run("reward", kw, as_json)
 
 
 @click.command("note")
 @click.argument("run_id")
-@click.option("--conclusion", required=True, help="What the run showed.")
+@click.option("--conclusion", required=True, help="What the run showed (appended to earlier notes).")
 @json_option
 def note(run_id: str, conclusion: str, as_json: bool) -> None:
-    """Record what a run taught you (MLflow tag + run description).
+    """Record what a run taught you (MLflow tag + run description). RUN_ID may
+    be a unique prefix of the id; a second note is appended to the first.
 
     \b
     Example:
-      bakeoff train note 3f2a... --conclusion "LoRA r=16 matches full FT on in-domain, -4pt adjacent"
+      bakeoff train note 3f2a --conclusion "LoRA r=16 matches full FT on in-domain, -4pt adjacent"
     """
     from bakeoff.console import emit, out
     from bakeoff.train.tracking import note as _note
 
     result = _note(get_workspace(), run_id, conclusion)
-    emit(result, as_json, lambda r: out.print(f"noted on run {r['run_id']}: {r['conclusion']}"))
+    emit(result, as_json, lambda r: out.print(
+        f"noted on run {r['run_id']} ({len(r['conclusions'])} note(s)): {r['conclusion']}"))
 
 
 commands = [sft, reward, note]
