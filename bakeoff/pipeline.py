@@ -214,7 +214,8 @@ def load_pipeline(path: str | Path) -> LoopConfig:
     problems += check_options(BuildConfig, testset, "testset", section_keys=_TESTSET_KEYS)
 
     problems += _unknown(train, _TRAIN_KEYS, "train")
-    set_by_loop = frozenset({"dataset", "model", "experiment_name", "hypothesis"})
+    set_by_loop = frozenset({"dataset", "model", "experiment_name", "hypothesis", "round", "run_name",
+                             "extra_tags", "reward_model"})
     problems += check_options(SFTRunConfig, sft, "train.sft", set_by_loop)
     reward_dataset, reward_model = reward.pop("dataset", None), reward.pop("model", None)
     problems += check_options(RewardRunConfig, reward, "train.reward", set_by_loop,
@@ -224,9 +225,9 @@ def load_pipeline(path: str | Path) -> LoopConfig:
     if algorithm not in _ALGORITHMS:
         problems.append(f"train.ppo.algorithm: expected one of {', '.join(_ALGORITHMS)}, got {algorithm!r}")
     elif algorithm == "ppo":
-        problems += check_options(PPOConfig, ppo, "train.ppo", section_keys=ppo_keys)
+        problems += check_options(PPOConfig, ppo, "train.ppo", set_by_loop, ppo_keys)
     else:
-        problems += check_options(GroupRLConfig, ppo, "train.ppo", frozenset({"algorithm"}), ppo_keys)
+        problems += check_options(GroupRLConfig, ppo, "train.ppo", set_by_loop | {"algorithm"}, ppo_keys)
     if bool(reward_dataset) != bool(prompts):
         problems.append("train.reward.dataset and train.ppo.prompts go together: the reward model is "
                         "trained for PPO, and PPO needs it (give both, or neither)")
