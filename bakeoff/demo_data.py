@@ -118,6 +118,14 @@ def _fmt(v: float, decimals: int = 1) -> str:
     return f"{v:,.{decimals}f}"
 
 
+def _paragraph_split(msg: dict) -> list[str]:
+    """A user turn as (context, last paragraph), other turns whole."""
+    import re
+
+    m = re.match(r"(?s)^(.*\S)\s*\n[ \t]*\n\s*(\S.*)$", msg["content"]) if msg["role"] == "user" else None
+    return [m.group(1), m.group(2)] if m else [msg["content"]]
+
+
 def _word_jaccard3(a: str, b: str) -> float:
     """Jaccard of word 3-gram sets (lowercased, whitespace tokens)."""
     def sh(t: str) -> set[tuple[str, ...]]:
@@ -550,21 +558,31 @@ def _gen_fin_train(rng: random.Random, scale: float) -> tuple[list[str], list[di
         rec.raw = orig.raw
         recs.append(rec)
     for _ in range(n(14)):
-        orig = next(pool_iter)
-        for _attempt in range(20):
-            msgs = json.loads(json.dumps(orig.messages))
-            targets = [m for m in msgs if m["role"] in ("user", "assistant", "system")]
-            changed = 0
-            for _k in range(rng.randint(1, 3)):
-                m = rng.choice(targets)
-                words = m["content"].split(" ")
-                idx = [k for k, w in enumerate(words) if w in _NEAR_SWAPS]
-                if idx:
-                    k = rng.choice(idx)
-                    words[k] = _NEAR_SWAPS[words[k]]
-                    m["content"] = " ".join(words)
-                    changed += 1
-            jac = _word_jaccard3(_conv_text(orig.messages), _conv_text(msgs))
+        # reword a few words of the long turns only: a near copy is near in every
+        # turn, and in a user turn's context and last paragraph apart (what
+        # dedup compares: bakeoff.curate.dedup_key); rows where that is not
+        # possible are passed over
+        while True:
+            orig = next(pool_iter)
+            for _attempt in range(20):
+                msgs = json.loads(json.dumps(orig.messages))
+                targets = [(m, part) for m in msgs if m["role"] in ("user", "assistant", "system")
+                           for part in _paragraph_split(m) if len(part.split()) >= 25]
+                changed = 0
+                for _k in range(rng.randint(1, 3) if targets else 0):
+                    m, part = rng.choice(targets)
+                    part = next((x for x in _paragraph_split(m) if len(x.split()) >= 25), "")
+                    words = part.split(" ")
+                    idx = [k for k, w in enumerate(words) if w in _NEAR_SWAPS]
+                    if idx:
+                        k = rng.choice(idx)
+                        words[k] = _NEAR_SWAPS[words[k]]
+                        m["content"] = m["content"].replace(part, " ".join(words), 1)
+                        changed += 1
+                jac = min(_word_jaccard3(x, y) for m0, m1 in zip(orig.messages, msgs)
+                          for x, y in zip(_paragraph_split(m0), _paragraph_split(m1)))
+                if changed and 0.85 <= jac < 1.0:
+                    break
             if changed and 0.85 <= jac < 1.0:
                 break
         uid = new_uid()
