@@ -43,6 +43,7 @@ _EN_STOPWORDS = ("the", "and", "of", "to", "in", "is", "was", "for", "that", "wi
 _STOP_RE = r"(?i)" + WB + "(?:" + "|".join(_EN_STOPWORDS) + ")" + WB
 #: function words that a short text in that language almost always has
 FUNCTION_WORDS = {
+    "en": "the and of to in is was for that with an it this are were be by on at from",
     "de": "der die das und ist nicht ein eine den dem des mit von zu auf für im war wurde sich auch",
     "fr": "le la les des est et une un du de pour dans que qui pas sur au aux était ce cette avec",
     "es": "el la los las es y una un del de que en por para con no se fue su al",
@@ -102,7 +103,9 @@ class LanguageFilter(Filter):
             # structured answers (JSON, "field: value" lines) are not prose
             structured = pl.col(side).str.contains(r"^\s*[\[{]") | (
                 pl.col(side).str.count_matches(": ", literal=True) * 2 >= pl.col(side).str.count_matches("\n", literal=True) + 1)
-            english = (w.str.count_matches(_STOP_RE) >= c.stopword_ratio * words) if c.expected == ["en"] \
+            # ("a" and "in" are French, Italian, Dutch words too: two at least)
+            english = (w.str.count_matches(_STOP_RE) >= pl.max_horizontal(c.stopword_ratio * words, pl.lit(2))) \
+                if c.expected == ["en"] \
                 else pl.lit(False)
             judge = (((letters - cjk) >= c.min_chars) | (cjk >= c.min_cjk)) & (~english | (cjk >= c.min_cjk)) & ~structured
             if side == "_r":  # a translation (or "say it in Spanish") is meant to be in another language
@@ -125,7 +128,7 @@ class LanguageFilter(Filter):
                         continue  # short, and none of the language's own small words: unknown
                 if lang in ("zh", "ja", "ko") and n_cjk < c.min_cjk:
                     continue
-                hit[i], score[i], detail[i] = True, float(prob), f"{lang} (p={prob:.2f})"
+                hit[i], score[i], detail[i] = True, float(prob), lang
         return frame.drop([self.col(f"w{s}") for s in self.sides]).with_columns(
             pl.Series(self.col("hit"), hit, dtype=pl.Boolean), pl.Series(self.col("score"), score, dtype=pl.Float64),
             pl.Series(self.col("detail"), detail, dtype=pl.String))

@@ -23,10 +23,10 @@ _NEG = (rf"(?:can{_APOS}?t|cannot|can not|am unable to|{_APOS}m unable to|am not
         rf"{_APOS}m not in a position to|am not allowed to|{_APOS}m not allowed to|am not permitted to|"
         rf"am not comfortable|{_APOS}m not comfortable|do not feel comfortable|don{_APOS}t feel comfortable)")
 #: what an assistant declines to do
-_TASK = (r"(?:help|assist|provide|offer|give|share|access|browse|retrieve|look up|search|read|view|see|open|"
+_TASK = (r"(?:help|assist|provid|offer|give|share|access|browse|retrieve|look up|search|read|view|see|open|"
          r"create|draw|display|generate|produce|write|compose|make|answer|respond|comply|fulfil|fulfill|"
          r"complete|perform|do (?:that|this|so)|process|engage|support|discuss|disclose|recommend|predict|"
-         r"estimate|calculate|interpret|analy[sz]e|summari[sz]e|translate|verify|confirm|guarantee)")
+         r"estimate|calculate|interpret|analy[sz]e|summari[sz]e|translate|verify|confirm|guarantee)\w*")
 _AI = r"(?:as an ai|as a (?:large )?language model|as an ai (?:language )?model|(?:i am|i{a}m) (?:just |only )?an ai)".format(a=_APOS)
 
 REFUSAL_PATTERNS = [
