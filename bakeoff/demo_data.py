@@ -471,7 +471,7 @@ def _plant_truncated(rng: random.Random, msgs: list[dict], i: int) -> str:
         ans["content"] = f"{text} {' '.join(words[:k])} {cut}"
     else:
         value = f"{rng.randint(1, 99)},{rng.randint(100, 999)}"
-        ans["content"] = f"{text} The total for the period was {value[: len(value) - rng.randint(1, 3)]}"
+        ans["content"] = f"{text} The total for the period was {value[: len(value) - rng.randint(1, 2)]}"
     return ans["content"][-30:]
 
 
@@ -503,7 +503,7 @@ def _plant_pii(kind: str):
 def _plant_control(rng: random.Random, msgs: list[dict], i: int) -> str:
     a = _answer(msgs)
     chars = rng.sample(_CONTROL_CHARS, 2)
-    text = a["content"] or "The answer is in the table."
+    text = a["content"] if len(a["content"]) >= 2 else "The answer is in the table."
     for ch in chars:
         p = rng.randrange(1, len(text))
         text = text[:p] + ch + text[p:]

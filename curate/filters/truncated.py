@@ -22,9 +22,9 @@ _DANGLING = ("the|a|an|of|to|and|or|in|for|with|by|from|at|on|as|is|was|were|are
              "their|our|his|her|this|these|those|but|if|because|while|per|into|over|between|such|whose|would|"
              "will|can|could|should|must|has|have|had|not")
 # a sentence end followed by more text
-_SENTENCE_END = r"[a-z0-9)\]%][.!?][\"”')\]]?\s+[\"“(]?[A-Z0-9]"
+_SENTENCE_END = r"[\p{L}0-9)\]%\"”'][.!?][\"”')\]]?\s+[\"“(]?[A-Z0-9]"
 # the last line is a list item, table row, quote, heading, code or a short label/signature
-_STRUCTURED_END = r"(?:^|\n)[ \t]*(?:[-*+|>#•]|\d+[.)]\s|[A-Za-z][.)]\s|```|    )[^\n]*$|(?:^|\n)[^\n ]*(?: [^\n ]*){0,3}$"
+_STRUCTURED_END = r"(?:^|\n)[ \t]*(?:[-*+•]\s|[|>#]|\d+[.)]\s|[A-Za-z][.)]\s|```|    )[^\n]*$|(?:^|\n)[^\n ]*(?: [^\n ]*){0,3}$"
 
 
 @dataclass
@@ -47,18 +47,25 @@ class TruncatedFilter(Filter):
             # ends inside an open bracket on its last line: "(419.9 + 36"
             open_bracket = t.str.contains(r"[(\[{][^)\]}\n]*$")
             # ends mid-number: "$1,2", "1,23" (a thousands group is three digits), a bare currency sign
-            mid_number = t.str.contains(r"(?:\d,\d{0,2}|[$€£¥])$")
-            # written in sentences (an extracted span starts lower case: "primarily due to ...")
-            sentences = t.str.contains(r"^[\s\"“'(*#]*[\p{Lu}\p{N}]")
+            mid_number = t.str.contains(r"(?:\d,\d{1,2}|[$€£¥])$")
+            # written in sentences: starts like one, or has a sentence end inside (an
+            # extracted span starts lower case and has none: "primarily due to ...")
+            sentences = t.str.contains(r"^[\s\"“'(*#]*[\p{Lu}\p{N}]") | t.str.contains(_SENTENCE_END)
             # ends on a word or a mark no sentence ends on: "... of the", "... as follows:"
-            dangling = t.str.contains(r"(?i)(?:[,;:\-–]|\b(?:" + _DANGLING + r"))$") & (words >= 8) & sentences
+            # (a comma ends many lists of spans: judged on longer texts only)
+            dangling = sentences & ((t.str.contains(r"(?i)\b(?:" + _DANGLING + r")$") & (words >= 5))
+                                    | (t.str.contains(r"[,;:\-–]$") & (words >= 12)))
             # ends mid-sentence: written in sentences, the last one has no end mark
             mid_sentence = (t.str.contains(r"\p{Ll}$") & sentences & t.str.contains(_SENTENCE_END)
                             & (t.str.extract(r"[.!?][\"”')\]]?\s+([^.!?]*)$", 1)
                                .str.count_matches(" ", literal=True) >= 3))
-            cut = ((words >= self.config.min_words) & (open_bracket | mid_number | dangling | mid_sentence)
-                   & ~t.str.contains(_STRUCTURED_END))
+            # a cut number or bracket is a cut wherever it is; a sentence-like end
+            # only counts outside lists, tables, headings and code
+            long_enough = words >= self.config.min_words
+            prose_end = ~t.str.contains(_STRUCTURED_END)
+            cut = long_enough & (open_bracket | mid_number | dangling)
             out.append(cut.fill_null(False).alias(self.col(f"cut{side}")))
+            out.append((long_enough & mid_sentence & prose_end).fill_null(False).alias(self.col(f"mid{side}")))
         return out
 
     def post(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -68,9 +75,22 @@ class TruncatedFilter(Filter):
         for side in self.sides:
             sc = scanned(frame, side)
             # an odd number of ``` fences: the answer ends inside a code block
-            hits.append(frame[self.col(f"cut{side}")] | (sc["```"] % 2 == 1))
+            hit = frame[self.col(f"cut{side}")] | (sc["```"] % 2 == 1)
+            # mid-sentence: unless the answer's last word is a whole word of the
+            # prompt -- an extracted span ends where its source sentence does
+            # ("... travel costs and third party subcontracting"); a cut word
+            # ("... reported in the annual fil") is not in the prompt
+            idx = frame[self.col(f"mid{side}")].arg_true()
+            if idx.len():
+                sub = frame[idx].select(
+                    pl.col(side).str.strip_chars_end().str.extract(r"(\p{L}+)$", 1).alias("w"), pl.col("_p"))
+                in_prompt = sub.select(pl.col("_p").str.contains(
+                    pl.lit(r"(?i)(?:^|\W)") + pl.col("w") + pl.lit(r"(?:\W|$)")).fill_null(False))["_p"]
+                hit = hit | pl.Series([False] * frame.height, dtype=pl.Boolean).scatter(idx, ~in_prompt) \
+                    if side == "_r" else hit | frame[self.col(f"mid{side}")]
+            hits.append(hit)
         hit = hits[0] if len(hits) == 1 else hits[0] | hits[1]
-        return frame.drop([self.col(f"cut{s}") for s in self.sides]).with_columns(
+        return frame.drop([self.col(f"{k}{s}") for s in self.sides for k in ("cut", "mid")]).with_columns(
             hit.alias(self.col("hit")), hit.cast(pl.Float64).alias(self.col("score")),
             pl.when(hit).then(pl.lit("ends: …") + pl.coalesce(
                 [pl.col(s).str.strip_chars_end().str.slice(-40) for s in self.sides]))
