@@ -315,6 +315,10 @@ def test_filter_command_dry_run_and_write(demo):
     assert doc["dry_run"] and "version" not in doc
     assert [v.ref for v in ws.versions(name)] == before
     assert doc["rows_in"] == doc["rows_out"] + doc["dropped"]
+    assert all(len(f["examples"]) == min(3, f["hits"]) for f in doc["filters"].values())
+    many = json.loads(runner.invoke(cli, ["-w", str(ws.root), "curate", "filter", ref, "--dry-run", "--json",
+                                          "--examples", "8"]).stdout)
+    assert all(len(f["examples"]) == min(8, f["hits"]) for f in many["filters"].values())
 
     res = runner.invoke(cli, ["-w", str(ws.root), "curate", "filter", ref, "--json"])
     assert res.exit_code == 0, res.output
@@ -327,3 +331,16 @@ def test_filter_command_dry_run_and_write(demo):
     # people's rendering works too
     res = runner.invoke(cli, ["-w", str(ws.root), "curate", "filter", ref, "--dry-run"])
     assert res.exit_code == 0 and "overlap" in res.output and "refusal" in res.output
+
+
+def test_loud_summary_and_reason_in_words():
+    """A filter step that drops more than a quarter of its rows says so; every
+    ledger row says why in words."""
+    df = rows(("q", "I'm sorry, but I can't help with that request."), ("q", "As an AI, I cannot do that."),
+              ("q", "Net income was $12.4 million."))
+    out = F.filter_rows(df)
+    assert "more than 25%" in out.report["filter"]["warning"]["message"]
+    for d in out.ledger["detail"].to_list():
+        reason = json.loads(d)["reason"]
+        assert reason.startswith("refusal: the answer declines") and "says:" in reason
+    assert "warning" not in F.filter_rows(df.tail(1)).report["filter"]

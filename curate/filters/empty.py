@@ -17,6 +17,7 @@ class EmptyConfig(FilterConfig):
 @register
 class EmptyFilter(Filter):
     name = "empty"
+    help = "an empty or whitespace-only turn"
     config_cls = EmptyConfig
     row_level = True
 

@@ -24,6 +24,7 @@ class LengthConfig(FilterConfig):
 @register
 class LengthFilter(Filter):
     name = "length"
+    help = "text too short or too long (characters, or tokens with a local tokenizer)"
     config_cls = LengthConfig
 
     def exprs(self) -> list[pl.Expr]:

@@ -17,6 +17,7 @@ class StructureConfig(FilterConfig):
 @register
 class StructureFilter(Filter):
     name = "structure"
+    help = "roles out of order or no answer at the end"
     config_cls = StructureConfig
     row_level = True
 

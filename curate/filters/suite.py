@@ -22,6 +22,8 @@ from bakeoff.workspace import BakeoffError, new_ledger
 from .base import FILTERS, Filter, FilterConfig
 from .scan import byte_scan
 
+#: a step that drops more than this share of its input says so loudly
+LOUD_SHARE = 0.25
 #: report key for the rows a rewrite action changed
 PAST = {"repair": "repaired", "redact": "redacted"}
 
@@ -349,12 +351,18 @@ def filter_rows(df: pl.DataFrame, config: FilterSuiteConfig | dict | None = None
         pl.when(pl.col(f"{x}.detail").is_not_null()).then(pl.lit(x + ": ") + pl.col(f"{x}.detail")).otherwise(None)
         for x in names]).list.drop_nulls().list.join("; ").alias("d"))["d"] if names and sub.height \
         else pl.Series("d", [], dtype=pl.String)
+    # the ledger says why in words: what the filter looks for, and what it saw in this row
+    helps = {f.name: f.help or f.name for f in active}
     dropped = pl.DataFrame({"row_id": df["id"].filter(drop), "rule": rule.filter(drop),
                             "score": rule_score.filter(drop), "h": hits_list, "d": details})
     ledger = new_ledger(
         row_id=dropped["row_id"], stage=["filter"] * dropped.height, rule=dropped["rule"],
         score=dropped["score"],
-        detail=dropped.select(pl.struct(filters=pl.col("h"), detail=pl.col("d")).struct.json_encode())
+        detail=dropped.select(pl.struct(
+            reason=pl.col("rule").replace_strict(helps, default="") .pipe(
+                lambda why: pl.col("rule") + pl.lit(": ") + why
+                + pl.when(pl.col("d") != "").then(pl.lit(" -- ") + pl.col("d")).otherwise(pl.lit(""))),
+            filters=pl.col("h"), detail=pl.col("d")).struct.json_encode())
         .to_series() if dropped.height else pl.Series([], dtype=pl.String))
 
     rewritten = changed & ~drop
@@ -378,6 +386,11 @@ def filter_rows(df: pl.DataFrame, config: FilterSuiteConfig | dict | None = None
                          "flagged": {x: int(frame[f"{x}.hit"].sum()) for x in flags},
                          "filters": per_filter, "overlap": {"filters": names, "matrix": overlap},
                          "config": config.to_dict(), "seconds": round(time.perf_counter() - t0, 3)}}
+    if n and ledger.height > LOUD_SHARE * n:
+        report["filter"]["warning"] = {
+            "message": f"filters dropped {ledger.height:,} of {n:,} rows ({ledger.height / n:.0%}), more than "
+                       f"{LOUD_SHARE:.0%}: check the examples before trusting this version",
+            "by_filter": {name: f["dropped"] for name, f in per_filter.items() if f["dropped"]}}
     return StepOutput(rows=kept, ledger=ledger, report=report)
 
 
