@@ -58,6 +58,20 @@ def test_tatqa_default_recipe_keeps_the_corpus(ws):
         assert "reason" in json.loads(row["detail"]) or json.loads(row["detail"]).get("filters")
 
 
+def test_tatqa_coverage_finds_the_arithmetic_behind_the_qa_label(ws):
+    """Every TAT-QA row is labelled task=qa; 718 of them are arithmetic questions
+    (meta.answer_type). The coverage report finds most of them from the question."""
+    from bakeoff.curate.coverage import assign_rows, load_objectives
+
+    df = ws.load(ingest(ws, [need("tatqa_dev.jsonl")], "tatqa").version)
+    a = assign_rows(df, load_objectives("demo_objectives.yaml"), ws, model="hashing")
+    truth = df.select(pl.col("extra").str.json_path_match("$.meta.answer_type"))["extra"]
+    found = (a["task"] == "arithmetic")
+    recall = (found & (truth == "arithmetic")).sum() / (truth == "arithmetic").sum()
+    precision = (found & (truth == "arithmetic")).sum() / found.sum()
+    assert recall >= 0.85 and precision >= 0.8, (recall, precision)
+
+
 def _normalised_exact_groups(df: pl.DataFrame) -> int:
     """Rows that repeat an earlier row's every turn (after lowercasing and
     collapsing punctuation): what exact dedup must remove."""
