@@ -38,8 +38,11 @@ EMAIL_RE = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,
 # single separators ("+1 (415) 555-0134", "4539 1488 0343 6467", "+49 30 1581214"),
 # or one long run of digits; "1,234.5" or "(521.5 - 400.0)" are not candidates
 _GROUP = r"(?:\(\d{1,4}\)|\d{1,8})"
-NUMBER_RE = (r"\+?" + _GROUP + r"(?:[ .\-]{1,2}" + _GROUP + r"){2,}|\d{13,19}"
-             r"|\(?0\d{2,4}\)?[ \-]?\d{3,4}[ \-]?\d{3,4}")  # UK national: "07700 900123"
+# UK national ("07700 900123", "(020) 7946 0958"): two groups only, so it needs
+# word boundaries, or it would start inside a longer number ("355909190063-746")
+_UK = r"(?:\(0\d{2,4}\)|<b>0\d{2,4})[ \-]?\d{3,4}[ \-]?\d{3,4}<b>"
+NUMBER_RE = r"\+?" + _GROUP + r"(?:[ .\-]{1,2}" + _GROUP + r"){2,}|\d{13,19}|" + _UK.replace("<b>", WB)
+_NUMBER_PY = r"\+?" + _GROUP + r"(?:[ .\-]{1,2}" + _GROUP + r"){2,}|\d{13,19}|" + _UK.replace("<b>", r"\b")
 IBAN_RE = WB + r"[A-Z]{2}\d{2} ?[A-Z0-9]{4}(?: ?[A-Z0-9]{1,4}){2,7}" + WB
 _IBAN_PY = re.compile(r"\b[A-Z]{2}\d{2} ?[A-Z0-9]{4}(?: ?[A-Z0-9]{1,4}){2,7}\b")
 _NANP_RE = r"^(?:\+?1[ .\-]?)?(?:\([2-9]\d{2}\)|[2-9]\d{2})[ .\-]?\d{3}[ .\-]\d{4}$"
@@ -276,5 +279,5 @@ def redact_pii(text: str, kinds: list[str] | tuple[str, ...] = PiiFilter.KINDS) 
                 core = core[1:]
             start = raw.index(core)
             return raw[:start] + tag + raw[start + len(core):]
-        text = re.sub(NUMBER_RE, num_sub, text)
+        text = re.sub(_NUMBER_PY, num_sub, text)
     return text
