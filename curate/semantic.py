@@ -43,7 +43,6 @@ Ledger: stage ``dedup-semantic``, rule ``cosine>=T``, ``kept_row_id``,
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any

@@ -145,9 +145,7 @@ def side_contents(side: str) -> pl.Expr:
             .otherwise(pl.lit([], dtype=pl.List(pl.String))))
 
 
-def scatter_bool(n: int, idx: pl.Series, values: pl.Series | bool) -> pl.Series:
-    """A length-``n`` bool Series, False but ``values`` at ``idx``."""
-    out = pl.Series([False] * n, dtype=pl.Boolean)
-    return out.scatter(idx, values) if idx.len() else out
-
-
+def without_code_and_tables(text: pl.Expr) -> pl.Expr:
+    """The text with fenced code blocks and markdown table rows removed (each
+    code block becomes a line break): what is left is the prose."""
+    return text.str.replace_all(r"(?s)```.*?(?:```|$)", "\n").str.replace_all(r"(?m)^[ \t]*\|.*$", "")

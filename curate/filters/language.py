@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from .base import WB, Filter, FilterConfig, register
+from .base import WB, Filter, FilterConfig, register, without_code_and_tables
 
 
 @dataclass
@@ -69,8 +69,7 @@ ASKS_FOR_LANGUAGE = (r"(?i)\btranslat|\btraduc|übersetz|\b(?:in|into|to) (?:spa
 
 def words_only(text: pl.Expr) -> pl.Expr:
     """The text without code, table rows, URLs, e-mails, numbers and currency."""
-    return (text.str.replace_all(r"(?s)```.*?(?:```|$)", " ")
-            .str.replace_all(r"(?m)^[ \t]*\|.*$", " ")
+    return (without_code_and_tables(text)
             .str.replace_all(r"(?:https?://|www\.)\S+|\S+@\S+", " ")
             .str.replace_all(r"[\p{N}$€£¥%]+(?:[.,:/\-][\p{N}]+)*", " "))
 
@@ -82,12 +81,7 @@ class LanguageFilter(Filter):
     help = "not in the expected language(s) (langid on the words; short texts need the language's function words)"
 
     def exprs(self) -> list[pl.Expr]:
-        c: LanguageConfig = self.config  # type: ignore[assignment]
-        out = []
-        for side in self.sides:
-            w = words_only(pl.col(side))
-            out.append(w.alias(self.col(f"w{side}")))
-        return out
+        return [words_only(pl.col(side)).alias(self.col(f"w{side}")) for side in self.sides]
 
     def post(self, frame: pl.DataFrame) -> pl.DataFrame:
         c: LanguageConfig = self.config  # type: ignore[assignment]

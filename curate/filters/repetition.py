@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from .base import Filter, FilterConfig, register
+from .base import Filter, FilterConfig, register, without_code_and_tables
 from .scan import dup_ngram_fraction, piece_stats
 
 
@@ -30,8 +30,7 @@ class RepetitionConfig(FilterConfig):
 def prose(text: pl.Expr) -> pl.Expr:
     """The text without fenced code, markdown table rows, list markers and
     short lines (headings, labels, signatures: they repeat by design)."""
-    return (text.str.replace_all(r"(?s)```.*?(?:```|$)", "\n")
-            .str.replace_all(r"(?m)^[ \t]*\|.*$", "")
+    return (without_code_and_tables(text)
             .str.replace_all(r"(?m)^[ \t]*(?:[-*+>]|\d+[.)]|[A-Za-z][.)])[ \t]+", "")
             .str.replace_all(r"(?m)^[^ \n]*(?: [^ \n]*){0,2}$", ""))
 
