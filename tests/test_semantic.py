@@ -241,3 +241,14 @@ def test_minilm_detects_paraphrases(ws):
     removed = dict(zip(out.ledger["row_id"], out.ledger["kept_row_id"]))
     assert removed == {ids[1]: ids[0], ids[3]: ids[2], ids[5]: ids[4]}
     assert out.report["embeddings"]["computed"] == len(texts)
+
+
+def test_different_numbers_are_never_semantic_duplicates(ws):
+    """"$2.5 million" and "$2.6 million" embed almost alike; as answers to the same
+    question they are different rows (so are questions about 2018 and 2019)."""
+    q = "What was the revenue of the segment?"
+    df = with_ids(conform(pl.DataFrame({"kind": "sft", "messages": [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        for a in ("$2.5 million", "$2.6 million", "$2.5 million.")]})))
+    out = semantic_dedup_rows(df, SemanticDedupConfig(threshold=0.5, model="hashing"), ws=ws, show_progress=False)
+    assert out.ledger["row_id"].to_list() == [df["id"][2]]  # only the same answer again
