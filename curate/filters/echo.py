@@ -29,6 +29,12 @@ class EchoConfig(FilterConfig):
     min_share: float = 0.8      # the answer is >= this share of the question (or prompt), or the reverse
 
 
+def _question(prompt: pl.Expr) -> pl.Expr:
+    """The last paragraph of the prompt, without a "Question:" label."""
+    return (prompt.str.strip_chars().str.extract(r"(?s)(?:^|\n[ \t]*\n)([^\n]*(?:\n[^\n]+)*)$", 1)
+            .str.replace(r"^(?i)(?:question|q|instruction|task)\s*:\s*", ""))
+
+
 def _norm(text: pl.Expr) -> pl.Expr:
     return text.str.to_lowercase().str.replace_all(r"[^\p{L}\p{N}]+", " ").str.strip_chars()
 
@@ -41,20 +47,40 @@ class EchoFilter(Filter):
             "Alpaca file 0 of its 5 hits were wrong answers -- they were editing tasks whose answer is the input)")
 
     def exprs(self) -> list[pl.Expr]:
+        # a cheap candidate test on raw lengths (normalising changes a length by
+        # its punctuation and spaces only); normalising and the copy tests run on
+        # the candidates only (post)
         c: EchoConfig = self.config  # type: ignore[assignment]
-        r = _norm(pl.col("_r"))
-        prompt = _norm(pl.col("_p"))
-        question = _norm(pl.col("_p").str.strip_chars().str.extract(r"(?s)(?:^|\n[ \t]*\n)([^\n]*(?:\n[^\n]+)*)$", 1)
-                         .str.replace(r"^(?i)(?:question|q|instruction|task)\s*:\s*", ""))
-        rl, ql, pl_ = r.str.len_chars(), question.str.len_chars(), prompt.str.len_chars()
+        r = pl.col("_r").str.strip_chars()
+        rl = r.str.len_chars()
+        ql = _question(pl.col("_p")).str.len_chars()
+        pl_ = pl.col("_p").str.len_chars()
+        lo = c.min_share * 0.7
 
-        def copy_of(whole: pl.Expr, whole_len: pl.Expr) -> pl.Expr:
-            return ((whole.str.contains(r, literal=True) & (rl >= c.min_share * whole_len))
-                    | (r.str.contains(whole, literal=True) & (whole_len >= c.min_share * rl) & (whole_len > 0)))
+        def close(a: pl.Expr, b: pl.Expr) -> pl.Expr:
+            return (b > 0) & (a >= lo * b) & (b >= lo * a)
 
-        long_enough = r.str.count_matches(" ", literal=True) >= c.min_words - 1
-        hit = (long_enough & (pl.col("kind") != "prompt")
-               & (copy_of(question, ql) | copy_of(prompt, pl_))).fill_null(False)
-        score = (rl / pl.max_horizontal(ql, pl.lit(1))).cast(pl.Float64)
-        return [hit.alias(self.col("hit")), pl.when(hit).then(score).otherwise(0.0).alias(self.col("score")),
-                pl.when(hit).then(pl.lit("the answer repeats the question")).alias(self.col("detail"))]
+        cand = ((r.str.count_matches(" ", literal=True) >= c.min_words - 1) & (pl.col("kind") != "prompt")
+                & (close(rl, ql) | close(rl, pl_))).fill_null(False)
+        return [cand.alias(self.col("hit"))]
+
+    def post(self, frame: pl.DataFrame) -> pl.DataFrame:
+        c: EchoConfig = self.config  # type: ignore[assignment]
+        idx = frame[self.col("hit")].arg_true()
+        hit = pl.Series([False] * frame.height, dtype=pl.Boolean)
+        score = pl.Series([0.0] * frame.height, dtype=pl.Float64)
+        if idx.len():
+            sub = frame[idx].select(r=_norm(pl.col("_r")), q=_norm(_question(pl.col("_p"))), p=_norm(pl.col("_p")))
+            rl, ql, pl_ = (pl.col(x).str.len_chars() for x in ("r", "q", "p"))
+
+            def copy_of(whole: str, wl: pl.Expr) -> pl.Expr:
+                return ((pl.col(whole).str.contains(pl.col("r"), literal=True) & (rl >= c.min_share * wl))
+                        | (pl.col("r").str.contains(pl.col(whole), literal=True) & (wl >= c.min_share * rl) & (wl > 0)))
+
+            got = sub.select((copy_of("q", ql) | copy_of("p", pl_)).fill_null(False).alias("h"),
+                             (rl / pl.max_horizontal(ql, pl.lit(1))).cast(pl.Float64).alias("s"))
+            hit = hit.scatter(idx, got["h"])
+            score = score.scatter(idx, pl.select(pl.when(got["h"]).then(got["s"]).otherwise(0.0)).to_series())
+        return frame.with_columns(
+            hit.alias(self.col("hit")), score.alias(self.col("score")),
+            pl.when(hit).then(pl.lit("the answer repeats the question")).alias(self.col("detail")))

@@ -81,7 +81,20 @@ class LanguageFilter(Filter):
     help = "not in the expected language(s) (langid on the words; short texts need the language's function words)"
 
     def exprs(self) -> list[pl.Expr]:
-        return [words_only(pl.col(side)).alias(self.col(f"w{side}")) for side in self.sides]
+        # a cheap first cut on the raw text, on every row: clearly English prose
+        # (enough English function words) with no CJK is not looked at again
+        c: LanguageConfig = self.config  # type: ignore[assignment]
+        out = []
+        for side in self.sides:
+            s = pl.col(side)
+            if c.expected == ["en"]:
+                words = s.str.count_matches(" ", literal=True) + 1
+                english = (s.str.count_matches(_STOP_RE) >= pl.max_horizontal(c.stopword_ratio * words, pl.lit(2))) \
+                    & ~s.str.contains(_CJK)
+            else:
+                english = pl.lit(False)
+            out.append((~english & (s.str.len_chars() >= c.min_cjk)).fill_null(False).alias(self.col(f"c{side}")))
+        return out
 
     def post(self, frame: pl.DataFrame) -> pl.DataFrame:
         c: LanguageConfig = self.config  # type: ignore[assignment]
@@ -90,7 +103,7 @@ class LanguageFilter(Filter):
         detail: list[str | None] = [None] * frame.height
         cands = []
         for side in self.sides:
-            w = pl.col(self.col(f"w{side}"))
+            w = pl.col("_w")
             letters = w.str.count_matches(r"\p{L}")
             cjk = w.str.count_matches(_CJK)
             words = w.str.count_matches(r"\S+")
@@ -104,8 +117,10 @@ class LanguageFilter(Filter):
             judge = (((letters - cjk) >= c.min_chars) | (cjk >= c.min_cjk)) & (~english | (cjk >= c.min_cjk)) & ~structured
             if side == "_r":  # a translation (or "say it in Spanish") is meant to be in another language
                 judge = judge & ~pl.col("_p").str.contains(ASKS_FOR_LANGUAGE).fill_null(False)
-            cands.append(frame.select(judge.fill_null(False).alias("j"), letters.alias("n"), cjk.alias("k"),
-                                      w.alias("w")).with_row_index("_i").filter(pl.col("j")))
+            sub = (frame.with_row_index("_i").filter(pl.col(self.col(f"c{side}")))
+                   .with_columns(words_only(pl.col(side)).alias("_w")))
+            cands.append(sub.select("_i", judge.fill_null(False).alias("j"), letters.alias("n"), cjk.alias("k"),
+                                    w.alias("w")).filter(pl.col("j")))
         todo = pl.concat(cands) if cands else None
         if todo is not None and todo.height:
             ident = langid_identifier()
@@ -123,7 +138,7 @@ class LanguageFilter(Filter):
                 if lang in ("zh", "ja", "ko") and n_cjk < c.min_cjk:
                     continue
                 hit[i], score[i], detail[i] = True, float(prob), lang
-        return frame.drop([self.col(f"w{s}") for s in self.sides]).with_columns(
+        return frame.drop([self.col(f"c{s}") for s in self.sides]).with_columns(
             pl.Series(self.col("hit"), hit, dtype=pl.Boolean), pl.Series(self.col("score"), score, dtype=pl.Float64),
             pl.Series(self.col("detail"), detail, dtype=pl.String))
 
