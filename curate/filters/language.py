@@ -93,7 +93,8 @@ class LanguageFilter(Filter):
                     & ~s.str.contains(_CJK)
             else:
                 english = pl.lit(False)
-            out.append((~english & (s.str.len_chars() >= c.min_cjk)).fill_null(False).alias(self.col(f"c{side}")))
+            judgeable = (s.str.len_chars() >= c.min_chars) | ((s.str.len_chars() >= c.min_cjk) & s.str.contains(_CJK))
+            out.append((~english & judgeable).fill_null(False).alias(self.col(f"c{side}")))
         return out
 
     def post(self, frame: pl.DataFrame) -> pl.DataFrame:
