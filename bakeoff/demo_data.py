@@ -44,12 +44,7 @@ CONTRACT_LABELS = (
     "governing_law", "payment_terms", "force_majeure", "assignment", "non_compete", "warranty",
 )
 
-#: Kinds of planted defects in ``fin_train.jsonl`` (ground-truth ``kind``).
-NOISE_KINDS = (
-    "mojibake", "empty", "truncated", "refusal", "pii-email", "pii-phone", "pii-card",
-    "pii-iban", "control", "repetition", "exact-duplicate", "near-duplicate",
-    "malformed-json", "wrong-language", "echo", "bad-structure",
-)
+# The kinds of planted defects: NOISE (below, "noise: one table ...").
 
 # File names (keys of ``generate``'s result).
 FILES = {
@@ -116,6 +111,14 @@ _MAIL_DOMAINS = ["gmail.com", "outlook.com", "yahoo.com", "proton.me", "fastmail
 
 def _fmt(v: float, decimals: int = 1) -> str:
     return f"{v:,.{decimals}f}"
+
+
+def _paragraph_split(msg: dict) -> list[str]:
+    """A user turn as (context, last paragraph), other turns whole."""
+    import re
+
+    m = re.match(r"(?s)^(.*\S)\s*\n[ \t]*\n\s*(\S.*)$", msg["content"]) if msg["role"] == "user" else None
+    return [m.group(1), m.group(2)] if m else [msg["content"]]
 
 
 def _word_jaccard3(a: str, b: str) -> float:
@@ -284,6 +287,13 @@ _REFUSALS = [
     "I cannot answer this question because it may involve confidential financial information.",
     "I'm sorry, I am not able to perform calculations on company data.",
     "Unfortunately, I cannot assist with that. Please consult a qualified financial advisor.",
+    # paraphrases: no "as an AI", no "I cannot"
+    "I must respectfully decline to answer questions about this company's finances.",
+    "That's not something I can help with, I'm afraid.",
+    "I won't be able to assist with this request.",
+    "I'm not comfortable providing an analysis of these figures.",
+    "Sorry, I'm not able to share that information.",
+    "This goes against my guidelines, so I will have to pass on it.",
 ]
 
 _NEAR_SWAPS = {
@@ -372,6 +382,8 @@ def _phone(rng: random.Random) -> str:
         f"+44 20 7946 {rng.randint(1000, 9999)}",
         f"+49 30 {rng.randint(1000000, 9999999)}",
         f"({rng.randint(201, 989)}) {rng.randint(200, 999)}-{rng.randint(1000, 9999)}",
+        f"020 7946 {rng.randint(1000, 9999)}",        # UK national, London
+        f"07700 900{rng.randint(100, 999)}",          # UK mobile
     ])
 
 
@@ -404,6 +416,7 @@ def _answer(msgs: list[dict]) -> dict:
 
 
 def _truncate(rng: random.Random, answer: str) -> str:
+    """A rejected answer for the preference pairs: cut at a word."""
     words = answer.split()
     if rng.random() < 0.35 and "(" in answer:
         # cut inside a parenthesis: unbalanced bracket
@@ -417,6 +430,166 @@ def _truncate(rng: random.Random, answer: str) -> str:
         cands = [k for k in range(4, len(words)) if words[k - 1].isalpha()] or [len(words) - 1]
     k = rng.choice(cands)
     return " ".join(words[:k])
+
+
+# --- noise: one table of the defects planted into rows -------------------------------
+#
+# Each kind says which step must catch it and how to damage a conversation (a
+# list of {role, content} messages, changed in place; the return value is the
+# ground truth's ``detail``). The demo plants each kind into fresh finance rows
+# (``_gen_fin_train``); tests plant the same kinds into real rows
+# (tests/test_curate_real.py) and check recall per kind. A new filter = a new
+# row here.
+
+def _plant_mojibake(rng: random.Random, msgs: list[dict], i: int) -> str:
+    ans = _answer(msgs)
+    if not any(ord(c) > 127 for c in ans["content"]):  # something non-ASCII to damage
+        ans["content"] = ans["content"].rstrip(".") + " — as reported in the company’s filing."
+    for m in msgs:
+        m["content"] = mojibake(m["content"])
+    return "UTF-8 read as cp1252"
+
+
+def _plant_empty(rng: random.Random, msgs: list[dict], i: int) -> str:
+    _answer(msgs)["content"] = "" if i % 3 else rng.choice(["   ", "\n", " \t "])
+    return "empty answer"
+
+
+def _plant_truncated(rng: random.Random, msgs: list[dict], i: int) -> str:
+    """Cut mid-word in a later sentence (even i) or mid-number (odd i)."""
+    ans = _answer(msgs)
+    text = ans["content"].rstrip()
+    if text and text[-1] not in ".!?":
+        text += "."
+    if i % 2 == 0:
+        tail = rng.choice(["This figure reflects the combined results reported in the annual filing",
+                           "The company attributed the change mainly to higher operating costs in the period",
+                           "Management expects the trend to continue over the next two financial years"])
+        words = tail.split()
+        k = rng.randint(4, len(words) - 1)
+        cut = words[k][: max(1, len(words[k]) // 2)] if len(words[k]) > 3 else words[k]
+        ans["content"] = f"{text} {' '.join(words[:k])} {cut}"
+    else:
+        value = f"{rng.randint(1, 99)},{rng.randint(100, 999)}"
+        ans["content"] = f"{text} The total for the period was {value[: len(value) - rng.randint(1, 2)]}"
+    return ans["content"][-30:]
+
+
+def _plant_refusal(rng: random.Random, msgs: list[dict], i: int) -> str:
+    _answer(msgs)["content"] = _REFUSALS[i % len(_REFUSALS)]
+    return _REFUSALS[i % len(_REFUSALS)]
+
+
+def _plant_pii(kind: str):
+    maker = {"pii-email": _email, "pii-phone": _phone, "pii-card": lambda r: _card(r, True),
+             "pii-iban": lambda r: _iban(r, True)}[kind]
+    phrase = {"pii-email": "Please send the answer to {v} when done.",
+              "pii-phone": "If anything is unclear, call me on {v}.",
+              "pii-card": "The analysis fee was charged to card {v}.",
+              "pii-iban": "Payment for this report goes to IBAN {v}."}[kind]
+
+    def plant(rng: random.Random, msgs: list[dict], i: int) -> str:
+        value = maker(rng)
+        if i % 2 == 0:  # in the prompt
+            u = _last_user(msgs)
+            u["content"] = u["content"] + "\n" + phrase.format(v=value)
+        else:
+            a = _answer(msgs)
+            a["content"] = a["content"] + " " + phrase.format(v=value)
+        return value
+    return plant
+
+
+def _plant_control(rng: random.Random, msgs: list[dict], i: int) -> str:
+    a = _answer(msgs)
+    chars = rng.sample(_CONTROL_CHARS, 2)
+    text = a["content"] if len(a["content"]) >= 2 else "The answer is in the table."
+    for ch in chars:
+        p = rng.randrange(1, len(text))
+        text = text[:p] + ch + text[p:]
+    a["content"] = text
+    return " ".join(f"U+{ord(c[0]):04X}" for c in chars)
+
+
+def _plant_repetition(rng: random.Random, msgs: list[dict], i: int) -> str:
+    a = _answer(msgs)
+    filler = rng.choice(["All figures are in millions of dollars.", "Please refer to the table above for details.",
+                         "This is the final answer to the question.", "The answer is based on the table above."])
+    sep = "\n" if i % 2 else " "
+    a["content"] = a["content"] + sep + sep.join([filler] * 20)
+    return f"20 x {filler!r}"
+
+
+#: short answers and other scripts: (language, question, answer)
+_FOREIGN_SHORT = [
+    ("fr", None, "Le chiffre d'affaires était de {v} millions d'euros."),
+    ("zh", "{c}在{y}年的营业收入是多少？", "{c}在{y}年的营业收入为{v}百万美元，比上一年明显增长。"),
+    ("fr", None, "La marge brute a baissé de {v} points."),
+    ("zh", None, "营业收入为{v}百万美元。"),
+]
+
+
+def _plant_language(rng: random.Random, msgs: list[dict], i: int) -> str:
+    """German, Spanish, French, Italian ... answers, Chinese ones, and short
+    French ones (the prompt stays English when the variant has no question)."""
+    c = rng.choice(_TRAIN_COMPANIES)
+    y = rng.randint(2016, 2024)
+    v = _fmt(rng.uniform(100, 5000))
+    lang, q, a = _FOREIGN[i % len(_FOREIGN)] if i % 3 == 0 else _FOREIGN_SHORT[i % len(_FOREIGN_SHORT)]
+    if q is not None:
+        _last_user(msgs)["content"] = q.format(c=c, y=y)
+    _answer(msgs)["content"] = a.format(c=c, y=y, v=v)
+    return lang
+
+
+def _plant_echo(rng: random.Random, msgs: list[dict], i: int) -> str:
+    u = _last_user(msgs)["content"]
+    _answer(msgs)["content"] = u.rsplit("Question: ", 1)[-1].rsplit("\n\n", 1)[-1]
+    return "the question as the answer"
+
+
+def _plant_bad_structure(rng: random.Random, msgs: list[dict], i: int) -> str:
+    turns = [m for m in msgs if m["role"] != "system"]
+    if i % 2 == 0:
+        msgs[:] = [{"role": "assistant", "content": turns[1]["content"]},
+                   {"role": "user", "content": turns[0]["content"]}]
+        return "assistant before user, no final answer"
+    msgs[:] = [turns[0], {"role": "user", "content": "Please answer quickly."}]
+    return "two user turns, no answer"
+
+
+@dataclass(frozen=True)
+class NoiseKind:
+    """One kind of planted defect."""
+
+    kind: str
+    caught_by: str          # "filter:<name>", "dedup" or "ingest"
+    roles: str              # where the damage is: prompt | response | both
+    per_demo: int           # rows of it in the demo's fin-train at scale 1
+    plant: Any = None       # (rng, messages, i) -> detail; None: made elsewhere (copies, broken lines)
+
+
+#: Every kind of planted defect (ground-truth ``kind``), in the order they are planted.
+NOISE: dict[str, NoiseKind] = {k.kind: k for k in (
+    NoiseKind("mojibake", "filter:mojibake", "both", 12, _plant_mojibake),
+    NoiseKind("empty", "filter:empty", "response", 9, _plant_empty),
+    NoiseKind("truncated", "filter:truncated", "response", 12, _plant_truncated),
+    NoiseKind("refusal", "filter:refusal", "response", 12, _plant_refusal),
+    NoiseKind("pii-email", "filter:pii", "both", 4, _plant_pii("pii-email")),
+    NoiseKind("pii-phone", "filter:pii", "both", 4, _plant_pii("pii-phone")),
+    NoiseKind("pii-card", "filter:pii", "both", 4, _plant_pii("pii-card")),
+    NoiseKind("pii-iban", "filter:pii", "both", 4, _plant_pii("pii-iban")),
+    NoiseKind("control", "filter:control", "response", 10, _plant_control),
+    NoiseKind("repetition", "filter:repetition", "response", 8, _plant_repetition),
+    NoiseKind("wrong-language", "filter:language", "both", 6, _plant_language),
+    NoiseKind("echo", "filter:echo", "response", 6, _plant_echo),
+    NoiseKind("bad-structure", "filter:structure", "both", 4, _plant_bad_structure),
+    NoiseKind("exact-duplicate", "dedup", "both", 14),
+    NoiseKind("near-duplicate", "dedup", "both", 14),
+    NoiseKind("malformed-json", "ingest", "both", 8),
+)}
+#: the kinds' names (ground-truth ``kind``)
+NOISE_KINDS = tuple(NOISE)
 
 
 def _gen_fin_train(rng: random.Random, scale: float) -> tuple[list[str], list[dict[str, Any]]]:
@@ -459,112 +632,48 @@ def _gen_fin_train(rng: random.Random, scale: float) -> tuple[list[str], list[di
         recs.append(rec)
         return raw, rec
 
-    for _ in range(n(12)):
-        raw, rec = fresh("mojibake", "both", "UTF-8 read as cp1252")
-        # make sure there is a non-ASCII character to damage in the answer too
-        ans = _answer(raw["messages"])
-        if not any(ord(c) > 127 for c in ans["content"]):
-            ans["content"] = ans["content"].rstrip(".") + " — as reported in the company’s filing."
-        for m in raw["messages"]:
-            m["content"] = mojibake(m["content"])
-    for i in range(n(9)):
-        raw, rec = fresh("empty", "response")
-        _answer(raw["messages"])["content"] = "" if i % 3 else rng.choice(["   ", "\n", " \t "])
-    for _ in range(n(12)):
-        raw, rec = fresh("truncated", "response")
-        ans = _answer(raw["messages"])
-        ans["content"] = _truncate(rng, ans["content"])
-        rec.truth["detail"] = ans["content"][-30:]
-    for _ in range(n(12)):
-        raw, rec = fresh("refusal", "response")
-        _answer(raw["messages"])["content"] = rng.choice(_REFUSALS)
-    for kind, maker in (("pii-email", _email), ("pii-phone", _phone),
-                        ("pii-card", lambda r: _card(r, True)), ("pii-iban", lambda r: _iban(r, True))):
-        for i in range(n(4)):
-            role = "prompt" if i % 2 == 0 else "response"
-            raw, rec = fresh(kind, role)
-            value = maker(rng)
-            rec.truth["detail"] = value
-            phrase = {
-                "pii-email": f"Please send the answer to {value} when done.",
-                "pii-phone": f"If anything is unclear, call me on {value}.",
-                "pii-card": f"The analysis fee was charged to card {value}.",
-                "pii-iban": f"Payment for this report goes to IBAN {value}.",
-            }[kind]
-            if role == "prompt":
-                u = _last_user(raw["messages"])
-                u["content"] = u["content"] + "\n" + phrase
-            else:
-                a = _answer(raw["messages"])
-                a["content"] = a["content"] + " " + phrase
-    for _ in range(n(10)):
-        raw, rec = fresh("control", "response")
-        a = _answer(raw["messages"])
-        chars = rng.sample(_CONTROL_CHARS, 2)
-        text = a["content"]
-        for ch in chars:
-            p = rng.randrange(1, len(text))
-            text = text[:p] + ch + text[p:]
-        a["content"] = text
-        rec.truth["detail"] = " ".join(f"U+{ord(c[0]):04X}" for c in chars)
-    for i in range(n(8)):
-        raw, rec = fresh("repetition", "response")
-        a = _answer(raw["messages"])
-        filler = rng.choice(["All figures are in millions.", "Please refer to the table above.",
-                             "This is the final answer.", "The answer is based on the table."])
-        if i % 2:
-            a["content"] = a["content"] + "\n" + "\n".join([filler] * rng.randint(6, 10))
-        else:
-            a["content"] = a["content"] + " " + " ".join([filler] * rng.randint(8, 12))
-    for _ in range(n(6)):
-        raw, rec = fresh("wrong-language", "both")
-        lang, q, a = rng.choice(_FOREIGN)
-        c = rng.choice(_TRAIN_COMPANIES)
-        y = rng.randint(2016, 2024)
-        v = _fmt(rng.uniform(100, 5000))
-        _last_user(raw["messages"])["content"] = q.format(c=c, y=y)
-        _answer(raw["messages"])["content"] = a.format(c=c, y=y, v=v)
-        rec.truth["detail"] = lang
-    for _ in range(n(6)):
-        raw, rec = fresh("echo", "response")
-        u = _last_user(raw["messages"])["content"]
-        _answer(raw["messages"])["content"] = u.rsplit("Question: ", 1)[-1]
-    for i in range(n(4)):
-        raw, rec = fresh("bad-structure", "both")
-        msgs = [m for m in raw["messages"] if m["role"] != "system"]
-        if i % 2 == 0:
-            raw["messages"] = [{"role": "assistant", "content": msgs[1]["content"]},
-                               {"role": "user", "content": msgs[0]["content"]}]
-            rec.truth["detail"] = "assistant before user, no final answer"
-        else:
-            raw["messages"] = [msgs[0], {"role": "user", "content": "Please answer quickly."}]
-            rec.truth["detail"] = "two user turns, no answer"
-        rec.messages = raw["messages"]
+    for nk in NOISE.values():
+        if nk.plant is None:
+            continue
+        for i in range(n(nk.per_demo)):
+            raw, rec = fresh(nk.kind, nk.roles)
+            rec.truth["detail"] = nk.plant(rng, raw["messages"], i)
+            rec.messages = raw["messages"]
 
     # duplicates of clean rows, placed after their original
-    for _ in range(n(14)):
+    for _ in range(n(NOISE["exact-duplicate"].per_demo)):
         orig = next(pool_iter)
         uid = orig.uid
         rec = _Rec(rng.uniform(orig.key, total_span + 1), "", uid, orig=orig, messages=orig.messages,
                    truth={"kind": "exact-duplicate", "defect": True, "roles": "both", "jaccard": 1.0})
         rec.raw = orig.raw
         recs.append(rec)
-    for _ in range(n(14)):
-        orig = next(pool_iter)
-        for _attempt in range(20):
-            msgs = json.loads(json.dumps(orig.messages))
-            targets = [m for m in msgs if m["role"] in ("user", "assistant", "system")]
-            changed = 0
-            for _k in range(rng.randint(1, 3)):
-                m = rng.choice(targets)
-                words = m["content"].split(" ")
-                idx = [k for k, w in enumerate(words) if w in _NEAR_SWAPS]
-                if idx:
-                    k = rng.choice(idx)
-                    words[k] = _NEAR_SWAPS[words[k]]
-                    m["content"] = " ".join(words)
-                    changed += 1
-            jac = _word_jaccard3(_conv_text(orig.messages), _conv_text(msgs))
+    for _ in range(n(NOISE["near-duplicate"].per_demo)):
+        # reword a few words of the long turns only: a near copy is near in every
+        # turn, and in a user turn's context and last paragraph apart (what
+        # dedup compares: bakeoff.curate.dedup_key); rows where that is not
+        # possible are passed over
+        while True:
+            orig = next(pool_iter)
+            for _attempt in range(20):
+                msgs = json.loads(json.dumps(orig.messages))
+                targets = [(m, part) for m in msgs if m["role"] in ("user", "assistant", "system")
+                           for part in _paragraph_split(m) if len(part.split()) >= 25]
+                changed = 0
+                for _k in range(rng.randint(1, 3) if targets else 0):
+                    m, part = rng.choice(targets)
+                    part = next((x for x in _paragraph_split(m) if len(x.split()) >= 25), "")
+                    words = part.split(" ")
+                    idx = [k for k, w in enumerate(words) if w in _NEAR_SWAPS]
+                    if idx:
+                        k = rng.choice(idx)
+                        words[k] = _NEAR_SWAPS[words[k]]
+                        m["content"] = m["content"].replace(part, " ".join(words), 1)
+                        changed += 1
+                jac = min(_word_jaccard3(x, y) for m0, m1 in zip(orig.messages, msgs)
+                          for x, y in zip(_paragraph_split(m0), _paragraph_split(m1)))
+                if changed and 0.85 <= jac < 1.0:
+                    break
             if changed and 0.85 <= jac < 1.0:
                 break
         uid = new_uid()
@@ -589,7 +698,7 @@ def _gen_fin_train(rng: random.Random, scale: float) -> tuple[list[str], list[di
     # serialise; malformed lines are written as raw text
     for rec in recs:
         rec.line = json.dumps(rec.raw, ensure_ascii=False)
-    for i in range(n(8)):
+    for i in range(n(NOISE["malformed-json"].per_demo)):
         src = json.dumps(_finance_train_record(rng, new_uid()), ensure_ascii=False)
         variant = i % 4
         if variant == 0:

@@ -68,7 +68,7 @@ def naive_filters(df: pl.DataFrame) -> list[tuple[bool, bool, bool, bool]]:
     from bakeoff.curate import filters as F
 
     control = re.compile(F.CONTROL_RE)
-    refusal = re.compile("(?im)" + "|".join(f"(?:{p})" for p in F._REFUSAL_PATTERNS))
+    refusal = re.compile("(?im)" + "|".join(f"(?:{p})" for p in F.REFUSAL_PATTERNS))
     email = re.compile(F.EMAIL_RE)
 
     def repetition(text: str) -> bool:

@@ -17,16 +17,22 @@ assigns every row a value on each axis and measures the result:
 
 Assignment, per axis, first rule that applies:
 
-1. ``label``: the row's own meta column (``domain``/``doctype``/``task``); a value
+1. ``keyword``: whole-word, case-insensitive keyword and regex-pattern matches,
+   counted per value with polars (one vectorized pass per value); the value with
+   the most hits wins (ties: file order); confidence = its share of all hits. The
+   ``task`` axis is judged on the *question* (the last paragraph of the last user
+   turn) and the answer, not on a table or document the question comes with: a
+   table's words say nothing about what is asked. A keyword value overrides the
+   row's own label when both name (different) values of the objectives -- a file
+   labelled ``task=qa`` throughout still has its arithmetic questions counted
+   as arithmetic (``relabelled`` in the report);
+2. ``label``: the row's own meta column (``domain``/``doctype``/``task``); a value
    of the objectives or one of its ``aliases`` -> that value (confidence 1); any
    other label -> kept as is and reported as off-objective;
-2. ``keyword``: whole-word, case-insensitive keyword and regex-pattern matches in
-   the row's text, counted per value with polars (one vectorized pass per value);
-   the value with the most hits wins (ties: file order); confidence = its share of
-   all hits;
 3. ``embedding``: cosine between the row's embedding and each value's prototype
    (the normalised mean of its description's and its examples' embeddings);
-   confidence = that cosine; under the floor -> ``unassigned``.
+   confidence = that cosine; under the floor -> ``unassigned``. With the
+   ``hashing`` embedder this is word overlap, not meaning: the report says so.
 
 Embeddings come from :func:`bakeoff.curate.embeddings.embed_texts` (cached in the
 workspace, shared with semantic dedup and the test-set builder).
@@ -43,12 +49,22 @@ import numpy as np
 import polars as pl
 
 from bakeoff.schema import prompt_text, response_text, text_for_scope
+
+
+def question_text() -> pl.Expr:
+    """The question of a row: the last paragraph of its last user turn."""
+    users = pl.col("messages").list.eval(
+        pl.element().filter(pl.element().struct.field("role") == "user").struct.field("content"))
+    return users.list.last().fill_null("").str.strip_chars().str.extract(r"(?s)(?:^|\n[ \t]*\n)([^\n]*(?:\n[^\n]+)*)$", 1)
 from bakeoff.workspace import BakeoffError
 
 if TYPE_CHECKING:
     from bakeoff.workspace import Workspace
 
 AXES = ("domain", "doctype", "task")
+#: axes whose keywords look at the question and answer only (not the table or
+#: document that comes with the question)
+KEYWORDS_ON_QUESTION = ("task",)
 UNASSIGNED = "unassigned"
 OTHER = "(other)"
 METHODS = ("label", "keyword", "embedding", "none")
@@ -150,6 +166,13 @@ def parse_objectives(data: dict[str, Any]) -> Objectives:
     axes_src = data.get("axes", data)
     if not isinstance(axes_src, dict):
         raise BakeoffError("objectives: 'axes' must be a mapping of domain/doctype/task")
+    top = {"name", "description", "axes", "cells", "cell_min", "embedding_floor", "floor", "scope", "model"}
+    unknown = sorted(set(data) - top - (set(AXES) if axes_src is data else set()))
+    if "axes" in data:
+        unknown += sorted(f"axes.{k}" for k in set(axes_src) - set(AXES))
+    if unknown:  # a misspelt axis ("tasks:") would otherwise be ignored without a word
+        raise BakeoffError(f"objectives: unknown key(s) {', '.join(map(str, unknown))}; axes are "
+                           f"{', '.join(AXES)}, other keys {', '.join(sorted(top - {'axes'}))}")
     axes: dict[str, list[ObjectiveValue]] = {}
     for axis in AXES:
         spec = axes_src.get(axis)
@@ -224,13 +247,16 @@ def assign_rows(df: pl.DataFrame, objectives: Objectives | dict | str | Path, ws
                 vectors: np.ndarray | None = None, model: str | None = None) -> pl.DataFrame:
     """Per row and axis: the assigned value, how (label/keyword/embedding/none), a
     confidence, and whether it is on the objective. Columns: ``id`` and, per axis
-    A, ``A``, ``A_method``, ``A_confidence``, ``A_on``.
+    A, ``A``, ``A_method``, ``A_label`` (the row's own label, as an objective
+    value, or null), ``A_confidence``, ``A_on``.
 
     ``vectors`` (unit rows aligned with ``df``) are used if given; otherwise only
     rows that reach the embedding rule are embedded.
     """
     obj = load_objectives(objectives)
     texts = df.select(text_for_scope(obj.scope))["text"].fill_null("")
+    question = df.select(pl.concat_str([question_text(), response_text()], separator="\n", ignore_nulls=True)
+                         .alias("q"))["q"].fill_null("")
     result = pl.DataFrame({"id": df["id"] if "id" in df.columns else pl.Series(range(df.height)).cast(pl.String)})
     need_embedding: dict[str, np.ndarray] = {}
     staged: dict[str, dict[str, Any]] = {}
@@ -247,13 +273,17 @@ def assign_rows(df: pl.DataFrame, objectives: Objectives | dict | str | Path, ws
         method = np.where(has_label.to_numpy(), "label", "none").astype(object)
         conf = np.where(has_label.to_numpy(), 1.0, np.nan)
 
-        todo = ~has_label.to_numpy()
+        # keywords judge every row: they override a label naming another value of
+        # the objectives (labels are often one value for a whole file)
+        label_on = mapped.is_not_null().to_numpy()
+        todo = (~has_label.to_numpy()) | label_on
         if values and todo.any():
             # Keyword/pattern hits per value, one vectorized count per value.
             exprs = [pl.col("t").str.count_matches(rx).alias(f"k{i}")
                      for i, v in enumerate(values) if (rx := _keyword_regex(v)) is not None]
             if exprs:
-                sub = pl.DataFrame({"t": texts.filter(pl.Series(todo))})
+                source = question if axis in KEYWORDS_ON_QUESTION else texts
+                sub = pl.DataFrame({"t": source.filter(pl.Series(todo))})
                 hits = np.zeros((sub.height, len(values)), dtype=np.int64)
                 counted = sub.select(exprs)
                 for col in counted.columns:
@@ -262,13 +292,17 @@ def assign_rows(df: pl.DataFrame, objectives: Objectives | dict | str | Path, ws
                 best = hits.argmax(axis=1)  # first max: ties go to file order
                 rows = np.flatnonzero(todo)
                 got = total > 0
-                value[rows[got]] = np.array(names, dtype=object)[best[got]]
+                kw = np.array(names, dtype=object)[best]
+                got &= ~(label_on[rows] & (kw == value[rows]))  # the keywords agree with the label: a label
+                value[rows[got]] = kw[got]
                 method[rows[got]] = "keyword"
                 conf[rows[got]] = hits[got, best[got]] / total[got]
                 todo[rows[got]] = False
+        todo &= ~has_label.to_numpy()  # labelled rows without a keyword hit keep their label
         if values and todo.any():
             need_embedding[axis] = todo.copy()
-        staged[axis] = {"value": value, "method": method, "conf": conf}
+        staged[axis] = {"value": value, "method": method, "conf": conf,
+                        "label": pl.select(mapped.alias("m")).to_series()}
 
     if need_embedding:
         from bakeoff.curate.embeddings import embed_texts
@@ -301,6 +335,7 @@ def assign_rows(df: pl.DataFrame, objectives: Objectives | dict | str | Path, ws
         on_values = set(obj.names(axis))
         v = pl.Series(axis, st["value"].tolist(), dtype=pl.String).fill_null(UNASSIGNED)
         cols += [v, pl.Series(f"{axis}_method", st["method"].tolist(), dtype=pl.String),
+                 st["label"].alias(f"{axis}_label"),
                  pl.Series(f"{axis}_confidence", st["conf"], dtype=pl.Float64),
                  # an axis the objectives do not constrain is on-objective for every row
                  (v.is_in(list(on_values)) if on_values
@@ -402,6 +437,9 @@ def coverage_report(df: pl.DataFrame, objectives: Objectives | dict | str | Path
             "off_objective": {k: int(c) for k, c in off.iter_rows()},
             "unassigned": int((frame[axis] == UNASSIGNED).sum()) if values else 0,
             "by_method": {m: int(c) for m, c in frame.group_by(f"{axis}_method").len().sort(f"{axis}_method").iter_rows()},
+            # rows whose own label named another objective value than their keywords
+            "relabelled": int(frame.select((pl.col(f"{axis}_label").is_not_null()
+                                            & (pl.col(f"{axis}_label") != pl.col(axis))).sum()).item()),
         }
 
     # Domain x task cells: objective values, plus what is off-objective or unassigned.
@@ -472,8 +510,14 @@ def coverage_report(df: pl.DataFrame, objectives: Objectives | dict | str | Path
                                    "response_chars": _quantiles(sub["response_chars"])}
 
     on_rows = n - off_rows.height
+    warnings = []
+    if resolve_model_name(model_name) == "hashing" and any(
+            axes[a]["by_method"].get("embedding") for a in AXES):
+        warnings.append("rows assigned by the 'hashing' embedder were matched by word overlap with the "
+                        "objectives' descriptions, not by meaning: use a real embedding model "
+                        "(all-MiniLM-L6-v2) before trusting those assignments")
     return {
-        "dataset": dataset, "rows": n, "objectives": obj.to_dict(),
+        "dataset": dataset, "rows": n, "objectives": obj.to_dict(), "warnings": warnings,
         "model": resolve_model_name(model_name), "floor": obj.floor, "scope": obj.scope,
         "on_objective": {"rows": on_rows, "share": round(on_rows / n, 4) if n else None},
         "axes": axes,
@@ -536,6 +580,8 @@ def render_terminal(report: dict[str, Any]) -> None:
     on = report["on_objective"]
     out.print(f"[bold]{title}[/]  {report['rows']} rows, {on['rows']} on objective "
               f"({(on['share'] or 0):.0%}), model={report['model']}", highlight=False)
+    for w in report.get("warnings") or []:
+        out.print(f"[bold yellow]warning:[/] {w}", highlight=False)
     cells = {(c["domain"], c["task"]): c for c in report["cells"]}
     doms = [*report["domains"], *([OTHER] if any(d == OTHER for d, _ in cells) else [])]
     tasks = [*report["tasks"], *([OTHER] if any(t == OTHER for _, t in cells) else [])]

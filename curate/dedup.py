@@ -38,6 +38,7 @@ from bakeoff.steps import StepOutput
 from bakeoff.workspace import BakeoffError, new_ledger
 
 from . import minhash as mh
+from .dedup_key import SCOPE_KEYS, Segments, check_key, segments
 
 KEEP_POLICIES = ("first", "longest", "quality")
 SCOPES = ("prompt", "response", "all")
@@ -51,7 +52,10 @@ STAGE_NAMES = {EXACT: "dedup-exact", NEAR: "dedup-minhash"}
 class DedupConfig:
     """Settings of the dedup step (also the ``dedup`` entry of a recipe)."""
 
-    scope: str = "all"              # prompt | response | all (bakeoff.schema.text_for_scope)
+    scope: str = "all"              # prompt | response | all: shorthand for key turns | prompt | response
+    # what must match, segment by segment (bakeoff.curate.dedup_key): None = the
+    # scope's turns; e.g. [last_user, response] or [meta.group, last_user]
+    key: list[str] | None = None
     exact: bool = True              # stage 1: identical normalised text
     near: bool = True               # stage 2: MinHash LSH + verified Jaccard
     threshold: float = 0.8          # Jaccard of shingle sets
@@ -74,6 +78,8 @@ class DedupConfig:
     def validate(self) -> "DedupConfig":
         if self.scope not in SCOPES:
             raise BakeoffError(f"dedup scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.key is not None:
+            self.key = check_key(self.key)
         if self.keep not in KEEP_POLICIES:
             raise BakeoffError(f"dedup keep policy must be one of {KEEP_POLICIES}, got {self.keep!r}")
         if self.unit not in mh.UNITS:
@@ -136,27 +142,55 @@ def keep_order(n: int, keep: str = "first", lengths: np.ndarray | None = None,
 
 
 def dedup_texts(texts: Sequence[str] | pl.Series, config: DedupConfig | None = None,
-                order: np.ndarray | None = None, show_progress: bool = False) -> DedupResult:
+                order: np.ndarray | None = None, show_progress: bool = False,
+                segments: Segments | None = None) -> DedupResult:
     """Exact then MinHash dedup of ``texts`` in keep-priority ``order``
-    (default: first row wins). The Python API behind the step and the CLI."""
+    (default: first row wins). The Python API behind the step and the CLI.
+
+    With ``segments`` (:func:`bakeoff.curate.dedup_key.segments`) a row is a
+    list of segments (its turns) and ``texts`` is ignored: two rows are exact
+    duplicates when every segment is equal after normalisation, near-duplicates
+    when every segment's Jaccard is >= threshold (``similarity``: the lowest)."""
     cfg = (config or DedupConfig()).validate()
+    if segments is None:
+        series = mh._as_series(texts).cast(pl.String)
+        segments = Segments(series, pl.Series([], dtype=pl.String),
+                            np.arange(series.len() + 1, dtype=np.int64), np.zeros(series.len(), np.int64))
     if cfg.threads is None:
-        return _dedup_texts(texts, cfg, order, show_progress)
+        return _dedup_texts(segments, cfg, order, show_progress)
     import numba
 
     old = numba.get_num_threads()
     numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        return _dedup_texts(texts, cfg, order, show_progress)
+        return _dedup_texts(segments, cfg, order, show_progress)
     finally:
         numba.set_num_threads(old)
 
 
-def _dedup_texts(texts: Sequence[str] | pl.Series, cfg: DedupConfig, order: np.ndarray | None,
+def _row_fingerprints(seg_fp: np.ndarray, offsets: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    """One 128-bit fingerprint per row from its segments' fingerprints, in
+    order, and its shape (a row of one segment keeps that segment's)."""
+    n = offsets.size - 1
+    if n == 0 or (np.diff(offsets) == 1).all() and not shape.any():
+        return seg_fp[offsets[:-1]] if n else np.zeros((0, 2), np.uint64)
+    # fold with position so that [a, b] and [b, a] differ: h = h * K + fp, per lane
+    out = np.zeros((n, 2), np.uint64)
+    out[:, 0] = shape.view(np.uint64)
+    counts = np.diff(offsets)
+    with np.errstate(over="ignore"):
+        for t in range(int(counts.max(initial=0))):
+            rows = np.flatnonzero(counts > t)
+            out[rows] = out[rows] * np.uint64(0x9E3779B97F4A7C15) + seg_fp[offsets[rows] + t]
+            out[rows] ^= out[rows] >> np.uint64(29)
+    return out
+
+
+def _dedup_texts(seg: Segments, cfg: DedupConfig, order: np.ndarray | None,
                  show_progress: bool) -> DedupResult:
     t0 = time.perf_counter()
-    series = mh._as_series(texts).cast(pl.String)
-    n = series.len()
+    offsets = seg.offsets
+    n = offsets.size - 1
     order = np.arange(n, dtype=np.int64) if order is None else np.ascontiguousarray(order, np.int64)
     if order.shape != (n,) or (n and not np.array_equal(np.sort(order), np.arange(n))):
         raise ValueError("order must be a permutation of the row indices")
@@ -171,28 +205,32 @@ def _dedup_texts(texts: Sequence[str] | pl.Series, cfg: DedupConfig, order: np.n
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
     # Pass 1, batch by batch: normalise once and fingerprint each normalised
-    # text (128 bits). The exact stage needs only the fingerprints, and rows it
-    # removes are never shingled or signed.
+    # segment (128 bits). The exact stage needs only the fingerprints, and rows
+    # it removes are never shingled or signed.
     from bakeoff.console import progress
 
+    n_seg = seg.texts.len()
     with progress() if show_progress else contextlib.nullcontext() as bar:
         norm_cb = sig_cb = None
         if bar is not None:
-            t_norm = bar.add_task("normalise + fingerprint", total=n)
-            t_sig = bar.add_task("minhash signatures", total=n)
+            t_norm = bar.add_task("normalise + fingerprint", total=n_seg)
+            t_sig = bar.add_task("minhash signatures", total=n_seg)
             norm_cb = lambda done: bar.update(t_norm, completed=done)  # noqa: E731
             sig_cb = lambda done: bar.update(t_sig, completed=done)  # noqa: E731
-        corpus = mh.NormalizedCorpus(series, batch_size=cfg.batch_size, progress_cb=norm_cb)
+        corpus = mh.NormalizedCorpus(seg.texts, batch_size=cfg.batch_size, progress_cb=norm_cb)
         t1 = time.perf_counter()
-        active = corpus.lengths > 0  # an empty normalised text has no shingles
+        # a row whose segments all normalise to nothing has no shingles
+        seg_len = np.r_[0, np.cumsum(corpus.lengths)]
+        active = (seg_len[offsets[1:]] - seg_len[offsets[:-1]]) > 0
 
-        # Stage 1: identical normalised text (equal 128-bit fingerprints). The
-        # group's representative is its member with the smallest rank.
+        # Stage 1: identical normalised segments (equal 128-bit fingerprints of
+        # the rows). The group's representative is its member with the smallest rank.
         if cfg.exact:
+            fp = _row_fingerprints(corpus.fingerprint, offsets, seg.shape)
             idx = np.flatnonzero(active)
-            d = corpus.fingerprint[idx]
+            d = fp[idx]
             srt = idx[np.lexsort((rank[idx], d[:, 1], d[:, 0]))]
-            ds = corpus.fingerprint[srt]
+            ds = fp[srt]
             new_group = np.ones(srt.size, bool)
             new_group[1:] = (ds[1:] != ds[:-1]).any(axis=1)
             rep = srt[np.flatnonzero(new_group)[np.cumsum(new_group) - 1]]
@@ -203,22 +241,32 @@ def _dedup_texts(texts: Sequence[str] | pl.Series, cfg: DedupConfig, order: np.n
             active[dup] = False
         t2 = time.perf_counter()
         survivors = np.flatnonzero(active)
+        counts = np.diff(offsets)[survivors]
+        sub_offsets = np.zeros(survivors.size + 1, np.int64)
+        np.cumsum(counts, out=sub_offsets[1:])
+        # the survivors' segments, ascending (rows and their segments are in order)
+        seg_rows = np.repeat(offsets[survivors], counts) + (
+            np.arange(int(sub_offsets[-1])) - np.repeat(sub_offsets[:-1], counts))
         sk = None
         if bar is not None:
-            bar.update(t_sig, total=int(survivors.size))
+            bar.update(t_sig, total=int(seg_rows.size))
         if cfg.near and survivors.size:
-            sk = corpus.sketch(survivors, num_perm=cfg.num_perm, ngram=cfg.ngram, seed=cfg.seed,
+            sk = corpus.sketch(seg_rows, num_perm=cfg.num_perm, ngram=cfg.ngram, seed=cfg.seed,
                                unit=cfg.unit, progress_cb=sig_cb)
         del corpus
     t3 = time.perf_counter()
 
-    # Stage 2: MinHash LSH over the survivors, greedy in rank order, verified.
+    # Stage 2: MinHash LSH over the survivors, greedy in rank order, verified
+    # segment by segment.
     t4 = t3
     if sk is not None:
         pos = np.full(n, -1, np.int64)
         pos[survivors] = np.arange(survivors.size)
         sub_order = pos[order[active[order]]]
-        near_partner, near_sim, lsh_stats = mh.greedy_dedup(sk, cfg.threshold, sub_order, cfg.fp_weight)
+        plain = seg_rows.size == survivors.size and not seg.shape.any()
+        near_partner, near_sim, lsh_stats = mh.greedy_dedup(
+            sk, cfg.threshold, sub_order, cfg.fp_weight,
+            segments=None if plain else sub_offsets, shape=None if plain else seg.shape[survivors])
         t4 = time.perf_counter()
         hit = np.flatnonzero(near_partner >= 0)
         rows = survivors[hit]
@@ -244,10 +292,16 @@ def _dedup_texts(texts: Sequence[str] | pl.Series, cfg: DedupConfig, order: np.n
     return DedupResult(partner, similarity, stage, stats)
 
 
+#: a step that removes more than this share of its input says so loudly
+LOUD_SHARE = 0.25
+
+
 def dedup_rows(df: pl.DataFrame, config: DedupConfig | None = None) -> StepOutput:
     """The dedup step: rows -> StepOutput (kept rows, ledger of removed rows
-    naming the row each duplicates, report)."""
+    naming the row each duplicates and why, report)."""
     cfg = (config or DedupConfig()).validate()
+    key = cfg.key or SCOPE_KEYS[cfg.scope]
+    seg = segments(df, key)
     texts = df.select(text_for_scope(cfg.scope))["text"]
     quality = None
     if cfg.keep == "quality":
@@ -260,7 +314,7 @@ def dedup_rows(df: pl.DataFrame, config: DedupConfig | None = None) -> StepOutpu
             raise BakeoffError(f"quality column {cfg.quality_column!r} is not numeric: {exc}") from None
     lengths = texts.str.len_chars().to_numpy() if cfg.keep == "longest" else None
     order = keep_order(df.height, cfg.keep, lengths=lengths, quality=quality)
-    res = dedup_texts(texts, cfg, order=order, show_progress=df.height >= 20000)
+    res = dedup_texts(None, cfg, order=order, show_progress=df.height >= 20000, segments=seg)
 
     removed = np.flatnonzero(res.removed)
     ids = df["id"]
@@ -274,17 +328,37 @@ def dedup_rows(df: pl.DataFrame, config: DedupConfig | None = None) -> StepOutpu
         kept_row_id=kept_ids,
         similarity=res.similarity[removed],
         cluster_id=kept_ids,
-        detail=pl.Series([json.dumps({"scope": cfg.scope, "unit": cfg.unit, "ngram": cfg.ngram})]
-                         * int(removed.size), dtype=pl.String),
+        detail=_reasons(seg, res, removed, key, cfg),
     )
     rows = df.filter(pl.Series(~res.removed))
-    report = _report(df, texts, res, cfg)
+    report = _report(df, texts, res, cfg, key)
     return StepOutput(rows=rows, ledger=ledger, report=report)
 
 
-def _report(df: pl.DataFrame, texts: pl.Series, res: DedupResult, cfg: DedupConfig,
+def _reasons(seg: Segments, res: DedupResult, removed: np.ndarray, key: list[str], cfg: DedupConfig) -> pl.Series:
+    """Per removed row, the ledger detail: JSON with a sentence that says why
+    (which segments were compared and how alike they were)."""
+    if not removed.size:
+        return pl.Series([], dtype=pl.String)
+    counts = np.diff(seg.offsets)[removed]
+    frame = pl.DataFrame({"n": counts, "sim": res.similarity[removed], "exact": res.stage[removed] == EXACT})
+    what = " + ".join(key)
+    reason = (pl.when(pl.col("exact"))
+              .then(pl.format("same text after normalising case, punctuation and spaces, in all {} segment(s) "
+                              f"of the key [{what}]", pl.col("n")))
+              .otherwise(pl.format(f"every one of the {{}} segment(s) of the key [{what}] shares >= "
+                                   f"{cfg.threshold:g} of its word {cfg.ngram}-grams with the kept row "
+                                   "(lowest segment Jaccard {})", pl.col("n"), pl.col("sim").round(3))))
+    return frame.select(pl.struct(
+        reason.alias("reason"), pl.lit(key).alias("key"), pl.lit(cfg.unit).alias("unit"),
+        pl.lit(cfg.ngram).alias("ngram")).struct.json_encode().alias("detail"))["detail"]
+
+
+def _report(df: pl.DataFrame, texts: pl.Series, res: DedupResult, cfg: DedupConfig, key: list[str],
             examples: int = 3) -> dict[str, Any]:
-    """Counts, timings and the largest clusters with example texts."""
+    """Counts, timings, the largest clusters with example texts and, when the
+    step removes more than LOUD_SHARE of its input, a warning with removed rows
+    beside the rows they were judged against."""
     removed = np.flatnonzero(res.removed)
     clusters: list[dict[str, Any]] = []
     if removed.size:
@@ -298,11 +372,36 @@ def _report(df: pl.DataFrame, texts: pl.Series, res: DedupResult, cfg: DedupConf
                 "kept_text": texts[int(kept)][:200],
                 "removed_examples": [texts[int(m)][:200] for m in members],
             })
-    return {
-        "step": "dedup", "config": cfg.to_dict(), "rows_in": df.height,
+    report = {
+        "step": "dedup", "config": cfg.to_dict(), "key": key, "rows_in": df.height,
         "rows_out": int(df.height - removed.size),
         "removed_exact": res.stats.get("removed_exact", 0), "removed_near": res.stats.get("removed_near", 0),
         "clusters": int(np.unique(res.partner[removed]).size) if removed.size else 0,
         "lsh": {k: res.stats[k] for k in ("bands", "rows_per_band", "verified_pairs") if k in res.stats},
         "timings": res.stats.get("timings", {}), "largest_clusters": clusters,
     }
+    warning = loud_warning("dedup", df.height, removed, res.partner[removed], texts)
+    if warning:
+        report["warning"] = warning
+    return report
+
+
+def loud_warning(step: str, rows_in: int, removed: np.ndarray, partner: np.ndarray, texts: pl.Series,
+                 k: int = 3) -> dict[str, Any] | None:
+    """When a step removes more than LOUD_SHARE of its input: a message and a
+    few removed rows shown beside the row each was judged against."""
+    if not rows_in or removed.size <= LOUD_SHARE * rows_in:
+        return None
+    pick = np.linspace(0, removed.size - 1, min(k, removed.size)).astype(np.int64)
+    return {
+        "message": f"{step} removed {removed.size:,} of {rows_in:,} rows ({removed.size / rows_in:.0%}), "
+                   f"more than {LOUD_SHARE:.0%}: check the pairs below before trusting this version",
+        "pairs": [{"removed": _short(texts[int(removed[i])]), "judged_against": _short(texts[int(partner[i])])}
+                  for i in pick],
+    }
+
+
+def _short(text: str | None, n: int = 240) -> str:
+    """Head and tail of a text (the question of a long prompt is at its end)."""
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[: n // 2 - 1] + " … " + text[-(n // 2 - 2):]

@@ -62,7 +62,7 @@ def dedup_file(path: str | Path, text_field: str = "text", ledger_path: str | Pa
     import numpy as np
     import polars as pl
 
-    from bakeoff.curate.dedup import EXACT, STAGE_NAMES, DedupConfig, dedup_texts, keep_order
+    from bakeoff.curate.dedup import EXACT, STAGE_NAMES, DedupConfig, dedup_texts, keep_order, loud_warning
 
     cfg = (config or DedupConfig()).validate()
     path = Path(path)
@@ -94,6 +94,7 @@ def dedup_file(path: str | Path, text_field: str = "text", ledger_path: str | Pa
         "removed_near": int(removed.size - (res.stage == EXACT).sum()),
         "ledger": str(ledger_path) if ledger_path is not None else None,
         "config": cfg.to_dict(),
+        "warning": loud_warning("dedup", n, removed, res.partner[removed], texts),
         "lsh": {k: res.stats.get(k) for k in ("bands", "rows_per_band", "verified_pairs")},
         "timings": {"read_s": round(t_read, 4), **res.stats.get("timings", {}), "total_s": round(total, 4)},
         "docs_per_s": round(n / total, 1) if total > 0 else None,
@@ -116,10 +117,28 @@ def _render(result: dict[str, Any]) -> None:
     t = result.get("timings", {})
     if t:
         rows.append(("time", f"{t.get('total_s', 0):.2f}s"))
+    if result.get("dry_run"):
+        rows.append(("dry run", "no version written"))
     out.print(table("dedup", ["", ""], rows))
     for c in result.get("largest_clusters", []):
         out.print(f"[bold]cluster {c['kept_row_id'][:12]}[/]: {c['removed']} removed "
                   f"(min Jaccard {c['min_jaccard']})", highlight=False)
+    render_warning(result.get("warning"))
+
+
+def render_warning(warning: dict[str, Any] | None) -> None:
+    """A step that removed more than a quarter of its input, loudly, with a few
+    removed rows beside the row each was judged against."""
+    if not warning:
+        return
+    from rich.markup import escape
+
+    from bakeoff.console import out, table
+
+    out.print(f"[bold red]WARNING: {escape(warning['message'])}[/]")
+    if warning.get("pairs"):
+        out.print(table("removed rows and the rows they were judged against", ["removed", "judged against"],
+                        [(escape(p["removed"]), escape(p["judged_against"])) for p in warning["pairs"]]))
 
 
 @click.command("dedup")
@@ -142,11 +161,15 @@ def _render(result: dict[str, Any]) -> None:
 @click.option("--no-near", is_flag=True, help="Skip the MinHash stage.")
 @click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False), default=None,
               help="File mode: write removed lines (row, kept_row, jaccard, stage) to this Parquet file.")
+@click.option("--key", "key", multiple=True,
+              help="Dataset mode: what must match, segment by segment (repeatable): turns (default), prompt, "
+                   "response, last_user, system, chosen, rejected, or a label column such as meta.group.")
 @click.option("--name", default=None, help="Dataset mode: write the result under this dataset name.")
+@click.option("--dry-run", is_flag=True, help="Dataset mode: report what would be removed; write no version.")
 @json_option
 def command(source: str, text_field: str, scope: str, threshold: float, num_perm: int, ngram: int, unit: str,
             keep: str, quality_field: str, seed: int, no_exact: bool, no_near: bool, ledger_path: str | None,
-            name: str | None, as_json: bool) -> None:
+            key: tuple[str, ...], name: str | None, dry_run: bool, as_json: bool) -> None:
     """Remove exact and near-duplicate rows (MinHash LSH, every pair verified).
 
     SOURCE is a dataset version NAME@vN (writes the next version; removed rows
@@ -154,11 +177,15 @@ def command(source: str, text_field: str, scope: str, threshold: float, num_perm
     or a .jsonl/.parquet file (writes --ledger: one row per removed line).
     Exact = identical text after lowercasing and collapsing punctuation and
     spaces; near = Jaccard of word (or char) n-gram sets >= --threshold,
-    checked exactly for every LSH candidate.
+    checked exactly for every LSH candidate. In dataset mode two rows are
+    duplicates only when *every* turn is (each user and assistant turn; for
+    preference rows the prompt, chosen and rejected): different questions about
+    one shared table are not.
 
     \b
     Examples:
       bakeoff curate dedup fin-train@v2 --scope prompt --keep longest
+      bakeoff curate dedup tatqa@v1 --key meta.group --key last_user --dry-run
       bakeoff curate dedup docs.jsonl --text-field text --threshold 0.8 \\
           --ledger removed.parquet --json
     """
@@ -167,7 +194,7 @@ def command(source: str, text_field: str, scope: str, threshold: float, num_perm
 
     cfg = DedupConfig(scope=scope, exact=not no_exact, near=not no_near, threshold=threshold,
                       num_perm=num_perm, ngram=ngram, unit=unit, seed=seed, keep=keep,
-                      quality_column=quality_field).validate()
+                      quality_column=quality_field, key=list(key) or None).validate()
     path = Path(source)
     if path.suffix.lower() in FILE_SUFFIXES or path.is_file():
         if not path.is_file():
@@ -184,10 +211,11 @@ def command(source: str, text_field: str, scope: str, threshold: float, num_perm
     parent = ws.resolve(source)
     t0 = time.perf_counter()
     output = dedup_rows(ws.load(parent), cfg)
-    version = commit_step(ws, parent, "dedup", cfg.to_dict(), output, name=name)
+    version = None if dry_run else commit_step(ws, parent, "dedup", cfg.to_dict(), output, name=name)
     rep = output.report
     result = {
-        "parent": parent.ref, "version": version.ref, "rows": rep["rows_in"], "kept": rep["rows_out"],
+        "parent": parent.ref, "version": version.ref if version else None, "dry_run": dry_run,
+        "rows": rep["rows_in"], "kept": rep["rows_out"], "key": rep["key"], "warning": rep.get("warning"),
         "removed_exact": rep["removed_exact"], "removed_near": rep["removed_near"],
         "clusters": rep["clusters"], "lsh": rep["lsh"],
         "timings": {**rep["timings"], "total_s": round(time.perf_counter() - t0, 4)},

@@ -386,6 +386,67 @@ def _dim_of(parts: list[pl.DataFrame], name: str, batch_size: int) -> int:
     return get_embedder(name, batch_size).dim
 
 
+def model_window(model: str | None = None) -> tuple[int | None, object | None]:
+    """(tokens the model reads, its tokenizer): a sentence-transformers model
+    silently drops every token past ``max_seq_length`` (256 for MiniLM). The
+    hashing embedder reads everything: (None, None)."""
+    name = resolve_model_name(model)
+    if name == HASHING:
+        return None, None
+    emb = get_embedder(name)
+    st = getattr(emb, "_model", None)
+    if st is None:
+        return None, None
+    return int(st.max_seq_length), st.tokenizer
+
+
+@dataclass
+class LongTextStats:
+    texts: int = 0
+    longer_than_window: int = 0     # texts the model could not read whole
+    chunks: int = 0                 # pieces embedded for them
+    window: int | None = None
+
+
+def embed_long_texts(texts: list[str], ws: Workspace | None = None, model: str | None = None, *,
+                     batch_size: int | None = None, show_progress: bool = True
+                     ) -> tuple[np.ndarray, LongTextStats]:
+    """Like :func:`embed_texts`, but never truncates: a text longer than the
+    model's window is cut into windows of whole tokens (the tokenizer's own
+    offsets), each window is embedded (and cached) like any text, and the
+    text's vector is the token-weighted mean of its windows, renormalised.
+    Returns the vectors and how many texts were longer than the window."""
+    window, tok = model_window(model)
+    stats = LongTextStats(texts=len(texts), window=window)
+    texts = ["" if t is None else str(t) for t in texts]
+    if window is None or not texts:
+        return embed_texts(texts, ws, model, batch_size=batch_size, show_progress=show_progress), stats
+    body = max(8, window - 2)  # [CLS] and [SEP] take two places
+    enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
+    pieces: list[str] = []
+    owner: list[int] = []
+    weight: list[float] = []
+    for i, (text, offsets) in enumerate(zip(texts, enc["offset_mapping"])):
+        if len(offsets) <= body:
+            pieces.append(text)
+            owner.append(i)
+            weight.append(1.0)
+            continue
+        stats.longer_than_window += 1
+        for s in range(0, len(offsets), body):
+            span = offsets[s:s + body]
+            pieces.append(text[span[0][0]:span[-1][1]])
+            owner.append(i)
+            weight.append(len(span))
+            stats.chunks += 1
+    vecs = embed_texts(pieces, ws, model, batch_size=batch_size, show_progress=show_progress)
+    if len(pieces) == len(texts):
+        return vecs, stats
+    out = np.zeros((len(texts), vecs.shape[1]), np.float64)
+    np.add.at(out, np.asarray(owner), vecs.astype(np.float64) * np.asarray(weight)[:, None])
+    return _normalise(out.astype(np.float32)), stats
+
+
 def embed_frame(df: pl.DataFrame, text: pl.Expr, ws: Workspace | None = None,
                 model: str | None = None, **kwargs) -> np.ndarray:
     """Embed one text per row of ``df`` computed by the polars expression ``text``
@@ -394,5 +455,5 @@ def embed_frame(df: pl.DataFrame, text: pl.Expr, ws: Workspace | None = None,
     return embed_texts(texts, ws=ws, model=model, **kwargs)
 
 
-__all__ = ["embed_texts", "embed_frame", "get_embedder", "resolve_model_name", "default_model",
+__all__ = ["embed_texts", "embed_long_texts", "model_window", "LongTextStats", "embed_frame", "get_embedder", "resolve_model_name", "default_model",
            "model_path", "HashingEmbedder", "EmbeddingCache", "CacheStats", "cache_keys"]

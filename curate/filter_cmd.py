@@ -28,6 +28,8 @@ def render_filter_report(rep: dict[str, Any], title: str = "filters") -> None:
         out.print(table(f"{name}: examples", ["row id", "side", "detail", "text"],
                         [(e["id"][:12], e["side"], escape(e.get("detail") or ""), escape(e["text"]))
                          for e in f["examples"]]))
+    if rep.get("warning"):
+        out.print(f"[bold red]WARNING: {escape(rep['warning']['message'])}[/]")
     names = rep["overlap"]["filters"]
     matrix = rep["overlap"]["matrix"]
     hit = [i for i, n in enumerate(names) if matrix[i][i]]
@@ -40,19 +42,23 @@ def render_filter_report(rep: dict[str, Any], title: str = "filters") -> None:
 @click.argument("ref")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML: filter name -> options (enabled, roles, action, thresholds).")
-@click.option("--dry-run", is_flag=True, help="Report what would happen; write no version.")
+@click.option("--dry-run", is_flag=True, help="Report how many rows each filter hits; write no version.")
+@click.option("--examples", "n_examples", type=int, default=3, show_default=True,
+              help="Hit rows to show per filter.")
 @json_option
-def command(ref: str, config_path: str | None, dry_run: bool, as_json: bool) -> None:
+def command(ref: str, config_path: str | None, dry_run: bool, n_examples: int, as_json: bool) -> None:
     """Run the noise filters on NAME@vN and write the next version.
 
-    Filters: structure, empty, length, control, mojibake, repetition, refusal,
-    pii, echo, truncated, language. Each has an action (flag | drop, redact for
-    pii, repair for mojibake/control) and roles (prompt | response | both).
-    Dropped rows go to the ledger (stage 'filter', rule = filter name).
+    Filters (in the order they run): structure, empty, length, mojibake,
+    control, repetition, refusal, pii, echo (off by default), truncated,
+    language. Each has an action (flag | drop, redact for pii, repair for
+    mojibake/control) and roles (prompt | response | both). Dropped rows go to
+    the ledger (stage 'filter', rule = filter name, and a reason in words).
+    --dry-run shows how many rows each filter hits and --examples N of them.
 
     \b
     Example:
-      bakeoff curate filter fin-train@v1 --dry-run
+      bakeoff curate filter fin-train@v1 --dry-run --examples 10
       bakeoff curate filter fin-train@v1 --config filters.yaml --json
 
     \b
@@ -68,7 +74,7 @@ def command(ref: str, config_path: str | None, dry_run: bool, as_json: bool) -> 
 
     ws = get_workspace()
     parent = ws.resolve(ref)
-    config = FilterSuiteConfig(filters=load_filter_config(config_path))
+    config = FilterSuiteConfig(filters=load_filter_config(config_path), examples=max(0, n_examples))
     log(f"filtering {parent.ref} ({parent.rows} rows)")
     output = filter_rows(ws.load(parent), config)
     rep = output.report["filter"]

@@ -710,12 +710,36 @@ def _jaccard(hashes, hoffs, x, y):
 
 
 @numba.njit(cache=True)
-def _greedy(bucket, order, hashes, hoffs, threshold):
+def _row_jaccard(hashes, hoffs, soffs, shape, x, y, threshold):
+    """The lowest segment Jaccard of rows ``x`` and ``y``, whose segments are
+    ``soffs[x]:soffs[x+1]`` (each with its shingles in ``hashes[hoffs[s]:hoffs[s+1]]``);
+    -1 when their shapes (number and kinds of segments) differ. Two empty
+    segments are equal (1.0), one empty segment matches nothing (0.0). Stops at
+    the first segment below ``threshold``: the pair cannot be a duplicate then."""
+    if shape[x] != shape[y] or soffs[x + 1] - soffs[x] != soffs[y + 1] - soffs[y]:
+        return -1.0
+    low = 1.0
+    for t in range(soffs[x + 1] - soffs[x]):
+        a = soffs[x] + t
+        b = soffs[y] + t
+        if hoffs[a + 1] == hoffs[a] and hoffs[b + 1] == hoffs[b]:
+            continue
+        jac = _jaccard(hashes, hoffs, a, b)
+        if jac < low:
+            low = jac
+        if low < threshold:
+            return low
+    return low
+
+
+@numba.njit(cache=True)
+def _greedy(bucket, order, hashes, hoffs, soffs, shape, threshold):
     """Keep-priority greedy: walk rows in ``order``; a row is removed iff an
-    already-kept row shares an LSH bucket with it and their exact Jaccard is
-    >= threshold (its partner = the best such kept row, ties to the higher
-    priority). Otherwise it is kept and enters its buckets. Sequential, so the
-    result cannot depend on threads."""
+    already-kept row shares an LSH bucket with it and *every* one of their
+    segments has exact Jaccard >= threshold (its partner = the kept row whose
+    lowest segment Jaccard is highest, ties to the higher priority; a plain text
+    is one segment). Otherwise it is kept and enters its buckets. Sequential, so
+    the result cannot depend on threads."""
     bands = bucket.shape[0]
     n = bucket.shape[1]
     nb = 0
@@ -735,7 +759,7 @@ def _greedy(bucket, order, hashes, hoffs, threshold):
     eps = 1e-12
     for p in range(order.shape[0]):
         d = order[p]
-        nd = hoffs[d + 1] - hoffs[d]
+        nd = hoffs[soffs[d + 1]] - hoffs[soffs[d]]
         if nd == 0:
             continue  # an empty text has no shingles: never a near-duplicate
         best = -1
@@ -746,11 +770,12 @@ def _greedy(bucket, order, hashes, hoffs, threshold):
                 k = e // bands
                 if stamp[k] != p:
                     stamp[k] = p
-                    nk = hoffs[k + 1] - hoffs[k]
-                    # size filter: J <= min/max, skip pairs that cannot reach it
+                    nk = hoffs[soffs[k + 1]] - hoffs[soffs[k]]
+                    # size filter: J <= min/max (per segment, hence for the totals
+                    # too), skip pairs that cannot reach it
                     if min(nd, nk) >= (threshold - eps) * max(nd, nk):
                         checked += 1
-                        jac = _jaccard(hashes, hoffs, d, k)
+                        jac = _row_jaccard(hashes, hoffs, soffs, shape, d, k, threshold - eps)
                         if jac >= threshold - eps and (jac > bestj or (jac == bestj and rank[k] < rank[best])):
                             best = k
                             bestj = jac
@@ -768,14 +793,34 @@ def _greedy(bucket, order, hashes, hoffs, threshold):
 
 
 def greedy_dedup(sk: Sketches, threshold: float = 0.8, order: np.ndarray | None = None,
-                 fp_weight: float = 0.5) -> tuple[np.ndarray, np.ndarray, dict]:
+                 fp_weight: float = 0.5, segments: np.ndarray | None = None,
+                 shape: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Near-duplicate removal over sketches, in keep-priority ``order``
     (default: row order; rows missing from ``order`` take no part -- e.g. rows
     an exact stage already removed). Returns ``partner`` (int64, -1 = kept; else the kept
     row this one duplicates), ``similarity`` (its verified Jaccard) and stats.
     Every removed row has a verified Jaccard >= threshold with its partner,
-    which is itself kept."""
-    n = len(sk)
+    which is itself kept.
+
+    With ``segments`` (int64 offsets, length rows + 1), ``sk`` holds one sketch
+    per *segment* (a turn of a conversation, say) and row ``i`` is segments
+    ``segments[i]:segments[i+1]``: candidates come from the row's MinHash (the
+    element-wise minimum of its segments' signatures, i.e. the MinHash of the
+    union of their shingles), and a pair counts only when every segment matches
+    its counterpart (Jaccard >= threshold) and ``shape`` (an int64 per row: the
+    kinds of its segments) is equal; ``similarity`` is then the lowest segment
+    Jaccard."""
+    if segments is None:
+        segments = np.arange(len(sk) + 1, dtype=np.int64)
+        sig = sk.sig
+    else:
+        segments = np.ascontiguousarray(segments, np.int64)
+        counts = np.diff(segments)
+        if (counts < 1).any():
+            raise ValueError("every row needs at least one segment")
+        sig = np.minimum.reduceat(sk.sig, segments[:-1], axis=0) if len(segments) > 1 else sk.sig[:0]
+    n = len(segments) - 1
+    shape = np.zeros(n, np.int64) if shape is None else np.ascontiguousarray(shape, np.int64)
     if order is None:
         order = np.arange(n, dtype=np.int64)
     order = np.ascontiguousarray(order, dtype=np.int64)
@@ -783,10 +828,10 @@ def greedy_dedup(sk: Sketches, threshold: float = 0.8, order: np.ndarray | None 
         return np.zeros(0, np.int64), np.zeros(0), {"bands": 0, "rows_per_band": 0, "verified_pairs": 0}
     bands, rows = lsh_params(float(threshold), sk.sig.shape[1], fp_weight)
     with _threads_for(n):
-        keys = _band_keys(sk.sig, bands, rows)
+        keys = _band_keys(np.ascontiguousarray(sig), bands, rows)
     bucket = _bucket_ids(keys)
     del keys
-    partner, sim, checked = _greedy(bucket, order, sk.hashes, sk.hoffs, float(threshold))
+    partner, sim, checked = _greedy(bucket, order, sk.hashes, sk.hoffs, segments, shape, float(threshold))
     return partner, sim, {"bands": bands, "rows_per_band": rows, "verified_pairs": int(checked)}
 
 

@@ -264,6 +264,10 @@ def run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: 
             pending_reports[key] = result.report
             entry.update(rows_out=rows.height, removed=ledger.height,
                          by_stage=dict(ledger.group_by("stage").len().iter_rows()) if ledger.height else {})
+            warning = (result.report.get("filter") or result.report).get("warning")
+            if warning:  # more than a quarter removed: said in the summary (and --json) too
+                entry["warning"] = warning["message"]
+                log(f"WARNING: {warning['message']}")
         else:
             reports[key] = result
             pending_reports[key] = result

@@ -52,8 +52,12 @@ def _render(doc: dict[str, Any]) -> None:
 
     from .filter_cmd import render_filter_report
 
+    from .dedup_cmd import render_warning
+
     for key, rep in doc["reports"].items():
         step = key.split(":", 1)[1]
+        if step in ("dedup", "semantic"):
+            render_warning(rep.get("warning"))
         if step == "filter" and "filter" in rep:
             render_filter_report(rep["filter"], title=f"step {key}")
         elif step == "coverage":

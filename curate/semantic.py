@@ -43,7 +43,6 @@ Ledger: stage ``dedup-semantic``, rule ``cosine>=T``, ``kept_row_id``,
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -71,7 +70,8 @@ _SLACK = 1e-3
 class SemanticDedupConfig:
     """Options of the semantic dedup step."""
     threshold: float = 0.95          # cosine similarity at or above which two rows are duplicates
-    scope: str = "all"               # prompt | response | all
+    scope: str = "all"               # prompt | response | all: shorthand for key turns | prompt | response
+    key: list[str] | None = None     # what must match, segment by segment (bakeoff.curate.dedup_key)
     keep: str = "first"              # first | longest | quality
     model: str | None = None         # embedding model (default: env BAKEOFF_EMBEDDING_MODEL / all-MiniLM-L6-v2)
     quality_column: str = "quality"  # keep=quality: column (or key of `extra`) holding the score
@@ -90,6 +90,10 @@ class SemanticDedupConfig:
             raise BakeoffError(f"unknown keep policy {self.keep!r}; expected one of {', '.join(KEEP_POLICIES)}")
         if self.index not in INDEXES:
             raise BakeoffError(f"unknown index {self.index!r}; expected one of {', '.join(INDEXES)}")
+        if self.key is not None:
+            from bakeoff.curate.dedup_key import check_key
+
+            self.key = check_key(self.key)
         if self.batch_size < 1 or self.nprobe < 1:
             raise BakeoffError("batch_size and nprobe must be positive")
 
@@ -144,12 +148,20 @@ def quality_scores(df: pl.DataFrame, column: str) -> pl.Series:
 
 # --- the search ------------------------------------------------------------------
 
-def _exact_cos(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _exact_cos(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, parts: int = 1) -> np.ndarray:
     """Cosine of row pairs (a[k], b[k]) of unit vectors, in float64: the one
-    function every decision uses, so a pair's value never depends on the path."""
+    function every decision uses, so a pair's value never depends on the path.
+
+    With ``parts`` > 1 a row is ``parts`` unit vectors (one per segment: a turn)
+    side by side, each scaled by 1/sqrt(parts), and the result is the *lowest*
+    segment cosine: every segment must match. (The row vectors' own cosine is
+    the mean segment cosine, never below the lowest: so searching the index for
+    rows with cosine >= threshold misses no pair whose every segment passes.)"""
     if len(a) == 0:
         return np.zeros(0, dtype=np.float64)
-    return np.einsum("ij,ij->i", vectors[a].astype(np.float64), vectors[b].astype(np.float64))
+    va = vectors[a].astype(np.float64).reshape(len(a), parts, -1)
+    vb = vectors[b].astype(np.float64).reshape(len(b), parts, -1)
+    return (np.einsum("ijk,ijk->ij", va, vb) * parts).min(axis=1)
 
 
 def _make_index(vectors: np.ndarray, cfg: SemanticDedupConfig) -> tuple[Any, str]:
@@ -172,8 +184,9 @@ def _make_index(vectors: np.ndarray, cfg: SemanticDedupConfig) -> tuple[Any, str
 
 
 def greedy_semantic(vectors: np.ndarray, order: np.ndarray, cfg: SemanticDedupConfig,
-                    show_progress: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Greedy dedup of unit ``vectors`` visited in ``order``.
+                    show_progress: bool = True, parts: int = 1) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Greedy dedup of unit ``vectors`` visited in ``order`` (``parts``: segments
+    per row, see ``_exact_cos``).
 
     Returns ``partner`` (int64 per row: -1 = kept, else the kept row it duplicates),
     ``similarity`` (its exact cosine; NaN for kept rows) and search stats.
@@ -207,7 +220,7 @@ def greedy_semantic(vectors: np.ndarray, order: np.ndarray, cfg: SemanticDedupCo
                 lims, _, found = index.range_search(batch, radius)
                 q = np.repeat(np.arange(len(rows)), np.diff(lims.astype(np.int64)))
                 cand = kept_map[found]
-                cos = _exact_cos(vectors, rows[q], cand)
+                cos = _exact_cos(vectors, rows[q], cand, parts)
                 checked += len(cos)
                 ok = cos >= cfg.threshold
                 if ok.any():
@@ -223,7 +236,7 @@ def greedy_semantic(vectors: np.ndarray, order: np.ndarray, cfg: SemanticDedupCo
                 sub = batch[live]
                 gram = sub @ sub.T
                 ii, jj = np.nonzero(np.triu(gram >= radius, k=1))  # ii < jj: ii ranks first
-                cos = _exact_cos(vectors, rows[live[ii]], rows[live[jj]])
+                cos = _exact_cos(vectors, rows[live[ii]], rows[live[jj]], parts)
                 checked += len(cos)
                 ok = cos >= cfg.threshold
                 ii, jj, cos = ii[ok], jj[ok], cos[ok]
@@ -271,45 +284,74 @@ def semantic_dedup_rows(df: pl.DataFrame, config: SemanticDedupConfig | None = N
                         ws: Workspace | None = None, show_progress: bool = True) -> StepOutput:
     """Remove semantic duplicates from ``df`` (a version's rows); see the module doc."""
     from bakeoff.curate import embeddings as emb
-    from bakeoff.curate.embeddings import embed_texts, resolve_model_name
+    from bakeoff.curate.dedup import loud_warning
+    from bakeoff.curate.dedup_key import SCOPE_KEYS, segments
+    from bakeoff.curate.embeddings import embed_long_texts, resolve_model_name
 
     cfg = config or SemanticDedupConfig()
     cfg.validate()
     started = time.perf_counter()
     model = resolve_model_name(cfg.model)
+    key = cfg.key or SCOPE_KEYS[cfg.scope]
+    seg = segments(df, key)
     texts = df.select(text_for_scope(cfg.scope))["text"].fill_null("")
-    active = np.flatnonzero(texts.str.strip_chars().str.len_chars().to_numpy() > 0)
+    counts = np.diff(seg.offsets)
+    seg_row = np.repeat(np.arange(df.height), counts)  # the row of each segment
+    seg_blank = (seg.texts.str.strip_chars().str.len_chars() == 0).to_numpy()
+    filled = np.bincount(seg_row, weights=~seg_blank, minlength=df.height)
+    active = np.flatnonzero(filled > 0)
     order_all = keep_order(df, texts, cfg.keep, cfg.quality_column)
 
     partner = np.full(df.height, -1, dtype=np.int64)
     sim = np.full(df.height, np.nan)
     search: dict[str, Any] = {"index": "none", "candidates_checked": 0}
     embed_stats: dict[str, Any] = {}
+    long_rows = 0
     if len(active) > 1:
         t_embed = time.perf_counter()
-        vectors = embed_texts(texts.gather(active).to_list(), ws=ws, model=model,
-                              batch_size=cfg.embed_batch_size, show_progress=show_progress)
-        embed_stats = {**asdict(emb.last_stats), "seconds": round(time.perf_counter() - t_embed, 3)}
-        # Keep order restricted to the rows taking part, as positions into `active`.
-        pos = np.full(df.height, -1, dtype=np.int64)
-        pos[active] = np.arange(len(active))
-        sub_order = pos[order_all]
-        sub_order = sub_order[sub_order >= 0]
-        p_sub, s_sub, search = greedy_semantic(vectors, sub_order, cfg, show_progress)
-        hit = p_sub >= 0
-        partner[active[hit]] = active[p_sub[hit]]
-        sim[active[hit]] = s_sub[hit]
+        seg_vecs, long_stats = embed_long_texts(seg.texts.to_list(), ws=ws, model=model,
+                                                batch_size=cfg.embed_batch_size, show_progress=show_progress)
+        embed_stats = {**asdict(emb.last_stats), "seconds": round(time.perf_counter() - t_embed, 3),
+                       "window_tokens": long_stats.window, "chunks": long_stats.chunks,
+                       "segments_longer_than_window": long_stats.longer_than_window}
+        if long_stats.longer_than_window:
+            window, tok = emb.model_window(model)
+            n_tok = np.asarray([len(x) for x in tok(seg.texts.to_list(), add_special_tokens=False)["input_ids"]])
+            long_seg = n_tok > window - 2
+            long_rows = int((np.bincount(seg_row, weights=long_seg, minlength=df.height) > 0).sum())
+        # Rows are compared only with rows of the same shape (the same kinds of
+        # segments): one search per shape, over the segments' vectors side by side.
+        rank = np.empty(df.height, np.int64)
+        rank[order_all] = np.arange(df.height)
+        shapes = pl.DataFrame({"row": active, "shape": seg.shape[active], "n": counts[active]})
+        for (_shape, k), group in shapes.group_by(["shape", "n"], maintain_order=True):
+            rows = group["row"].to_numpy()
+            if len(rows) < 2:
+                continue
+            idx = (seg.offsets[rows][:, None] + np.arange(k)[None, :]).reshape(-1)
+            vectors = (seg_vecs[idx].reshape(len(rows), -1) / np.sqrt(k)).astype(np.float32)
+            sub_order = np.argsort(rank[rows], kind="stable")
+            p_sub, s_sub, st = greedy_semantic(vectors, sub_order, cfg, show_progress, parts=int(k))
+            hit = p_sub >= 0
+            partner[rows[hit]] = rows[p_sub[hit]]
+            sim[rows[hit]] = s_sub[hit]
+            search = {"index": st["index"], "candidates_checked": search["candidates_checked"] + st["candidates_checked"]}
 
     removed = np.flatnonzero(partner >= 0)
     ids = df["id"]
     removed_ids = ids.gather(removed)
     kept_ids = ids.gather(partner[removed])
     rule = f"cosine>={cfg.threshold:g}"
-    detail = json.dumps({"model": model, "scope": cfg.scope, "keep": cfg.keep}, sort_keys=True)
+    n_seg = counts[removed]
+    detail = pl.DataFrame({"n": n_seg, "c": sim[removed]}).select(pl.struct(
+        pl.format(f"every one of the {{}} segment(s) of the key [{' + '.join(key)}] has embedding cosine >= "
+                  f"{cfg.threshold:g} with the kept row (lowest {{}})", "n", pl.col("c").round(4)).alias("reason"),
+        pl.lit(model).alias("model"), pl.lit(key).alias("key"), pl.lit(cfg.keep).alias("keep"),
+    ).struct.json_encode().alias("d"))["d"]
     ledger = new_ledger(
         row_id=removed_ids, stage=[STAGE] * len(removed), rule=[rule] * len(removed),
         score=sim[removed], kept_row_id=kept_ids, similarity=sim[removed],
-        cluster_id=kept_ids, detail=[detail] * len(removed),
+        cluster_id=kept_ids, detail=detail,
     )
     keep_mask = np.ones(df.height, dtype=bool)
     keep_mask[removed] = False
@@ -323,9 +365,12 @@ def semantic_dedup_rows(df: pl.DataFrame, config: SemanticDedupConfig | None = N
                                       removed, partner[removed]))[:5]
     ]
     report = {
-        "step": STAGE, "config": {**asdict(cfg), "model": model},
+        "step": STAGE, "config": {**asdict(cfg), "model": model}, "key": key,
         "rows_in": df.height, "rows_out": kept.height, "removed": int(len(removed)),
         "skipped_empty": int(df.height - len(active)),
+        # nothing is truncated: longer texts are embedded in windows (embed_long_texts)
+        "rows_longer_than_window": long_rows,
+        "share_longer_than_window": round(long_rows / df.height, 4) if df.height else 0.0,
         "clusters": int(len(cluster_sizes)),
         "largest_cluster": int(cluster_sizes.max() or 0) + 1 if len(cluster_sizes) else 0,
         "similarity": ({"min": float(np.min(sim[removed])), "mean": float(np.mean(sim[removed]))}
@@ -334,6 +379,9 @@ def semantic_dedup_rows(df: pl.DataFrame, config: SemanticDedupConfig | None = N
         "seconds": round(time.perf_counter() - started, 3),
         "examples": examples,
     }
+    warning = loud_warning("semantic dedup", df.height, removed, partner[removed], texts)
+    if warning:
+        report["warning"] = warning
     return StepOutput(rows=kept, ledger=ledger, report=report)
 
 

@@ -22,6 +22,9 @@ def _render(result: dict[str, Any]) -> None:
     emb = result.get("embeddings") or {}
     if emb:
         rows.append(("embeddings computed / cached", f"{emb.get('computed', 0)} / {emb.get('cached', 0)}"))
+    if result.get("rows_longer_than_window"):
+        rows.append(("rows longer than the model's window (embedded in windows, not cut)",
+                     f"{result['rows_longer_than_window']} ({result['share_longer_than_window']:.0%})"))
     rows.append(("new version", result.get("version") or "(dry run: nothing written)"))
     rows.append(("time", f"{result['seconds']:.2f}s"))
     out.print(table("semantic dedup", ["", ""], rows))
@@ -29,6 +32,9 @@ def _render(result: dict[str, Any]) -> None:
         out.print(table("examples (removed -> kept)", ["cosine", "removed", "kept"],
                         [[f"{e['cosine']:.3f}", e["removed_text"][:70], e["kept_text"][:70]]
                          for e in result["examples"]]))
+    from .dedup_cmd import render_warning
+
+    render_warning(result.get("warning"))
 
 
 @click.command("semantic")
@@ -93,6 +99,8 @@ def command(ref: str, threshold: float, scope: str, keep: str, quality_column: s
         "skipped_empty": rep["skipped_empty"], "threshold": threshold, "scope": scope, "keep": keep,
         "model": rep["config"]["model"], "search": rep["search"], "embeddings": rep["embeddings"],
         "similarity": rep["similarity"], "examples": rep["examples"],
+        "rows_longer_than_window": rep["rows_longer_than_window"],
+        "share_longer_than_window": rep["share_longer_than_window"], "warning": rep.get("warning"),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     emit(result, as_json, _render)

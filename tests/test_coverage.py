@@ -226,3 +226,28 @@ def test_cli(ws, df, tmp_path):
     res = CliRunner().invoke(cli, ["--workspace", str(ws.root), "curate", "coverage", "mix@v1",
                                    "--objectives", str(tmp_path / "nope.yaml")])
     assert res.exit_code != 0
+
+
+def test_keywords_on_the_question_override_a_file_wide_label(ws):
+    """A file labelled task=qa throughout still has its arithmetic questions counted
+    as arithmetic; and the task is read from the question, not the table with it."""
+    table = "| item | 2019 | 2018 |\n|---|---|---|\n| Revenue growth | 10 | 9 |\n| Average cost | 4 | 3 |"
+    d = frame([row(f"{table}\n\nQuestion: What was the average revenue growth from 2018 to 2019?", task="qa"),
+               row(f"{table}\n\nQuestion: What was revenue in 2019?", task="qa")])
+    rep = coverage_report(d, OBJECTIVES, ws, diversity=False)
+    a = assign_rows(d, load_objectives(OBJECTIVES), ws)
+    assert a["task"].to_list() == ["arithmetic", "qa"]  # the table's "growth", "average" do not count
+    assert a["task_method"][0] == "keyword"
+    assert rep["axes"]["task"]["relabelled"] == 1
+
+
+def test_misspelt_axis_is_an_error():
+    with pytest.raises(BakeoffError, match="unknown key.*tasks"):
+        load_objectives({**OBJECTIVES["axes"], "tasks": {"qa": {}}})
+    with pytest.raises(BakeoffError, match="axes.tasks"):
+        load_objectives({"axes": {**OBJECTIVES["axes"], "tasks": {}}})
+
+
+def test_hashing_embedder_assignment_carries_a_warning(ws, df):
+    rep = coverage_report(df, OBJECTIVES, ws, model="hashing")
+    assert any("word overlap" in w for w in rep["warnings"])

@@ -71,3 +71,27 @@ def test_dataset_mode_writes_next_version(ws):
     assert doc["version"] == "docs@v2" and doc["kept"] == 2 and doc["removed_near"] == 1
     led = ws.ledger("docs@v2")
     assert led["stage"].to_list() == ["dedup-minhash"] and led["kept_row_id"][0] == df["id"][0]
+
+
+def test_dataset_mode_dry_run_key_and_loud_warning(ws):
+    """--dry-run writes nothing; --key chooses what must match; removing more than
+    a quarter of the rows is said loudly, with removed rows beside their partners."""
+    from bakeoff.schema import conform, with_ids
+
+    table = "| item | 2019 | 2018 |\n|---|---|---|\n| Revenue | 10 | 9 |\n| Cost | 4 | 3 |"
+    msgs = [[{"role": "user", "content": f"{table}\n\nQuestion: {q}"}, {"role": "assistant", "content": a}]
+            for q, a in [("What was revenue in 2019?", "10"), ("What was cost in 2019?", "4"),
+                         ("What was revenue in 2019?", "10"), ("What was revenue in 2019?", "10")]]
+    df = with_ids(conform(pl.DataFrame({"kind": ["sft"] * 4, "messages": msgs,
+                                        "extra": ['{"meta": {"group": "t1"}}'] * 4})))
+    ws.commit_version("qa", df, operation="ingest")
+    base = ["--workspace", str(ws.root), "curate", "dedup", "qa@v1", "--json"]
+    doc = json.loads(CliRunner().invoke(cli, base + ["--dry-run"]).stdout)
+    assert doc["dry_run"] and doc["version"] is None and [v.ref for v in ws.versions("qa")] == ["qa@v1"]
+    assert doc["removed_exact"] == 2 and "more than 25%" in doc["warning"]["message"]
+    assert doc["warning"]["pairs"][0]["removed"] == doc["warning"]["pairs"][0]["judged_against"]
+    # the key: one row per table (a label column) -- all four are "the same"
+    by_table = json.loads(CliRunner().invoke(cli, base + ["--dry-run", "--key", "meta.group"]).stdout)
+    assert by_table["kept"] == 1 and by_table["key"] == ["meta.group"]
+    human = CliRunner().invoke(cli, ["--workspace", str(ws.root), "curate", "dedup", "qa@v1", "--dry-run"])
+    assert "WARNING" in human.output and "no version written" in human.output

@@ -156,12 +156,16 @@ def test_dedup_rows_ledger_scope_and_commit(ws):
     resp = dedup_rows(df, DedupConfig(scope="response"))
     assert resp.ledger["row_id"].to_list() == [ids[2]]
     # whole conversation, near stage with the rule and verified similarity
-    df2 = _rows([p, p.replace("2021", "2022")], ["the answer is 42 million dollars", "the answer is 42 million dollars"])
+    # (every turn must match: the similarity is the lowest turn's Jaccard)
+    df2 = _rows([p, p + " please"], ["the answer is 42 million dollars", "the answer is 42 million dollars"])
     near = dedup_rows(df2, DedupConfig(scope="all", threshold=0.7))
     assert near.ledger["stage"].to_list() == ["dedup-minhash"]
     assert near.ledger["rule"].to_list() == ["jaccard>=0.7"]
-    texts = df2.select(conversation_text())["text"].to_list()
-    assert near.ledger["similarity"][0] == pytest.approx(_jac(texts[0], texts[1]))
+    assert near.ledger["similarity"][0] == pytest.approx(_jac(p, p + " please"))
+    assert "every one of the 2 segment(s)" in near.ledger["detail"][0]
+    # the same answer to another question (one word changed) is not a duplicate
+    df3 = _rows([p, p.replace("2021", "2022")], ["the answer is 42 million dollars"] * 2)
+    assert dedup_rows(df3, DedupConfig(scope="all", threshold=0.7)).ledger.height == 0
     assert near.report["removed_near"] == 1 and near.report["largest_clusters"][0]["removed"] == 1
 
     v1 = ws.commit_version("docs", df, operation="ingest")

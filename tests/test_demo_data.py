@@ -14,6 +14,7 @@ from collections import Counter
 import ftfy
 import pytest
 
+from bakeoff import demo_data
 from bakeoff.demo_data import (CONTRACT_LABELS, FILES, NOISE_KINDS, _word_jaccard3, generate,
                                load_ground_truth, luhn_valid)
 
@@ -118,7 +119,7 @@ def test_planted_defects_are_where_the_ground_truth_says(corpus):
         elif kind == "truncated":
             assert ans and (ans[-1] not in ".!?%" or ans.count("(") != ans.count(")"))
         elif kind == "refusal":
-            assert re.search(r"\b(cannot|can't|unable|not able)\b", ans)
+            assert ans in demo_data._REFUSALS  # including paraphrases without "cannot"
         elif kind == "pii-email":
             assert re.search(r"[\w.]+@[\w.]+\.\w+", text)
         elif kind == "pii-card":

@@ -11,16 +11,15 @@ import pytest
 from click.testing import CliRunner
 
 from bakeoff.curate import filters as F
-from bakeoff.demo_data import FILES, generate, load_ground_truth
+from bakeoff.demo_data import FILES, NOISE, generate, load_ground_truth
 from bakeoff.schema import conform, with_ids
 from bakeoff.workspace import BakeoffError, Workspace
 
-#: planted kind -> the filter that must catch it (unless ingest quarantined the row)
-CATCH = {
-    "mojibake": "mojibake", "empty": "empty", "truncated": "truncated", "refusal": "refusal",
-    "pii-email": "pii", "pii-phone": "pii", "pii-card": "pii", "pii-iban": "pii", "control": "control",
-    "repetition": "repetition", "wrong-language": "language", "echo": "echo", "bad-structure": "structure",
-}
+#: planted kind -> the filter that must catch it (unless ingest quarantined the row): from the
+#: one table of noise kinds
+CATCH = {k: nk.caught_by.removeprefix("filter:") for k, nk in NOISE.items() if nk.caught_by.startswith("filter:")}
+#: every filter on, the ones off by default too
+ALL_ON = {name: {"enabled": True} for name in F.FILTERS}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def test_recall_on_planted_noise(demo):
     ws, ref, truth = demo
     df = ws.load(ref)
     quarantined = set(ws.quarantine(ref)["source_line"].to_list())
-    frame, _ = F.detect(df)
+    frame, _ = F.detect(df, F.FilterSuiteConfig.from_dict(ALL_ON))
     frame = frame.with_columns(df["source_line"])
     by_line = {r["source_line"]: r for r in frame.iter_rows(named=True)}
     missed = []
@@ -316,6 +315,10 @@ def test_filter_command_dry_run_and_write(demo):
     assert doc["dry_run"] and "version" not in doc
     assert [v.ref for v in ws.versions(name)] == before
     assert doc["rows_in"] == doc["rows_out"] + doc["dropped"]
+    assert all(len(f["examples"]) == min(3, f["hits"]) for f in doc["filters"].values())
+    many = json.loads(runner.invoke(cli, ["-w", str(ws.root), "curate", "filter", ref, "--dry-run", "--json",
+                                          "--examples", "8"]).stdout)
+    assert all(len(f["examples"]) == min(8, f["hits"]) for f in many["filters"].values())
 
     res = runner.invoke(cli, ["-w", str(ws.root), "curate", "filter", ref, "--json"])
     assert res.exit_code == 0, res.output
@@ -328,3 +331,16 @@ def test_filter_command_dry_run_and_write(demo):
     # people's rendering works too
     res = runner.invoke(cli, ["-w", str(ws.root), "curate", "filter", ref, "--dry-run"])
     assert res.exit_code == 0 and "overlap" in res.output and "refusal" in res.output
+
+
+def test_loud_summary_and_reason_in_words():
+    """A filter step that drops more than a quarter of its rows says so; every
+    ledger row says why in words."""
+    df = rows(("q", "I'm sorry, but I can't help with that request."), ("q", "As an AI, I cannot do that."),
+              ("q", "Net income was $12.4 million."))
+    out = F.filter_rows(df)
+    assert "more than 25%" in out.report["filter"]["warning"]["message"]
+    for d in out.ledger["detail"].to_list():
+        reason = json.loads(d)["reason"]
+        assert reason.startswith("refusal: the answer declines") and "says:" in reason
+    assert "warning" not in F.filter_rows(df.tail(1)).report["filter"]

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from bakeoff.cli import cli
 from bakeoff.curate.embeddings import embed_texts
 from bakeoff.curate.semantic import SemanticDedupConfig, greedy_semantic, semantic_dedup_rows
-from bakeoff.schema import conform, text_for_scope, with_ids
+from bakeoff.schema import conform, prompt_text, response_text, text_for_scope, with_ids
 from bakeoff.workspace import BakeoffError
 
 WORDS = ("revenue profit margin quarter table column total growth cost invoice amount due date client "
@@ -26,10 +26,11 @@ def make_rows(n_base: int = 120, seed: int = 0, extra: dict | None = None) -> pl
     """Base texts plus light variants (a word appended or swapped): paraphrase-like
     neighbours at a range of similarities."""
     rng = random.Random(seed)
-    texts = []
-    for _ in range(n_base):
+    texts, answers = [], []
+    for b in range(n_base):
         base = " ".join(rng.choice(WORDS) for _ in range(14))
         texts.append(base)
+        answers.append(f"answer {b % 7}")
         for _ in range(rng.choice([0, 0, 1, 2])):
             w = base.split()
             if rng.random() < 0.5:
@@ -37,9 +38,10 @@ def make_rows(n_base: int = 120, seed: int = 0, extra: dict | None = None) -> pl
             else:
                 w[rng.randrange(len(w))] = rng.choice(WORDS)
             texts.append(" ".join(w))
+            answers.append(f"answer {b % 7}")  # a variant keeps its base's answer
     rows = [{"kind": "sft", "messages": [{"role": "user", "content": t},
-                                         {"role": "assistant", "content": f"answer {i % 7}"}]}
-            for i, t in enumerate(texts)]
+                                         {"role": "assistant", "content": a}]}
+            for t, a in zip(texts, answers)]
     df = with_ids(conform(pl.DataFrame(rows)))
     return df.with_columns(**(extra or {}))
 
@@ -73,17 +75,21 @@ def test_guarantee_every_removed_row_has_a_kept_partner_above_threshold(ws):
     assert kept_ids.isdisjoint(led["row_id"])
     assert set(led["kept_row_id"]) <= kept_ids          # the partner is itself kept
     assert (led["cluster_id"] == led["kept_row_id"]).all()
-    # Recompute every ledger cosine independently.
-    texts = dict(zip(df["id"], df.select(text_for_scope("all"))["text"]))
-    a = embed_texts([texts[i] for i in led["row_id"]], ws, model="hashing")
-    b = embed_texts([texts[i] for i in led["kept_row_id"]], ws, model="hashing")
-    cos = np.einsum("ij,ij->i", a.astype(np.float64), b.astype(np.float64))
+    # Recompute every ledger cosine independently: the lowest of the turns' cosines.
+    def turn_cos(left, right, all_pairs=False):
+        out = []
+        for side in (prompt_text(), response_text()):
+            texts = dict(zip(df["id"], df.select(side.alias("t"))["t"]))
+            a = embed_texts([texts[i] for i in left], ws, model="hashing").astype(np.float64)
+            b = embed_texts([texts[i] for i in right], ws, model="hashing").astype(np.float64)
+            out.append(a @ b.T if all_pairs else np.einsum("ij,ij->i", a, b))
+        return np.minimum(*out)
+    cos = turn_cos(led["row_id"], led["kept_row_id"])
     assert (cos >= 0.85).all()
     np.testing.assert_allclose(cos, led["similarity"].to_numpy(), atol=1e-6)
     np.testing.assert_allclose(led["score"].to_numpy(), led["similarity"].to_numpy())
     # No two kept rows are duplicates of each other (the greedy is complete with a flat index).
-    kv = embed_texts([texts[i] for i in out.rows["id"]], ws, model="hashing").astype(np.float64)
-    gram = kv @ kv.T
+    gram = turn_cos(out.rows["id"], out.rows["id"], all_pairs=True)
     np.fill_diagonal(gram, 0)
     assert gram.max() < 0.85
 
@@ -167,7 +173,8 @@ def test_cache_is_reused_across_runs(ws):
     semantic_dedup_rows(df, SemanticDedupConfig(model="hashing"), ws=ws)
     again = semantic_dedup_rows(df, SemanticDedupConfig(model="hashing"), ws=ws)
     assert again.report["embeddings"]["computed"] == 0
-    assert again.report["embeddings"]["cached"] == df.height
+    # every distinct turn text, embedded once and then read from the cache
+    assert again.report["embeddings"]["cached"] == again.report["embeddings"]["unique"] >= df.height
 
 
 def run(ws, *args):
@@ -234,3 +241,14 @@ def test_minilm_detects_paraphrases(ws):
     removed = dict(zip(out.ledger["row_id"], out.ledger["kept_row_id"]))
     assert removed == {ids[1]: ids[0], ids[3]: ids[2], ids[5]: ids[4]}
     assert out.report["embeddings"]["computed"] == len(texts)
+
+
+def test_different_numbers_are_never_semantic_duplicates(ws):
+    """"$2.5 million" and "$2.6 million" embed almost alike; as answers to the same
+    question they are different rows (so are questions about 2018 and 2019)."""
+    q = "What was the revenue of the segment?"
+    df = with_ids(conform(pl.DataFrame({"kind": "sft", "messages": [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        for a in ("$2.5 million", "$2.6 million", "$2.5 million.")]})))
+    out = semantic_dedup_rows(df, SemanticDedupConfig(threshold=0.5, model="hashing"), ws=ws, show_progress=False)
+    assert out.ledger["row_id"].to_list() == [df["id"][2]]  # only the same answer again
