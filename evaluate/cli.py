@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 
 import click
 
@@ -19,8 +20,26 @@ def evaluate() -> None:
     """
 
 
+def default_testset(ws: Any, testset: str | None) -> str:
+    """The test set to use: the one given, else the newest built or imported
+    one (said on stderr, so a user sees which one was picked)."""
+    if testset:
+        return testset
+    from bakeoff.console import log
+    from bakeoff.workspace import BakeoffError
+
+    built = [v for v in ws.versions() if v.operation in ("testsets.build", "testsets.import")]
+    if not built:
+        raise BakeoffError("no test set in this workspace: build one with `bakeoff testsets build` "
+                           "or import one with `bakeoff testsets import`, or pass --testset")
+    newest = max(built, key=lambda v: v.created_at)
+    log(f"test set: {newest.ref} (the newest; pass --testset to choose another)")
+    return newest.ref
+
+
 @evaluate.command("run")
-@click.option("--testset", required=True, help="Test set version, NAME@vN (or NAME for the latest).")
+@click.option("--testset", default=None,
+              help="Test set version, NAME@vN (NAME = its latest). Default: the newest test set in the workspace.")
 @click.option("--checkpoints", "-c", multiple=True,
               help="Checkpoint dir, run dir, run id, experiment name or model (repeatable; "
                    "space-separated values are split).")
@@ -66,6 +85,7 @@ def run_cmd(testset: str, checkpoints: tuple[str, ...], experiment: str | None, 
     from bakeoff.evaluate.generate import GenerationSettings
 
     ws = get_workspace()
+    testset = default_testset(ws, testset)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature,
                                   seed=seed, batch_size=batch_size)
     results = evaluate_checkpoints(
@@ -100,7 +120,8 @@ def run_cmd(testset: str, checkpoints: tuple[str, ...], experiment: str | None, 
 
 
 @evaluate.command("rank")
-@click.option("--testset", required=True, help="Test set version, NAME@vN (or NAME for the latest).")
+@click.option("--testset", default=None,
+              help="Test set version, NAME@vN (NAME = its latest). Default: the newest test set in the workspace.")
 @click.option("--experiment", "-e", default=None, help="Only checkpoints of this experiment (plus base models).")
 @click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False),
               help="Write a self-contained HTML report here (default: workspace reports/).")
@@ -136,6 +157,7 @@ def rank_cmd(testset: str, experiment: str | None, html_path: str | None, n_boot
     from bakeoff.evaluate.report import render_terminal
 
     ws = get_workspace()
+    testset = default_testset(ws, testset)
     board, info = rank_checkpoints(ws, testset, experiment, html_path, to_mlflow, n_boot, seed, reward_model,
                                    allow_mixed=allow_mixed)
     result = {**board.to_json(with_items=with_items), **info}

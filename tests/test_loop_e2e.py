@@ -111,7 +111,7 @@ def test_two_rounds_on_one_test_set(tmp_path: Path, torch_one_thread):
 
     # Both rounds ranked on the one test set, by the loop and by `evaluate rank`.
     ranked_by_loop = {e.get("path") for e in r2["leaderboard"]["checkpoints"]}
-    ranked = _invoke(ws, "evaluate", "rank", "--testset", "fin-test", "--json")
+    ranked = _invoke(ws, "evaluate", "rank", "--json")  # no flags: the newest test set, every checkpoint
     assert ranked["testset"] == "fin-test@v1"
     ranked_paths = {e.get("path") for e in ranked["checkpoints"]}
     for ckpt in sft1["checkpoints"] + ppo1["checkpoints"] + sft2["checkpoints"] + ppo2["checkpoints"]:
