@@ -15,31 +15,42 @@ from bakeoff.workspace import BakeoffError
 
 #: Settings of the full demo (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) and of
 #: ``--quick`` (tiny random models, hashing embedder): same loop, smaller numbers.
+#: ``primary`` is the metric the conclusion is written from.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Sized for a 2-core CPU, where one SmolLM2-135M training step on 384 tokens
-    # takes tens of seconds: each run takes a few steps ("start small"; raise
-    # max_steps on a GPU), and every checkpoint is scored on the full test set.
+    # Sized for a 2-core CPU. The training objective (look up a value in a small
+    # table, answer with value and unit only; see bakeoff.demo_data) keeps
+    # sequences short, so a packed step of 256 tokens holds two or three
+    # examples; LoRA at 1e-3 (the top of the usual LoRA range) learns the answer
+    # format and the look-up within the run. Generation stops after 16 tokens:
+    # a right answer is shorter than that.
     "full": dict(
-        scale=1.0, model="smollm2", embedder="all-MiniLM-L6-v2",
-        testset_options={"size": 50},
-        sft={"batch_size": 1, "max_length": 384, "max_steps": 8, "save_steps": 4},
-        reward={"batch_size": 2, "max_length": 384, "max_steps": 6, "save_steps": 6},
-        ppo={"steps": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 2,
-             "max_new_tokens": 24, "max_prompt_length": 384},
-        generation={"max_new_tokens": 32, "batch_size": 10}, loglik=False,
+        scale=1.0, model="smollm2", embedder="all-MiniLM-L6-v2", primary="score",
+        testset_options={"size": 120},
+        sft={"batch_size": 1, "max_length": 256, "max_steps": 160, "save_steps": 80, "lr": 1e-3,
+             "warmup": 0.05},
+        reward={"batch_size": 2, "max_length": 256, "max_steps": 6, "save_steps": 6},
+        ppo={"steps": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,
+             "max_new_tokens": 16, "max_prompt_length": 256},
+        generation={"max_new_tokens": 16, "batch_size": 16}, loglik=True,
     ),
+    # A tiny random model cannot learn to answer in a few steps: what it can
+    # learn is the references' tokens, so the quick demo ranks on reference
+    # log-likelihood (generation-free) and says so.
     "quick": dict(
-        scale=0.3, model="tiny", embedder="hashing",
+        scale=0.3, model="tiny", embedder="hashing", primary="loglik",
         # The hashing embedder measures word overlap, not meaning, so the quick
         # demo names the adjacent and far domains; the full demo measures them.
         testset_options={"size": 60, "adjacent": ("invoices",), "far": ("contracts",)},
-        sft={"batch_size": 8, "max_length": 256, "max_steps": 12, "save_steps": 4},
-        reward={"batch_size": 8, "max_length": 256, "max_steps": 6, "save_steps": 6},
-        ppo={"steps": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,
+        sft={"batch_size": 8, "max_length": 256, "max_steps": 12, "save_steps": 6, "lr": 3e-3},
+        reward={"batch_size": 8, "max_length": 256, "max_steps": 4, "save_steps": 4},
+        ppo={"steps": 1, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,
              "max_new_tokens": 8, "save_steps": 1},
-        generation={"max_new_tokens": 12, "batch_size": 16}, loglik=True,
+        generation={"max_new_tokens": 8, "batch_size": 32}, loglik=True,
     ),
 }
+
+#: The deliberately bad run: the same SFT with a learning rate this many times too high.
+BAD_LR_FACTOR = 10
 
 
 def demo_config(quick: bool, seed: int = 0) -> tuple[LoopConfig, dict[str, Any]]:
@@ -72,17 +83,21 @@ def packaged(name: str) -> Path:
 @click.option("--rounds", type=click.IntRange(1, 2), default=2, show_default=True,
               help="2: a second round re-curates with one more rule and trains again; "
                    "the ranking covers both rounds.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show library logs (warnings, MLflow, transformers) on stderr; "
+                   "they always go to logs/ in the workspace.")
 @json_option
 @click.pass_context
-def demo(ctx: click.Context, quick: bool, seed: int, rounds: int, as_json: bool) -> None:
+def demo(ctx: click.Context, quick: bool, seed: int, rounds: int, verbose: bool, as_json: bool) -> None:
     """Run the whole iteration loop on a fresh workspace, on embedded defaults.
 
     Generates the demo corpus, curates it (filters, dedup, coverage report), builds
     a held-out test set with an adjacent-domain slice, runs SFT, trains a reward
-    model, runs PPO, evaluates the base model and every checkpoint on the full test
-    set, and prints the leaderboard and where the HTML reports and the MLflow
-    store are. With --rounds 2 (default) a second round adds one curation rule and
-    trains again, and the leaderboard ranks both rounds together.
+    model, runs PPO, and with --rounds 2 (default) re-curates with one more rule
+    and trains SFT again. A control run repeats round 1's SFT with the learning
+    rate 10x too high. Every checkpoint and the base model are evaluated on the
+    full test set; the demo prints the leaderboard, a three-line conclusion drawn
+    from it, and where the reports (reports/index.html) and MLflow store are.
 
     \b
     Example:
@@ -96,6 +111,7 @@ def demo(ctx: click.Context, quick: bool, seed: int, rounds: int, as_json: bool)
 
     from bakeoff.console import emit, err, log
     from bakeoff.demo_data import make_demo_workspace
+    from bakeoff.logs import route_library_logs
     from bakeoff.loop import LoopResult, run_loop
 
     cfg, preset = demo_config(quick, seed)
@@ -105,6 +121,7 @@ def demo(ctx: click.Context, quick: bool, seed: int, rounds: int, as_json: bool)
     if ws.versions():
         raise BakeoffError(f"the demo wants a fresh workspace and {ws.root} already has datasets; "
                            "pass --workspace NEW_DIR (or remove it)")
+    logfile = route_library_logs(ws.root / "logs", verbose)
     result = LoopResult()
     t0 = time.perf_counter()
     err.rule("[bold]demo data")
@@ -113,31 +130,176 @@ def demo(ctx: click.Context, quick: bool, seed: int, rounds: int, as_json: bool)
     result.versions.update(made["datasets"])
     second = str(packaged("demo_round2_recipe.yaml")) if rounds == 2 else None
     run_loop(ws, cfg, result, second_round_recipe=second)
-    result.timings["total"] = round(time.perf_counter() - t0, 1)
+    bad_run, board = train_bad_run(ws, cfg, result)
+    story = tell_story(ws, result, board, preset["primary"], bad_run)
+    note_conclusion(ws, result, story, bad_run)
+    from bakeoff.overview import write_overview
+
+    result.reports["overview"] = str(write_overview(ws, story))
+    summary = {**result.to_json(), "story": story, "log": str(logfile)}
+    summary["timings"]["total"] = result.timings["total"] = round(time.perf_counter() - t0, 1)
     log(f"demo finished in {result.timings['total']:.0f} s")
-    emit(result.to_json(), as_json, lambda r: render_summary(r, cfg.experiment))
+    emit(summary, as_json, lambda r: render_summary(r, cfg.experiment))
+
+
+def train_bad_run(ws: Any, cfg: LoopConfig, result: Any) -> tuple[str, Any]:
+    """Round 1's SFT again with the learning rate ``BAD_LR_FACTOR`` x too high,
+    then evaluate it and rank again (the evaluation cache scores only the new
+    checkpoint). Returns (its run id, the leaderboard)."""
+    from bakeoff.loop import _build, _Steps, evaluate_and_rank
+    from bakeoff.train.config import SFTRunConfig
+    from bakeoff.train.sft import train_sft
+
+    step = _Steps(result, prefix="control: ")
+    good = _build(SFTRunConfig, cfg.sft, "sft", dataset=result.versions["curated"], model=cfg.model)
+    options = dict(cfg.sft, lr=good.peak_lr() * BAD_LR_FACTOR, save_steps=good.max_steps)
+    bad_cfg = _build(SFTRunConfig, options, "sft", dataset=result.versions["curated"], model=cfg.model,
+                     experiment_name=cfg.experiment,
+                     hypothesis=f"control: the learning rate {BAD_LR_FACTOR}x too high ranks last")
+    bad = step(f"train sft (LR {BAD_LR_FACTOR}x)", lambda: train_sft(ws, bad_cfg))
+    result.runs.append({"kind": "sft", "dataset": bad_cfg.dataset, "control": "lr-too-high", **bad.to_json()})
+    board = evaluate_and_rank(ws, cfg, result.versions["testset"], result, step)
+    return bad.run_id, board
+
+
+def run_roles(result: Any, bad_run: str | None) -> dict[str, str]:
+    """run id -> what the run is in the story ("SFT round 1", "PPO", ...)."""
+    roles: dict[str, str] = {}
+    round_of = {result.versions.get("curated"): 1, result.versions.get("curated (round 2)"): 2}
+    for run in result.runs:
+        rid = run.get("run_id")
+        if rid == bad_run:
+            roles[rid] = f"SFT LR {BAD_LR_FACTOR}x"
+        elif run["kind"] == "sft":
+            roles[rid] = f"SFT round {round_of.get(run.get('dataset'), '?')}"
+        else:
+            roles[rid] = run["kind"].upper()
+    return roles
+
+
+def tell_story(ws: Any, result: Any, board: Any, primary: str, bad_run: str | None) -> dict[str, Any]:
+    """The rankings the conclusion is drawn from (primary metric first), each
+    model's role, and the three-line conclusion itself."""
+    from bakeoff.likelihood import leaderboard_matrix, loglik_matrix, rank_table
+
+    roles = run_roles(result, bad_run)
+    names = {}
+    for e in board.entries:
+        names[e.label] = "base" if e.is_base else f"{roles.get(e.run_id, e.kind or '?')} @{e.step}"
+    tables = {"score": rank_table("score (exact/numeric/fields)", *leaderboard_matrix(board))}
+    ll = loglik_matrix(ws, board)
+    if ll is not None:
+        tables["loglik"] = rank_table("reference log-likelihood per token", *ll)
+    if primary not in tables:
+        primary = "score"
+    order = [primary] + [k for k in tables if k != primary]
+    alerts = [a for r in result.runs if r.get("run_id") == bad_run for a in r.get("lr_alerts", [])]
+    lines = conclusion(tables[primary], names, alerts)
+    return {"primary": primary, "names": names, "conclusion": lines,
+            "rankings": {k: tables[k].to_json() for k in order}}
+
+
+def note_conclusion(ws: Any, result: Any, story: dict[str, Any], bad_run: str | None) -> None:
+    """The conclusion on the MLflow runs it is about (tag ``bakeoff.conclusion``)."""
+    from bakeoff.train.tracking import note
+
+    lines = story["conclusion"]
+    for run in result.runs:
+        rid = run.get("run_id")
+        if rid and run["kind"] == "sft":
+            note(ws, rid, lines[-1] if rid == bad_run else " ".join(lines[:2]))
+
+
+def conclusion(table: Any, names: dict[str, str], alerts: list[dict[str, Any]]) -> list[str]:
+    """Three lines written from the ranking: the in-domain gain over the base model
+    and its significance, the same on the adjacent slice, and round 2 against
+    round 1 with where the deliberately bad run ranks."""
+    base = next((lab for lab, n in names.items() if n == "base"), None)
+    trained = [lab for lab, n in names.items() if n != "base" and "LR" not in n]
+    ind, adj = "in-domain", "adjacent"
+    if base is None or not trained or ind not in table.by_slice:
+        return ["no base model or no trained checkpoint was ranked: nothing to conclude"]
+    best = max(trained, key=lambda lab: table.row(lab).slices.get(ind, float("-inf")))
+
+    def versus(slice_name: str) -> tuple[float, bool, float | None]:
+        """(gain of best over base, significant?, adjusted p) on a slice."""
+        leader = table.by_slice[slice_name][0]
+        b = table.row(base, slice_name)
+        gain = table.row(best).slices[slice_name] - table.row(base).slices[slice_name]
+        sig = leader.label == best and b.worse_than_best
+        return gain, sig, b.p_vs_best if leader.label == best else None
+
+    def p_text(p: float | None) -> str:
+        return f"adjusted p = {p:.2g}" if p is not None else f"{names[best]} does not lead this slice"
+
+    metric = table.metric
+    gain, sig, p = versus(ind)
+    lines = [f"In-domain ({table.slice_sizes[ind]} items, {metric}): {names[best]} "
+             f"{table.row(best).slices[ind]:.3f} vs base {table.row(base).slices[ind]:.3f} "
+             f"({gain:+.3f}), {'significantly better' if sig else 'not significantly better'} "
+             f"({p_text(p)})."]
+    if adj in table.by_slice:
+        again, asig, ap = versus(adj)
+        carry = ("the gain carries over" if asig else
+                 "smaller and not significant: the gain does not carry over" if again < gain else
+                 "not significant")
+        lines.append(f"Adjacent slice ({table.slice_sizes[adj]} items): {again:+.3f} against {gain:+.3f} "
+                     f"in-domain; {carry} ({p_text(ap)}).")
+    else:
+        lines.append("No adjacent slice in this test set: generalisation is not measured.")
+    lines.append(_rounds_line(table, names, alerts))
+    return lines
+
+
+def _rounds_line(table: Any, names: dict[str, str], alerts: list[dict[str, Any]]) -> str:
+    def best_of(prefix: str) -> Any:
+        rows = [r for r in table.rows if names.get(r.label, "").startswith(prefix)]
+        return min(rows, key=lambda r: r.rank) if rows else None
+
+    r1, r2, bad = best_of("SFT round 1"), best_of("SFT round 2"), best_of("SFT LR")
+    parts = []
+    if r1 and r2:
+        hi, lo = (r2, r1) if r2.rank < r1.rank else (r1, r2)
+        leads = table.rows[0].label == hi.label
+        sig = leads and lo.worse_than_best
+        parts.append(f"Round 2 vs round 1: {names[hi.label]} {hi.mean:.3f} over {names[lo.label]} "
+                     f"{lo.mean:.3f}, {'a significant' if sig else 'not a significant'} difference")
+    if bad:
+        worst = all(bad.rank >= r.rank for r in table.rows)
+        fired = ", ".join(sorted({a.get('kind', '?') for a in alerts})) or "no alert"
+        parts.append(f"the LR {BAD_LR_FACTOR}x run ranks {bad.rank} of {len(table.rows)}"
+                     f"{' (last)' if worst else ''}, loss monitor: {fired}")
+    return ("; ".join(parts) + ".") if parts else "Only one round was trained."
 
 
 def render_summary(r: dict[str, Any], experiment: str) -> None:
-    """The leaderboard, then where everything is."""
+    """The leaderboard, the conclusion, then where everything is."""
     from bakeoff.console import out, table
 
-    board = r["leaderboard"]
-    rows = []
-    for e in board.get("checkpoints", []):
-        lo, hi = e.get("interval") or [None, None]
-        slices = "  ".join(f"{k}={v:.3f}" for k, v in (e.get("slices") or {}).items() if v is not None)
-        rows.append((e.get("rank"), e.get("label"), f"{e.get('score', 0):.3f}",
-                     f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "", f"{e.get('p_best', 0):.2f}", slices))
-    out.print(table(f"leaderboard on {board.get('testset')} ({board.get('n_items')} items)",
-                    ["rank", "checkpoint", "score", "95% CI", "p(best)", "per slice"], rows))
-    out.print(table("versions", ["role", "version"], r["versions"].items()))
+    story = r.get("story") or {}
+    names = story.get("names", {})
+    for key, ranking in (story.get("rankings") or {}).items():
+        rows = []
+        for e in ranking["rows"]:
+            slices = "  ".join(f"{k}={v:.3f}" for k, v in e["slices"].items())
+            worse = "yes" if e["worse_than_best"] else ("" if e["p_vs_best"] is None else "no")
+            rows.append((e["rank"], names.get(e["label"], e["label"]), f"{e['mean']:.3f}",
+                         f"[{e['lo']:.3f}, {e['hi']:.3f}]", f"{e['p_best']:.2f}", worse, slices))
+        primary = " (primary)" if key == story.get("primary") else ""
+        out.print(table(f"ranking on {ranking['metric']}{primary}: {r['versions'].get('testset')}, "
+                        f"{ranking['n_items']} items", ["rank", "model", "mean", "95% CI", "p(best)",
+                                                        "worse than #1", "per slice"], rows))
+    if story.get("conclusion"):
+        out.print("[bold]Conclusion[/]")
+        for line in story["conclusion"]:
+            out.print(f"  {line}", highlight=False)
     out.print(table("step timings", ["step", "seconds"], r["timings"].items()))
-    out.print(f"reports: {', '.join(r['reports'].values())}")
+    out.print(f"overview: {r['reports'].get('overview', '')}", highlight=False)
+    out.print(f"library logs: {r.get('log', '')}", highlight=False)
     out.print(f"MLflow store: {r['tracking_uri']}  (open the UI with: "
-              f"mlflow ui --backend-store-uri {r['tracking_uri']})")
+              f"mlflow ui --backend-store-uri {r['tracking_uri']})", highlight=False)
     out.print(f"rank again any time: bakeoff --workspace {r['workspace']} evaluate rank "
-              f"--testset {r['versions'].get('testset')} --experiment {experiment}")
+              f"--testset {r['versions'].get('testset')} --experiment {experiment}", highlight=False)
 
 
 @demo.command("data")

@@ -9,14 +9,13 @@ pipeline file accepts exactly the options the stage commands document.
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from bakeoff.console import err, log
+from bakeoff.logs import library_output, log_path, route_library_logs
 from bakeoff.workspace import BakeoffError, Workspace
 
 
@@ -91,9 +90,9 @@ class _Steps:
         label = f"{self.prefix}{name}"
         err.rule(f"[bold]{label}")
         t0 = time.perf_counter()
-        # Trainers print their logs on stdout; results own stdout (--json), so
-        # everything a step prints goes to stderr with the progress bars.
-        with contextlib.redirect_stdout(sys.stderr):
+        # Libraries print on stdout and stderr; results own stdout (--json), so
+        # what a step's libraries print goes to the workspace log (stderr with -v).
+        with library_output():
             value = fn()
         self.result.timings[label] = round(time.perf_counter() - t0, 1)
         log(f"[dim]{label}: {self.result.timings[label]:.1f} s[/]")
@@ -201,6 +200,8 @@ def run_loop(ws: Workspace, cfg: LoopConfig, result: LoopResult | None = None,
     from bakeoff.tracking import setup_mlflow
 
     result = result or LoopResult()
+    if log_path() is None:
+        route_library_logs(ws.root / "logs")
     result.workspace, result.tracking_uri = str(ws.root), setup_mlflow(ws)
     step = _Steps(result)
     ingest_sources(ws, cfg.sources, result, step)
