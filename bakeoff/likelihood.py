@@ -46,6 +46,14 @@ class RankTable:
     rows: list[RankedRow]
     by_slice: dict[str, list[RankedRow]] = field(default_factory=dict)
     slice_sizes: dict[str, int] = field(default_factory=dict)
+    #: the items x models matrix ranked, its column labels and each item's slice
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+    labels: list[str] = field(default_factory=list, repr=False)
+    item_slices: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    def column(self, label: str, slice_name: str | None = None) -> np.ndarray:
+        col = self.scores[:, self.labels.index(label)]
+        return col if slice_name is None else col[self.item_slices == slice_name]
 
     def row(self, label: str, slice_name: str | None = None) -> RankedRow | None:
         rows = self.rows if slice_name is None else self.by_slice.get(slice_name, [])
@@ -84,7 +92,8 @@ def rank_table(metric: str, labels: list[str], scores: np.ndarray, slices: list[
     """Rank the columns of ``scores`` (items x models), overall and per slice."""
     scores = np.asarray(scores, dtype=np.float64)
     slice_arr = np.asarray(slices)
-    table = RankTable(metric, scores.shape[0], _rank(labels, scores, seed))
+    table = RankTable(metric, scores.shape[0], _rank(labels, scores, seed), scores=scores,
+                      labels=list(labels), item_slices=slice_arr)
     for s in dict.fromkeys(slices):
         m = slice_arr == s
         table.slice_sizes[s] = int(m.sum())
@@ -93,6 +102,16 @@ def rank_table(metric: str, labels: list[str], scores: np.ndarray, slices: list[
         for row in table.rows:
             row.slices[s] = float(means[labels.index(row.label)])
     return table
+
+
+def paired_p(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
+    """Two-sided p-value of one paired comparison of two models on the same items
+    (the test ``rank_models`` uses: McNemar on 0/1 scores, else paired bootstrap)."""
+    from bakeoff.evaluate.stats import rank_models
+
+    r = rank_models(np.column_stack([a, b]), seed=seed)
+    p = np.asarray(getattr(r, "p_vs_leader", r.p_holm), dtype=float)
+    return float(np.nanmin(p)) if np.isfinite(p).any() else 1.0
 
 
 def leaderboard_matrix(board: Any) -> tuple[list[str], np.ndarray, list[str]]:
@@ -114,7 +133,7 @@ def loglik_matrix(ws: Workspace, board: Any) -> tuple[list[str], np.ndarray, lis
     _, items = load_items(ws, board.testset)
     items = items.select("id", "item_digest", "slice")
     with cache.connect(ws) as con:
-        ll = (con.execute(
+        ll = (con.sql(
             "SELECT weights_digest, template, item_digest, loglik, n_tokens FROM eval_logliks").pl())
     labels, cols = [], []
     for e in board.entries:

@@ -118,6 +118,7 @@ def curate(ws: Workspace, raw_ref: str, recipe: str | None, step: _Steps,
         return raw_ref
     from bakeoff.curate.coverage import write_html
     from bakeoff.curate.recipe import load_recipe
+    from bakeoff.html import report_name
 
     res = step("curate", lambda: _run_recipe(ws, raw_ref, load_recipe(recipe)))
     for s in res.steps:
@@ -125,8 +126,9 @@ def curate(ws: Workspace, raw_ref: str, recipe: str | None, step: _Steps,
             f"({s.get('seconds', 0):.1f} s)")
     for key, report in res.reports.items():
         if key.endswith(":coverage") and reports is not None:
-            path = ws.reports_dir() / f"coverage-{res.version.ref.replace('@', '-')}.html"
-            reports[f"coverage {res.version.ref}"] = str(write_html(report, path))
+            path = ws.reports_dir() / report_name("coverage", res.version.ref)
+            # The report titles the version it covers.
+            reports[f"coverage {res.version.ref}"] = str(write_html({**report, "dataset": res.version.ref}, path))
     return res.version.ref
 
 

@@ -53,11 +53,6 @@ class Lineage:
             self.edges.add((a, b))
 
 
-def report_name(kind: str, ref: str) -> str:
-    """The file name of a report on a version: ``KIND-NAME-vN.html``."""
-    return f"{kind}-{ref.replace('@', '-')}.html"
-
-
 # --- gathering ---------------------------------------------------------------------
 
 def _ledger_counts(ws: Workspace, ref: str) -> dict[str, int]:
@@ -133,7 +128,7 @@ def lineage(ws: Workspace, g: dict[str, Any]) -> Lineage:
     reports = {p.name for p in g["reports"]}
 
     def href(kind: str, ref: str) -> str | None:
-        name = report_name(kind, ref)
+        name = H.report_name(kind, ref)
         return name if name in reports else None
 
     L = Lineage()
@@ -251,7 +246,7 @@ def sections(ws: Workspace, g: dict[str, Any], L: Lineage, story: dict[str, Any]
                  *[f"{e.slices.get(s, float('nan')):.3f}" for s in b.slices],
                  "—" if e.loglik_per_token is None else f"{e.loglik_per_token:.3f}")
                 for e in b.entries[:8]]
-        link = report_name("leaderboard", b.testset)
+        link = H.report_name("leaderboard", b.testset)
         out.append(f"<h2>Latest leaderboard: <a href='{H.esc(link)}'>{H.esc(b.testset)}</a></h2>"
                    f"<p>{b.n_items} items, test: {H.esc(b.test)}; top {len(rows)} of {len(b.entries)}.</p>"
                    + H.table(["#", "model", "score", "95% CI", "p(best)", "p vs #1", *b.slices,
