@@ -94,7 +94,10 @@ def rank_table(metric: str, labels: list[str], scores: np.ndarray, slices: list[
     slice_arr = np.asarray(slices)
     table = RankTable(metric, scores.shape[0], _rank(labels, scores, seed), scores=scores,
                       labels=list(labels), item_slices=slice_arr)
-    for s in dict.fromkeys(slices):
+    from bakeoff.evaluate.rank import SLICE_ORDER
+
+    present = list(dict.fromkeys(slices))
+    for s in [x for x in SLICE_ORDER if x in present] + [x for x in present if x not in SLICE_ORDER]:
         m = slice_arr == s
         table.slice_sizes[s] = int(m.sum())
         table.by_slice[s] = _rank(labels, scores[m], seed)

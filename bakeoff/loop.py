@@ -233,6 +233,9 @@ def run_loop(ws: Workspace, cfg: LoopConfig, result: LoopResult | None = None,
         result.versions["curated (round 2)"] = train_ref2
         train_round(ws, cfg, train_ref2, result, step2, with_rl=False)
     evaluate_and_rank(ws, cfg, testset_ref, result, step)
+    from bakeoff.overview import write_overview
+
+    result.reports["overview"] = str(write_overview(ws))
     return result
 
 

@@ -182,7 +182,7 @@ def lineage(ws: Workspace, g: dict[str, Any]) -> Lineage:
 
 # --- drawing -----------------------------------------------------------------------
 
-def lineage_svg(L: Lineage, col_w: int = 210, box_w: int = 190, box_h: int = 46, gap: int = 12) -> str:
+def lineage_svg(L: Lineage, col_w: int = 156, box_w: int = 146, box_h: int = 44, gap: int = 10) -> str:
     """The lineage as an inline SVG: one column per layer, boxes linked to their
     reports, edges as curves. Drawn by hand: a layered layout of a few dozen
     nodes needs no graph library (and graphviz is not a Python dependency)."""
@@ -208,8 +208,8 @@ def lineage_svg(L: Lineage, col_w: int = 210, box_w: int = 190, box_h: int = 46,
         if n.id not in pos:
             continue
         x, y = pos[n.id]
-        title = n.title if len(n.title) <= 28 else n.title[:27] + "…"
-        detail = n.detail if len(n.detail) <= 34 else n.detail[:33] + "…"
+        title = n.title if len(n.title) <= 21 else n.title[:20] + "…"
+        detail = n.detail if len(n.detail) <= 26 else n.detail[:25] + "…"
         box = (f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" class="node {n.layer.replace(" ", "-")}"/>'
                f'<text x="{x + 8}" y="{y + 18}" class="title">{H.esc(title)}</text>'
                f'<text x="{x + 8}" y="{y + 36}" class="detail">{H.esc(detail)}</text>'
@@ -217,7 +217,7 @@ def lineage_svg(L: Lineage, col_w: int = 210, box_w: int = 190, box_h: int = 46,
         parts.append(f'<a href="{H.esc(n.href)}">{box}</a>' if n.href else box)
     width = 20 + len(cols) * col_w
     style = ("<style>.layer{font:600 12px system-ui;fill:#555;text-transform:uppercase}"
-             ".title{font:600 12px system-ui;fill:#111}.detail{font:11px system-ui;fill:#555}"
+             ".title{font:600 11.5px system-ui;fill:#111}.detail{font:10.5px system-ui;fill:#555}"
              ".node{fill:#f7f9fc;stroke:#8aa4c8}.node.leaderboards{fill:#fff7d6;stroke:#c9a227}"
              ".node.runs{fill:#eef8f0;stroke:#6aa77a}.edge{fill:none;stroke:#9bb;stroke-width:1.2}"
              "a .node{stroke-width:2}</style>")
@@ -233,15 +233,35 @@ def _p(x: float | None) -> str:
     return "<0.001" if x < 0.001 else f"{x:.3f}"
 
 
+def _no_winner_note(means: list[float]) -> str:
+    if means and max(means) - min(means) < 1e-12:
+        return ("<p class=bad>Every model scores the same on this metric: the ranking has no winner "
+                "(the order is arbitrary).</p>")
+    return ""
+
+
 def sections(ws: Workspace, g: dict[str, Any], L: Lineage, story: dict[str, Any] | None) -> list[str]:
     out = [f"<p class=muted>Workspace <code>{H.esc(ws.root)}</code>, written "
            f"{H.esc(time.strftime('%Y-%m-%d %H:%M:%S'))}. Every box links to its report where there is one.</p>"]
     if story and story.get("conclusion"):
         out.append("<h2>Conclusion</h2><ol>" + "".join(f"<li>{H.esc(x)}</li>" for x in story["conclusion"])
                    + f"</ol><p class=muted>Written by code from the ranking on {H.esc(story.get('primary'))}.</p>")
+    if story:
+        names = story.get("names", {})
+        for key, ranking in (story.get("rankings") or {}).items():
+            rows = [(r["rank"], names.get(r["label"], r["label"]), f"{r['mean']:.3f}",
+                     f"[{r['lo']:.3f}, {r['hi']:.3f}]", "yes" if r["worse_than_best"] else "",
+                     *[f"{v:.3f}" for v in r["slices"].values()]) for r in ranking["rows"]]
+            slices = list(ranking["rows"][0]["slices"]) if ranking["rows"] else []
+            primary = " (the conclusion's metric)" if key == story.get("primary") else ""
+            out.append(f"<h2>Ranking on {H.esc(ranking['metric'])}{primary}</h2>"
+                       + _no_winner_note([r["mean"] for r in ranking["rows"]])
+                       + H.table(["#", "model", "mean", "95% CI", "significantly worse than #1", *slices],
+                                 rows, highlight=[0]))
     if g["boards"]:
         b = g["boards"][-1]
-        rows = [(e.rank, e.label + (" (base)" if e.is_base else ""), f"{e.score:.3f}",
+        names = (story or {}).get("names", {})
+        rows = [(e.rank, names.get(e.label, e.label) + (" (base)" if e.is_base else ""), f"{e.score:.3f}",
                  f"[{e.lo:.3f}, {e.hi:.3f}]", f"{e.p_best:.2f}", _p(e.p_holm),
                  *[f"{e.slices.get(s, float('nan')):.3f}" for s in b.slices],
                  "—" if e.loglik_per_token is None else f"{e.loglik_per_token:.3f}")
@@ -249,17 +269,9 @@ def sections(ws: Workspace, g: dict[str, Any], L: Lineage, story: dict[str, Any]
         link = H.report_name("leaderboard", b.testset)
         out.append(f"<h2>Latest leaderboard: <a href='{H.esc(link)}'>{H.esc(b.testset)}</a></h2>"
                    f"<p>{b.n_items} items, test: {H.esc(b.test)}; top {len(rows)} of {len(b.entries)}.</p>"
+                   + _no_winner_note([e.score for e in b.entries])
                    + H.table(["#", "model", "score", "95% CI", "p(best)", "p vs #1", *b.slices,
                               "ref. loglik/token"], rows, highlight=[0]))
-    if story:
-        for key, ranking in (story.get("rankings") or {}).items():
-            names = story.get("names", {})
-            rows = [(r["rank"], names.get(r["label"], r["label"]), f"{r['mean']:.3f}",
-                     f"[{r['lo']:.3f}, {r['hi']:.3f}]", "yes" if r["worse_than_best"] else "",
-                     *[f"{v:.3f}" for v in r["slices"].values()]) for r in ranking["rows"]]
-            slices = list(ranking["rows"][0]["slices"]) if ranking["rows"] else []
-            out.append(f"<h2>Ranking on {H.esc(ranking['metric'])}</h2>"
-                       + H.table(["#", "model", "mean", "95% CI", "worse than #1", *slices], rows, highlight=[0]))
     out.append("<h2>Lineage</h2><div style='overflow-x:auto'>" + lineage_svg(L) + "</div>")
     vrows = []
     for v in g["versions"]:

@@ -44,6 +44,17 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
 
 
+def training_runs_view(experiment_name: str) -> str | None:
+    """The UI route of an experiment's runs table, to append to the address
+    ``mlflow ui`` prints. MLflow 3's UI remembers a workflow type per browser
+    (GenAI by default, which opens on "Traces"); ``workflowType=machine_learning``
+    switches it to the training view."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(experiment_name)
+    return None if exp is None else f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+
+
 def run_label(round: int | None, kind: str, dataset: str | None = None) -> str:
     """An MLflow run name that says round, kind and dataset version:
     ``r2-sft-fin-train@v3``, ``r1-ppo-prompts@v1``, ``sft-fin-train@v2`` (no round)."""

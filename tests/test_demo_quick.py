@@ -59,6 +59,7 @@ def test_control_run_ranks_last_and_rounds_are_compared(quick):
     assert names[rows[-1]["label"]].startswith("SFT LR")
     assert any(n.startswith("SFT round 2") for n in names.values())
     assert "Round 2 vs round 1" in story["conclusion"][2]
+    assert "loss monitor: no alert" not in story["conclusion"][2]  # the monitor caught it
 
 
 def test_overview_page_and_logs_are_written(quick):
