@@ -40,10 +40,11 @@ _SELF_CONFIGURING = ("mlflow", "transformers", "datasets", "trl", "peft", "accel
 _state: dict[str, Any] = {"path": None, "verbose": False, "handler": None}
 
 
-def route_library_logs(log_dir: str | Path, verbose: bool = False) -> Path:
+def route_library_logs(log_dir: str | Path, verbose: bool = False, training: bool = True) -> Path:
     """Send library logs, warnings and progress bars to a new file in ``log_dir``
     (and, with ``verbose``, to stderr too). Returns the log file's path.
-    Calling it again moves the log to the new directory."""
+    Calling it again moves the log to the new directory. ``training=False``
+    skips the transformers set-up (and its import) for commands that train nothing."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / f"bakeoff-{time.strftime('%Y%m%d-%H%M%S')}.log"
@@ -72,8 +73,29 @@ def route_library_logs(log_dir: str | Path, verbose: bool = False) -> Path:
             lib.removeHandler(h)
         lib.propagate = True
     _state.update(path=path, verbose=verbose, handler=handler)
-    _quiet_transformers(verbose)
+    if training:
+        _quiet_transformers(verbose)
     return path
+
+
+def ensure_library_logs(workspace_root: str | Path, training: bool = True) -> Path:
+    """``route_library_logs`` into ``workspace_root/logs`` unless already there
+    (keeps ``-v`` as chosen by the command)."""
+    log_dir = Path(workspace_root) / "logs"
+    current = _state["path"]
+    if current is not None and current.parent.resolve() == log_dir.resolve():
+        return current
+    return route_library_logs(log_dir, _state["verbose"], training)
+
+
+def stop_library_logs() -> None:
+    """Undo ``route_library_logs``'s file handler and warning capture (for API
+    users and tests; library handlers already removed stay removed)."""
+    if _state["handler"] is not None:
+        logging.getLogger().removeHandler(_state["handler"])
+        _state["handler"].close()
+    logging.captureWarnings(False)
+    _state.update(path=None, verbose=False, handler=None)
 
 
 def log_path() -> Path | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bakeoff.console import err, log
-from bakeoff.logs import library_output, log_path, route_library_logs
+from bakeoff.logs import ensure_library_logs, library_output
 from bakeoff.workspace import BakeoffError, Workspace
 
 
@@ -202,8 +202,7 @@ def run_loop(ws: Workspace, cfg: LoopConfig, result: LoopResult | None = None,
     from bakeoff.tracking import setup_mlflow
 
     result = result or LoopResult()
-    if log_path() is None:
-        route_library_logs(ws.root / "logs")
+    ensure_library_logs(ws.root)
     result.workspace, result.tracking_uri = str(ws.root), setup_mlflow(ws)
     step = _Steps(result)
     ingest_sources(ws, cfg.sources, result, step)

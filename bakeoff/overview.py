@@ -182,7 +182,7 @@ def lineage(ws: Workspace, g: dict[str, Any]) -> Lineage:
 
 # --- drawing -----------------------------------------------------------------------
 
-def lineage_svg(L: Lineage, col_w: int = 156, box_w: int = 146, box_h: int = 44, gap: int = 10) -> str:
+def lineage_svg(L: Lineage, col_w: int = 150, box_w: int = 140, box_h: int = 44, gap: int = 10) -> str:
     """The lineage as an inline SVG: one column per layer, boxes linked to their
     reports, edges as curves. Drawn by hand: a layered layout of a few dozen
     nodes needs no graph library (and graphviz is not a Python dependency)."""
@@ -296,8 +296,24 @@ def sections(ws: Workspace, g: dict[str, Any], L: Lineage, story: dict[str, Any]
     return out
 
 
+#: The latest conclusion (``bakeoff demo`` writes it), shown on every later overview.
+STORY_FILE = "conclusion.json"
+
+
 def write_overview(ws: Workspace, story: dict[str, Any] | None = None) -> Path:
-    """Write ``reports/index.html`` for ``ws`` and return its path."""
+    """Write ``reports/index.html`` for ``ws`` and return its path. ``story``
+    (rankings and conclusion) is kept in ``reports/conclusion.json`` for later
+    overviews."""
+    import os
+
+    saved = ws.reports_dir() / STORY_FILE
+    if story is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_name(f".{saved.name}.tmp")
+        tmp.write_text(json.dumps(story, indent=1, default=str), encoding="utf-8")
+        os.replace(tmp, saved)
+    elif saved.exists():
+        story = json.loads(saved.read_text(encoding="utf-8"))
     g = gather(ws)
     L = lineage(ws, g)
     return H.write(ws.reports_dir() / "index.html", f"bakeoff workspace overview — {ws.root.name}",
@@ -318,10 +334,10 @@ def report_cmd(open_it: bool) -> None:
     """
     from bakeoff.console import log, out
     from bakeoff.context import get_workspace
-    from bakeoff.logs import route_library_logs
+    from bakeoff.logs import ensure_library_logs
 
     ws = get_workspace()
-    route_library_logs(ws.root / "logs")
+    ensure_library_logs(ws.root, training=False)
     path = write_overview(ws)
     log(f"overview written: {path}")
     out.print(path.as_uri() if open_it else str(path), highlight=False)

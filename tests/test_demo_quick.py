@@ -22,8 +22,13 @@ def quick(tmp_path_factory):
     from bakeoff.cli import cli
 
     ws = tmp_path_factory.mktemp("quick") / "ws"
-    result = CliRunner().invoke(cli, ["--workspace", str(ws), "demo", "--quick", "--json"],
-                                catch_exceptions=False)
+    from bakeoff.logs import stop_library_logs
+
+    try:
+        result = CliRunner().invoke(cli, ["--workspace", str(ws), "demo", "--quick", "--json"],
+                                    catch_exceptions=False)
+    finally:
+        stop_library_logs()
     assert result.exit_code == 0, result.stderr[-3000:]
     return ws, result
 
