@@ -279,16 +279,17 @@ def render_summary(r: dict[str, Any], experiment: str) -> None:
     story = r.get("story") or {}
     names = story.get("names", {})
     for key, ranking in (story.get("rankings") or {}).items():
-        rows = []
-        for e in ranking["rows"]:
-            slices = "  ".join(f"{k}={v:.3f}" for k, v in e["slices"].items())
-            worse = "yes" if e["worse_than_best"] else ("" if e["p_vs_best"] is None else "no")
-            rows.append((e["rank"], names.get(e["label"], e["label"]), f"{e['mean']:.3f}",
-                         f"[{e['lo']:.3f}, {e['hi']:.3f}]", f"{e['p_best']:.2f}", worse, slices))
-        primary = " (primary)" if key == story.get("primary") else ""
-        out.print(table(f"ranking on {ranking['metric']}{primary}: {r['versions'].get('testset')}, "
-                        f"{ranking['n_items']} items", ["rank", "model", "mean", "95% CI", "p(best)",
-                                                        "worse than #1", "per slice"], rows))
+        title = (f"ranking on {ranking['metric']}{' (primary)' if key == story.get('primary') else ''}: "
+                 f"{r['versions'].get('testset')}, {ranking['n_items']} items")
+        means = [e["mean"] for e in ranking["rows"]]
+        if means and max(means) - min(means) < 1e-12:
+            out.print(f"{title}: every model scores {means[0]:.3f}, no winner", highlight=False)
+            continue
+        slices = list(ranking["rows"][0]["slices"]) if ranking["rows"] else []
+        rows = [(e["rank"], names.get(e["label"], e["label"]), f"{e['mean']:.3f}",
+                 f"±{(e['hi'] - e['lo']) / 2:.2f}", "yes" if e["worse_than_best"] else "",
+                 *[f"{e['slices'][s]:.3f}" for s in slices]) for e in ranking["rows"]]
+        out.print(table(title, ["#", "model", "mean", "95% CI", "sig. worse", *slices], rows))
     if story.get("conclusion"):
         out.print("[bold]Conclusion[/]")
         for line in story["conclusion"]:
