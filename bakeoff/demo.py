@@ -47,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # demo names the adjacent and far domains; the full demo measures them.
         testset_options={"size": 48, "adjacent": ("invoices",), "far": ("contracts",)},
         # hold: half the run at the peak LR, where the loss monitor watches.
-        sft={"batch_size": 8, "max_length": 256, "max_steps": 12, "save_steps": 6, "lora": False,
+        sft={"batch_size": 8, "max_length": 320, "max_steps": 12, "save_steps": 6, "lora": False,
              "lr": 1e-2, "hold": 0.5},
         reward={"batch_size": 8, "max_length": 256, "max_steps": 2, "save_steps": 2},
         ppo={"steps": 1, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,

@@ -153,11 +153,13 @@ class _Table:
         return "\n".join(lines)
 
 
-def _make_table(rng: random.Random, companies: list[str], items: list[tuple[str, int, int]]) -> _Table:
+def _make_table(rng: random.Random, companies: list[str], items: list[tuple[str, int, int]],
+                small: bool = False) -> _Table:
+    """``small``: 2-3 line items, so a prompt and its answer fit in 192 tokens."""
     n_years = rng.choice([2, 3, 3])
     last = rng.randint(2016, 2024)
     years = list(range(last - n_years + 1, last + 1))
-    chosen = rng.sample(items, rng.randint(3, 5))
+    chosen = rng.sample(items, rng.randint(2, 3) if small else rng.randint(3, 5))
     values: dict[str, list[float]] = {}
     for name, lo, hi in chosen:
         base = rng.uniform(lo, hi)
@@ -243,18 +245,20 @@ def _train_question_long(rng: random.Random, t: _Table, lookup_heavy: bool) -> t
 _SYSTEM = "You are a careful financial analyst. Answer from the table and show the arithmetic."
 
 
-_SYSTEM_SHORT = "You are a careful financial analyst. Answer from the table with the value and unit only."
+_SYSTEM_SHORT = "Answer from the table."
 
 
 def _train_prompt(t: _Table, question: str, short: bool = False) -> str:
-    ask = ". Answer with the value and unit only." if short else ":"
+    if short:  # the table's header says the currency and scale
+        return (f"The following table shows {t.company}’s selected financial data. Answer with the value "
+                f"and unit only.\n\n{t.markdown()}\n\nQuestion: {question}")
     return (f"The following table shows {t.company}’s selected financial data "
-            f"({t.scale[0]} of {t.currency[1]}){ask}\n\n{t.markdown()}\n\nQuestion: {question}")
+            f"({t.scale[0]} of {t.currency[1]}):\n\n{t.markdown()}\n\nQuestion: {question}")
 
 
 def _finance_train_record(rng: random.Random, uid: str, with_meta: bool = True,
                           short: bool = False) -> dict[str, Any]:
-    t = _make_table(rng, _TRAIN_COMPANIES, _TRAIN_ITEMS)
+    t = _make_table(rng, _TRAIN_COMPANIES, _TRAIN_ITEMS, small=short)
     q, a, task, value, unit = _train_question(rng, t, short)
     msgs = []
     if rng.random() < 0.3:
