@@ -17,9 +17,13 @@ from bakeoff.workspace import BakeoffError
 #: ``--quick`` (tiny random models, hashing embedder): same loop, smaller numbers.
 #: ``primary`` is the metric the conclusion is written from.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Sized for a 2-core CPU. The training objective (look up a value in a small
-    # table, answer with value and unit only; see bakeoff.demo_data) keeps
-    # sequences short: a packed step of 256 tokens holds one or two examples.
+    # Sized for 20 minutes on a 2-core CPU, where a SmolLM2 step of 256 tokens
+    # takes several seconds: 40 steps per SFT run, three runs, seven models
+    # evaluated (raise max_steps on a GPU). The training objective (look up a
+    # value in a small table, answer with value and unit only; see
+    # bakeoff.demo_data) keeps sequences short: a packed step of 256 tokens
+    # holds one or two examples, and an instruct model learns the answer format
+    # from a few dozen.
     # LoRA at 5e-4 is the top of the usual LoRA range; `hold` keeps the peak for
     # the first 30 % of steps, where the loss monitor watches (and catches the
     # 10x control run). Generation stops after 16 tokens: a right answer is
@@ -27,8 +31,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # in the loop, not in the conclusion.
     "full": dict(
         scale=1.0, model="smollm2", embedder="all-MiniLM-L6-v2", primary="score",
-        testset_options={"size": 120},
-        sft={"batch_size": 1, "max_length": 256, "max_steps": 80, "save_steps": 40, "lr": 5e-4,
+        testset_options={"size": 100},
+        sft={"batch_size": 1, "max_length": 256, "max_steps": 40, "save_steps": 20, "lr": 5e-4,
              "hold": 0.3},
         reward={"batch_size": 1, "max_length": 256, "max_steps": 4, "save_steps": 4},
         ppo={"steps": 1, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1,
