@@ -255,11 +255,15 @@ def conclusion(table: Any, names: dict[str, str], alerts: list[dict[str, Any]]) 
              f"{table.row(best).slices[ind]:.3f} vs base {table.row(base).slices[ind]:.3f} "
              f"({gain[ind]:+.3f}; {verdict(ind)})."]
     if adj in p:
-        carry = ("worse than the base model there" if gain[adj] < 0 else
-                 "smaller than in-domain" if gain[adj] < gain[ind] else "as large as in-domain")
+        if gain[adj] < 0:
+            carry = "worse than the base model there", "the gain does not carry over"
+        elif gain[adj] < gain[ind]:
+            carry = "smaller than in-domain", ("the gain carries over only in part" if p[adj] < 0.05
+                                               else "the gain does not carry over")
+        else:
+            carry = "as large as in-domain", "the gain carries over"
         lines.append(f"Adjacent slice ({table.slice_sizes[adj]} items): {gain[adj]:+.3f} for the same "
-                     f"checkpoint, {carry} ({verdict(adj)}): the gain does "
-                     f"{'not ' if gain[adj] < gain[ind] else ''}carry over.")
+                     f"checkpoint, {carry[0]} ({verdict(adj)}): {carry[1]}.")
     else:
         lines.append("No adjacent slice in this test set: how far the gain carries is not measured.")
     parts = []

@@ -38,6 +38,11 @@ def test_conclusion_is_written_from_the_ranking():
     assert "ranks 4 of 4 (last)" in lines[2] and "loss monitor: spike" in lines[2]
 
 
+def test_a_smaller_significant_adjacent_gain_carries_over_in_part():
+    table, names = _table(gain_in=2.0, gain_adj=0.5)
+    assert "carries over only in part" in conclusion(table, names, [])[1]
+
+
 def test_no_gain_is_not_called_significant():
     table, names = _table(gain_in=0.0, gain_adj=0.0)
     lines = conclusion(table, names, [])
