@@ -42,8 +42,9 @@ def _register() -> None:
     from bakeoff.evaluate.cli import evaluate
     from bakeoff.demo import demo
     from bakeoff.pipeline import pipeline
+    from bakeoff.overview import report_cmd
 
-    for group in (data, curate, testsets, train, evaluate, demo, pipeline):
+    for group in (data, curate, testsets, train, evaluate, demo, pipeline, report_cmd):
         cli.add_command(group)
 
 

@@ -13,9 +13,10 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, Task,
+                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
+from rich.text import Text
 
 #: For progress, logs and warnings.
 err = Console(stderr=True)
@@ -53,12 +54,22 @@ def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]]) 
     return t
 
 
+class RateColumn(ProgressColumn):
+    """Items per second (or seconds per item when slower than one a second)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if not speed:
+            return Text("", style="progress.data.speed")
+        return Text(f"{speed:.1f} it/s" if speed >= 1 else f"{1 / speed:.1f} s/it", style="progress.data.speed")
+
+
 @contextmanager
 def progress(transient: bool = True) -> Iterator[Progress]:
-    """A rich progress display on stderr."""
+    """A rich progress display on stderr: done/total, rate, elapsed, ETA."""
     with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"),
-                  BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=err, transient=transient) as p:
+                  BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                  TimeRemainingColumn(), console=err, transient=transient) as p:
         yield p
 
 

@@ -156,11 +156,13 @@ class _Table:
         return "\n".join(lines)
 
 
-def _make_table(rng: random.Random, companies: list[str], items: list[tuple[str, int, int]]) -> _Table:
+def _make_table(rng: random.Random, companies: list[str], items: list[tuple[str, int, int]],
+                small: bool = False) -> _Table:
+    """``small``: 2-3 line items, so a prompt and its answer fit in 192 tokens."""
     n_years = rng.choice([2, 3, 3])
     last = rng.randint(2016, 2024)
     years = list(range(last - n_years + 1, last + 1))
-    chosen = rng.sample(items, rng.randint(3, 5))
+    chosen = rng.sample(items, rng.randint(2, 3) if small else rng.randint(3, 5))
     values: dict[str, list[float]] = {}
     for name, lo, hi in chosen:
         base = rng.uniform(lo, hi)
@@ -171,15 +173,33 @@ def _make_table(rng: random.Random, companies: list[str], items: list[tuple[str,
     return _Table(rng.choice(companies), years, values, rng.choice(_SCALES), rng.choice(_CURRENCIES))
 
 
-def _train_question(rng: random.Random, t: _Table) -> tuple[str, str, str, str, str]:
-    """(question, answer, task, answer_value, answer_unit) in the training style."""
+def _train_question(rng: random.Random, t: _Table, short: bool = False) -> tuple[str, str, str, str, str]:
+    """(question, answer, task, answer_value, answer_unit) in the training style.
+
+    ``short``: the answer is the value and its unit only ("$1,234.5 million."),
+    and most questions are look-ups. That is the demo's training objective: a
+    135M model learns it in a few hundred LoRA steps on short sequences, so the
+    leaderboard can resolve the gain. Long answers (a sentence, the arithmetic
+    shown) are what the planted noise rows are made from.
+    """
+    q, a, task, value, unit = _train_question_long(rng, t, short)
+    if not short:
+        return q, a, task, value, unit
+    if unit == "percent":
+        return q, f"{value}%.", task, value, unit
+    decimals = len(value.split(".")[-1])
+    return q, f"{t.currency[0]}{_fmt(float(value), decimals)} {unit}.", task, value, unit
+
+
+def _train_question_long(rng: random.Random, t: _Table, lookup_heavy: bool) -> tuple[str, str, str, str, str]:
     cur, (_, unit) = t.currency[0], t.scale
     items = list(t.items)
     item = rng.choice(items)
     low = item[0].lower() + item[1:]
     vals = t.items[item]
+    # Look-ups stay a little under 60 %: the shipped objectives report a qa gap.
     kind = rng.choices(["lookup", "change", "growth", "sum", "average", "ratio"],
-                       weights=[3, 2, 3, 2, 1, 1])[0]
+                       weights=[10, 2, 2, 2, 1, 1] if lookup_heavy else [3, 2, 3, 2, 1, 1])[0]
     if kind == "average" and len(t.years) < 3:
         kind = "sum"
     if kind == "lookup":
@@ -228,18 +248,25 @@ def _train_question(rng: random.Random, t: _Table) -> tuple[str, str, str, str, 
 _SYSTEM = "You are a careful financial analyst. Answer from the table and show the arithmetic."
 
 
-def _train_prompt(t: _Table, question: str) -> str:
+_SYSTEM_SHORT = "Answer from the table."
+
+
+def _train_prompt(t: _Table, question: str, short: bool = False) -> str:
+    if short:  # the table's header says the currency and scale
+        return (f"The following table shows {t.company}’s selected financial data. Answer with the value "
+                f"and unit only.\n\n{t.markdown()}\n\nQuestion: {question}")
     return (f"The following table shows {t.company}’s selected financial data "
             f"({t.scale[0]} of {t.currency[1]}):\n\n{t.markdown()}\n\nQuestion: {question}")
 
 
-def _finance_train_record(rng: random.Random, uid: str, with_meta: bool = True) -> dict[str, Any]:
-    t = _make_table(rng, _TRAIN_COMPANIES, _TRAIN_ITEMS)
-    q, a, task, value, unit = _train_question(rng, t)
+def _finance_train_record(rng: random.Random, uid: str, with_meta: bool = True,
+                          short: bool = False) -> dict[str, Any]:
+    t = _make_table(rng, _TRAIN_COMPANIES, _TRAIN_ITEMS, small=short)
+    q, a, task, value, unit = _train_question(rng, t, short)
     msgs = []
     if rng.random() < 0.3:
-        msgs.append({"role": "system", "content": _SYSTEM})
-    msgs += [{"role": "user", "content": _train_prompt(t, q)}, {"role": "assistant", "content": a}]
+        msgs.append({"role": "system", "content": _SYSTEM_SHORT if short else _SYSTEM})
+    msgs += [{"role": "user", "content": _train_prompt(t, q, short)}, {"role": "assistant", "content": a}]
     rec: dict[str, Any] = {"uid": uid, "messages": msgs}
     if with_meta:
         rec["meta"] = {"domain": "finance-tables", "doctype": "table", "task": task,
@@ -600,7 +627,7 @@ def _gen_fin_train(rng: random.Random, scale: float) -> tuple[list[str], list[di
     recs: list[_Rec] = []
     n_clean = max(10, round(470 * scale))
     for i in range(n_clean):
-        r = _finance_train_record(rng, f"fin-{i:05d}", with_meta=rng.random() > 0.08)
+        r = _finance_train_record(rng, f"fin-{i:05d}", with_meta=rng.random() > 0.08, short=True)
         recs.append(_Rec(float(i), "", r["uid"], messages=r["messages"]))
         recs[-1].raw = r
     uid_n = n_clean
@@ -745,7 +772,8 @@ def _pool_finance(rng: random.Random, scale: float, train_lines: list[str],
                 f"{low} reflected {rng.choice(['pricing actions', 'a shift in product mix', 'currency movements', 'volume growth'])}. "
                 f"Amounts are in {t.scale[0]} of {t.currency[1]}.")
         table = t.markdown(descending=True, label=f"Fiscal year ({t.scale[0]})")
-        style = rng.choice(["yoy", "lookup", "diff", "share"])
+        # Mostly look-ups, like the training objective (see _train_question).
+        style = rng.choices(["yoy", "lookup", "diff", "share"], weights=[1, 5, 2, 1])[0]
         if style == "yoy":
             pct = round((vals[-1] - vals[-2]) / vals[-2] * 100, 2)
             ins = f"Using the table below, compute the year-over-year growth of {low} for fiscal {t.years[-1]}. Answer with a percentage."
@@ -934,8 +962,8 @@ def _preferences(rng: random.Random, scale: float) -> list[dict]:
     for i in range(max(5, round(200 * scale))):
         if rng.random() < 0.8:
             t = _make_table(rng, _TRAIN_COMPANIES, _TRAIN_ITEMS)
-            q, good, task, value, unit = _train_question(rng, t)
-            prompt = _train_prompt(t, q)
+            q, good, task, value, unit = _train_question(rng, t, short=True)
+            prompt = _train_prompt(t, q, short=True)
             how = rng.choice(["wrong-number", "wrong-number", "refusal", "truncated", "vague"])
             if how == "wrong-number":
                 v = float(value)
@@ -971,8 +999,8 @@ def _prompts(rng: random.Random, scale: float) -> list[dict]:
     out = []
     for i in range(max(5, round(100 * scale))):
         t = _make_table(rng, _TRAIN_COMPANIES, _TRAIN_ITEMS)
-        q, good, task, value, unit = _train_question(rng, t)
-        out.append({"prompt": _train_prompt(t, q),
+        q, good, task, value, unit = _train_question(rng, t, short=True)
+        out.append({"prompt": _train_prompt(t, q, short=True),
                     "meta": {"domain": "finance-tables", "doctype": "table", "task": task, "tags": ["ppo"]},
                     "reference": good, "answer_value": value, "answer_unit": unit, "uid": f"prompt-{i:05d}"})
     return out

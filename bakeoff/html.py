@@ -21,6 +21,12 @@ pre{white-space:pre-wrap;max-height:20rem;overflow:auto}
 """
 
 
+def report_name(kind: str, ref: str) -> str:
+    """The file name of a report about a version: ``KIND-NAME-vN.html``
+    (``leaderboard-fin-test-v1.html``, ``coverage-fin-train-v2.html``)."""
+    return f"{kind}-{ref.replace('@', '-')}.html"
+
+
 def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 

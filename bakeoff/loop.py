@@ -17,15 +17,14 @@ version and removes (or reports) training rows that overlap a test item.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from bakeoff.console import err, log
+from bakeoff.logs import ensure_library_logs, library_output
 from bakeoff.workspace import BakeoffError, Workspace, parse_ref
 
 
@@ -114,9 +113,9 @@ class _Steps:
         label = f"{self.prefix}{name}"
         err.rule(f"[bold]{label}")
         t0 = time.perf_counter()
-        # Trainers print their logs on stdout; results own stdout (--json), so
-        # everything a step prints goes to stderr with the progress bars.
-        with contextlib.redirect_stdout(sys.stderr):
+        # Libraries print on stdout and stderr; results own stdout (--json), so
+        # what a step's libraries print goes to the workspace log (stderr with -v).
+        with library_output():
             value = fn()
         self.result.timings[label] = round(time.perf_counter() - t0, 1)
         log(f"[dim]{label}: {self.result.timings[label]:.1f} s[/]")
@@ -205,6 +204,7 @@ def curate(ws: Workspace, raw_ref: str | None, recipe: str | None, step: _Steps,
 def _curate_now(ws: Workspace, raw_ref: str, recipe: str) -> dict[str, Any]:
     from bakeoff.curate.coverage import write_html
     from bakeoff.curate.recipe import load_recipe, run_recipe
+    from bakeoff.html import report_name
 
     res = run_recipe(ws, raw_ref, load_recipe(recipe))
     for s in res.steps:
@@ -213,8 +213,9 @@ def _curate_now(ws: Workspace, raw_ref: str, recipe: str) -> dict[str, Any]:
     reports = {}
     for key, report in res.reports.items():
         if key.endswith(":coverage"):
-            path = ws.reports_dir() / f"coverage-{res.version.ref.replace('@', '-')}.html"
-            reports[f"coverage {res.version.ref}"] = str(write_html(report, path))
+            path = ws.reports_dir() / report_name("coverage", res.version.ref)
+            # The report titles the version it covers.
+            reports[f"coverage {res.version.ref}"] = str(write_html({**report, "dataset": res.version.ref}, path))
     return {"version": res.version.ref, "digest": res.version.digest, "reports": reports}
 
 
@@ -352,6 +353,7 @@ def train_round(ws: Workspace, cfg: LoopConfig, train_ref: str | None, result: L
     """SFT on ``train_ref``; then (``with_rl``) reward model and PPO from the last
     SFT checkpoint. A run whose inputs equal a finished run's is reused."""
     from bakeoff.reuse import config_inputs
+    from bakeoff.tracking import run_label
     from bakeoff.train.config import RewardRunConfig, SFTRunConfig
     from bakeoff.train.reward import train_reward
     from bakeoff.train.sft import train_sft
@@ -369,13 +371,15 @@ def train_round(ws: Workspace, cfg: LoopConfig, train_ref: str | None, result: L
         return run
 
     sft_cfg = _build(SFTRunConfig, cfg.sft, "sft", dataset=train_ref or "", model=cfg.model,
-                     experiment_name=cfg.experiment, hypothesis=cfg.hypothesis, round=round_number)
+                     experiment_name=cfg.experiment, hypothesis=cfg.hypothesis, round=round_number,
+                     run_name=run_label(round_number, "sft", train_ref))
     sft = trained("sft", sft_cfg, train_ref, train_sft)
     if not (with_rl and cfg.reward_dataset and cfg.ppo_prompts):
         return
     reward_ref = _ref(ws, cfg, result, cfg.reward_dataset)
     rm_cfg = _build(RewardRunConfig, cfg.reward, "reward", dataset=reward_ref or "",
-                    model=cfg.reward_model or cfg.model, experiment_name=cfg.experiment, round=round_number)
+                    model=cfg.reward_model or cfg.model, experiment_name=cfg.experiment, round=round_number,
+                    run_name=run_label(round_number, "reward", reward_ref))
     rm = trained("reward", rm_cfg, reward_ref, train_reward)
     if not step.dry_run and (not rm["checkpoints"] or not sft["checkpoints"]):
         raise BakeoffError("reward or SFT training produced no checkpoint")
@@ -386,7 +390,7 @@ def train_round(ws: Workspace, cfg: LoopConfig, train_ref: str | None, result: L
     rl_cfg = _build(trainer.config, cfg.ppo, cfg.algorithm,
                     **({} if cfg.algorithm == "ppo" else {"algorithm": cfg.algorithm}),
                     dataset=prompts or "", experiment_name=cfg.experiment, hypothesis=cfg.hypothesis,
-                    round=round_number)
+                    round=round_number, run_name=run_label(round_number, cfg.algorithm, prompts))
     # The policy and the reward model are named by the runs that made them: same
     # run inputs, same checkpoints.
     rl_inputs = None if None in (sft, rm, prompts) or None in (sft.get("key"), rm.get("key")) else {
@@ -457,6 +461,7 @@ def run_loop(ws: Workspace, cfg: LoopConfig, result: LoopResult | None = None,
     result.workspace = str(ws.root)
     _check_names(ws, cfg)
     if not dry_run:
+        ensure_library_logs(ws.root)
         result.tracking_uri = setup_mlflow(ws)
     round_number = next_round(ws, cfg.experiment)
     result.round = round_number
@@ -486,6 +491,10 @@ def run_loop(ws: Workspace, cfg: LoopConfig, result: LoopResult | None = None,
             result.versions[f"curated (round {round_number + 1})"] = train_ref2
         train_round(ws, cfg, train_ref2, result, step2, with_rl=False, round_number=round_number + 1)
     evaluate_and_rank(ws, cfg, testset_ref, result, step)
+    if not dry_run:
+        from bakeoff.overview import write_overview
+
+        result.reports["overview"] = str(write_overview(ws))
     return result
 
 

@@ -31,9 +31,35 @@ def setup_mlflow(ws: "Workspace", experiment_name: str | None = None) -> str:
         if mlflow.get_experiment_by_name(experiment_name) is None:
             ws.artifact_root.mkdir(parents=True, exist_ok=True)
             mlflow.create_experiment(experiment_name,
-                                     artifact_location=(ws.artifact_root / experiment_name).as_uri())
+                                     artifact_location=(ws.artifact_root / experiment_name).as_uri(),
+                                     tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
         mlflow.set_experiment(experiment_name)
     return uri
+
+
+#: MLflow 3's UI picks an experiment's view from this tag; without it, an
+#: experiment with no traces may open on the empty GenAI "Traces" tab. bakeoff's
+#: experiments hold training and evaluation runs: the classic runs view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+
+
+def training_runs_view(experiment_name: str) -> str | None:
+    """The UI route of an experiment's runs table, to append to the address
+    ``mlflow ui`` prints. MLflow 3's UI remembers a workflow type per browser
+    (GenAI by default, which opens on "Traces"); ``workflowType=machine_learning``
+    switches it to the training view."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(experiment_name)
+    return None if exp is None else f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+
+
+def run_label(round: int | None, kind: str, dataset: str | None = None) -> str:
+    """An MLflow run name that says round, kind and dataset version:
+    ``r2-sft-fin-train@v3``, ``r1-ppo-prompts@v1``, ``sft-fin-train@v2`` (no round)."""
+    head = f"r{round}-{kind}" if round is not None else kind
+    return f"{head}-{dataset}" if dataset else head
 
 
 def dataset_input(ws: "Workspace", version: "Version") -> Any:

@@ -52,6 +52,7 @@ def rank_checkpoints(ws: Workspace, testset: str, experiment: str | None = None,
     workspace's reports/) and, with ``to_mlflow``, the MLflow run logging it.
     Returns (leaderboard, {"html": path, "mlflow_run_id": id or None})."""
     from bakeoff.console import log
+    from bakeoff.html import report_name
     from bakeoff.evaluate.rank import build_leaderboard
     from bakeoff.evaluate.report import dataset_lineage, log_to_mlflow, render_html
     from bakeoff.evaluate.scorers import RewardScorer
@@ -59,7 +60,7 @@ def rank_checkpoints(ws: Workspace, testset: str, experiment: str | None = None,
     reward = RewardScorer(str(reward_model)) if reward_model else None
     board = build_leaderboard(ws, testset, experiment=experiment, n_boot=n_boot, seed=seed, reward=reward,
                               allow_mixed=allow_mixed)
-    path = Path(html) if html else ws.reports_dir() / f"leaderboard-{board.testset.replace('@', '_')}.html"
+    path = Path(html) if html else ws.reports_dir() / report_name("leaderboard", board.testset)
     render_html(board, path, dataset_lineage(ws, board))
     log(f"HTML report: {path}")
     info: dict[str, Any] = {"html": str(path), "mlflow_run_id": None}
