@@ -20,7 +20,6 @@ import numpy as np
 
 from bakeoff.workspace import Workspace
 
-SIGNIFICANCE = 0.05
 
 
 @dataclass
@@ -65,24 +64,13 @@ class RankTable:
                 "slice_sizes": self.slice_sizes}
 
 
-def _worse_than_best(ranking: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(adjusted p-values, significantly-worse flags) from a ``rank_models`` result.
-    Uses the ranking's own flag where it has one (the evaluation's procedure
-    decides what is significant), else its adjusted p-values at 0.05."""
-    p = np.asarray(getattr(ranking, "p_holm", np.full(len(ranking.mean), np.nan)), dtype=float)
-    flag = getattr(ranking, "significantly_worse", None)
-    if flag is None:
-        flag = np.nan_to_num(p, nan=1.0) < SIGNIFICANCE
-    return p, np.asarray(flag, dtype=bool)
-
-
 def _rank(labels: list[str], scores: np.ndarray, seed: int) -> list[RankedRow]:
     from bakeoff.evaluate.stats import rank_models
 
     r = rank_models(scores, seed=seed)
-    p, worse = _worse_than_best(r)
     rows = [RankedRow(labels[j], float(r.mean[j]), float(r.lo[j]), float(r.hi[j]), float(r.p_best[j]),
-                      int(r.rank[j]), None if np.isnan(p[j]) else float(p[j]), bool(worse[j]))
+                      int(r.rank[j]), None if np.isnan(r.p_adj[j]) else float(r.p_adj[j]),
+                      bool(r.significantly_worse[j]))
             for j in range(len(labels))]
     return sorted(rows, key=lambda x: x.rank)
 
@@ -113,8 +101,7 @@ def paired_p(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
     from bakeoff.evaluate.stats import rank_models
 
     r = rank_models(np.column_stack([a, b]), seed=seed)
-    p = np.asarray(getattr(r, "p_vs_leader", r.p_holm), dtype=float)
-    return float(np.nanmin(p)) if np.isfinite(p).any() else 1.0
+    return float(np.nanmin(r.p_vs_leader)) if np.isfinite(r.p_vs_leader).any() else 1.0
 
 
 def leaderboard_matrix(board: Any) -> tuple[list[str], np.ndarray, list[str]]:

@@ -262,7 +262,7 @@ def sections(ws: Workspace, g: dict[str, Any], L: Lineage, story: dict[str, Any]
         b = g["boards"][-1]
         names = (story or {}).get("names", {})
         rows = [(e.rank, names.get(e.label, e.label) + (" (base)" if e.is_base else ""), f"{e.score:.3f}",
-                 f"[{e.lo:.3f}, {e.hi:.3f}]", f"{e.p_best:.2f}", _p(e.p_holm),
+                 f"[{e.lo:.3f}, {e.hi:.3f}]", f"{e.p_best:.2f}", _p(e.p_adj),
                  *[f"{e.slices.get(s, float('nan')):.3f}" for s in b.slices],
                  "—" if e.loglik_per_token is None else f"{e.loglik_per_token:.3f}")
                 for e in b.entries[:8]]
@@ -270,7 +270,7 @@ def sections(ws: Workspace, g: dict[str, Any], L: Lineage, story: dict[str, Any]
         out.append(f"<h2>Latest leaderboard: <a href='{H.esc(link)}'>{H.esc(b.testset)}</a></h2>"
                    f"<p>{b.n_items} items, test: {H.esc(b.test)}; top {len(rows)} of {len(b.entries)}.</p>"
                    + _no_winner_note([e.score for e in b.entries])
-                   + H.table(["#", "model", "score", "95% CI", "p(best)", "p vs #1", *b.slices,
+                   + H.table(["#", "model", "score", "95% CI", "p(best)", "p not best (adj.)", *b.slices,
                               "ref. loglik/token"], rows, highlight=[0]))
     out.append("<h2>Lineage</h2><div style='overflow-x:auto'>" + lineage_svg(L) + "</div>")
     vrows = []
