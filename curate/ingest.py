@@ -21,7 +21,7 @@ import polars as pl
 from bakeoff.console import log, progress, warn
 from bakeoff.curate import formats, readers
 from bakeoff.schema import META_FIELDS, conform, with_ids
-from bakeoff.workspace import QUARANTINE_SCHEMA, BakeoffError, Version, Workspace
+from bakeoff.workspace import QUARANTINE_SCHEMA, BakeoffError, Version, Workspace, validate_name
 
 INPUT_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".pq")
 
@@ -91,6 +91,7 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
     rows that lack them (``{"domain": "finance", "tags": "a,b"}``). ``strict``:
     refuse to write a version if any record was quarantined.
     """
+    validate_name(name)  # before reading anything
     if fmt not in ("auto", *formats.FORMAT_NAMES):
         raise BakeoffError(f"unknown format {fmt!r}; expected auto or one of {', '.join(formats.FORMAT_NAMES)}")
     mapping = dict(mapping or {})
