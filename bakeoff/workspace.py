@@ -341,66 +341,53 @@ class Workspace:
             "quarantined": 0 if quarantine is None else quarantine.height,
             **(counts or {}),
         }
-        parents = list(parents or [])
-
-        base = self.root / "versions" / name
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = base / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        # Held until this function returns (or the process dies): a sweep in
-        # another process leaves a temp folder alone while its writer lives.
-        writer_lock = _lock_temp_folder(tmp)
-        try:
-            _write_rows_parquet(rows, tmp / "rows.parquet")
+        with self.version_writer(name) as writer:
+            writer.write_rows(rows)
+            if quarantine is not None:
+                writer.write_quarantine(quarantine)
             if ledger is not None:
                 ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]).write_parquet(
-                    tmp / "ledger.parquet")
-            if quarantine is not None:
-                quarantine.select([pl.col(c).cast(t) for c, t in QUARANTINE_SCHEMA.items()]).write_parquet(
-                    tmp / "quarantine.parquet")
-            if report is not None:
-                (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str))
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+                    writer.tmp / "ledger.parquet")
+            return writer.commit(operation=operation, params=params, parents=parents, report=report,
+                                 counts=all_counts, digest=digest)
 
-            with _PROCESS_WRITE_LOCK, self.connect() as con:
-                con.execute("BEGIN TRANSACTION")
-                try:
-                    (last,) = con.execute("SELECT coalesce(max(number), 0) FROM versions WHERE name = ?",
-                                          [name]).fetchone()
-                    number = last + 1
-                    final = base / f"v{number}"
-                    if final.exists():  # an orphan of a write killed before its commit
-                        shutil.rmtree(final)
-                    os.rename(tmp, final)
-                    (final / _WRITER_LOCK).unlink()  # not part of the version; the flock stays held
-                    _fsync_dir(base)
-                    version = Version(
-                        name=name, number=number, digest=digest, rows=rows.height,
-                        parents=parents, operation=operation, params=params or {},
-                        bakeoff_version=__version__, created_at=_now(), counts=all_counts,
-                        path=str(final.relative_to(self.root)),
-                    )
-                    con.execute(
-                        f"INSERT INTO versions ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                        [version.name, version.number, version.digest, version.rows,
-                         json.dumps(version.parents), version.operation,
-                         json.dumps(version.params, default=str), version.bakeoff_version,
-                         version.created_at, json.dumps(version.counts, default=str), version.path],
-                    )
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                # Still under the lock: no other process can be between its
-                # rename and its commit, so every vN the catalog lacks is an orphan.
-                self._sweep(con, name)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-            os.close(writer_lock)
+    def version_writer(self, name: str) -> "VersionWriter":
+        """A writer for a version built batch by batch (``with ws.version_writer(name) as w:
+        w.write_rows(batch) ...; w.commit(...)``); nothing is visible until ``commit``."""
+        return VersionWriter(self, name)
+
+    def _publish(self, tmp: Path, name: str, fields: dict[str, Any]) -> Version:
+        """Give the staged folder ``tmp`` the next number of ``name`` and commit its
+        catalog row, in one transaction under the catalog's write lock."""
+        base = tmp.parent
+        with _PROCESS_WRITE_LOCK, self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                (last,) = con.execute("SELECT coalesce(max(number), 0) FROM versions WHERE name = ?",
+                                      [name]).fetchone()
+                number = last + 1
+                final = base / f"v{number}"
+                if final.exists():  # an orphan of a write killed before its commit
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+                (final / _WRITER_LOCK).unlink()  # not part of the version; the flock stays held
+                _fsync_dir(base)
+                version = Version(name=name, number=number, bakeoff_version=__version__, created_at=_now(),
+                                  path=str(final.relative_to(self.root)), **fields)
+                con.execute(
+                    f"INSERT INTO versions ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [version.name, version.number, version.digest, version.rows,
+                     json.dumps(version.parents), version.operation,
+                     json.dumps(version.params, default=str), version.bakeoff_version,
+                     version.created_at, json.dumps(version.counts, default=str), version.path],
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            # Still under the lock: no other process can be between its rename
+            # and its commit, so every vN the catalog lacks is an orphan.
+            self._sweep(con, name)
         return version
 
     def _sweep(self, con: duckdb.DuckDBPyConnection, name: str | None = None) -> None:
@@ -421,6 +408,142 @@ class Workspace:
                 elif re.fullmatch(r"v[0-9]+", child.name) and child.is_dir():
                     if str(child.relative_to(self.root)) not in known:
                         shutil.rmtree(child, ignore_errors=True)
+
+
+class VersionWriter:
+    """One version written in batches into a temp folder of its dataset, then
+    published atomically (``Workspace._publish``). Memory is bounded by a batch:
+    rows and quarantine stream into Parquet, and the digest is computed by DuckDB
+    over the written file (its sort spills to disk past ``DIGEST_MEMORY``).
+    Leaving the ``with`` block without ``commit`` removes the temp folder."""
+
+    def __init__(self, ws: Workspace, name: str) -> None:
+        self.ws, self.name = ws, validate_name(name)
+        base = ws.root / "versions" / name
+        base.mkdir(parents=True, exist_ok=True)
+        self.tmp = base / f".tmp-{uuid.uuid4().hex}"
+        self.tmp.mkdir()
+        # Held until the writer is done (or the process dies): a sweep in another
+        # process leaves a temp folder alone while its writer lives.
+        self._lock_fd: int | None = _lock_temp_folder(self.tmp)
+        self._rows: Any = None
+        self._quarantine: Any = None
+        self.rows = 0
+        self.quarantined = 0
+        self.kinds: dict[str, int] = {}
+
+    def __enter__(self) -> "VersionWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for w in (self._rows, self._quarantine):
+            if w is not None:
+                w.close()
+        self._rows = self._quarantine = None
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def write_rows(self, rows: pl.DataFrame) -> None:
+        """Append rows (core columns, ids set; ids unique across all batches)."""
+        import pyarrow.parquet as pq
+
+        rows = conform(rows)
+        if rows["id"].null_count():
+            raise ValueError("every row needs an id (bakeoff.schema.with_ids)")
+        table = rows.to_arrow()
+        if self._rows is None:
+            # pyarrow with LZ4 and no column statistics: see _write_rows_parquet
+            self._rows = pq.ParquetWriter(self.tmp / "rows.parquet", table.schema, compression="lz4",
+                                          write_statistics=False)
+        elif table.schema != self._rows.schema:
+            table = table.cast(self._rows.schema)
+        if table.num_rows or self.rows == 0:
+            self._rows.write_table(table)
+        self.rows += rows.height
+        for kind, n in rows.group_by("kind").len().iter_rows():
+            self.kinds[kind] = self.kinds.get(kind, 0) + n
+
+    def write_quarantine(self, quarantine: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        table = quarantine.select([pl.col(c).cast(t) for c, t in QUARANTINE_SCHEMA.items()]).to_arrow()
+        if self._quarantine is None:
+            self._quarantine = pq.ParquetWriter(self.tmp / "quarantine.parquet", table.schema)
+        elif table.schema != self._quarantine.schema:
+            table = table.cast(self._quarantine.schema)
+        self._quarantine.write_table(table)
+        self.quarantined += quarantine.height
+
+    def digest(self) -> str:
+        """``schema.version_digest`` of the written rows, without loading them."""
+        return _streamed_digest(self.tmp / "rows.parquet", self.tmp / ".spill")
+
+    def commit(self, *, operation: str, params: dict[str, Any] | None = None, parents: list[str] | None = None,
+               report: dict[str, Any] | None = None, counts: dict[str, Any] | None = None,
+               digest: str | None = None) -> Version:
+        """Publish the version; ``counts`` defaults to kinds and quarantined."""
+        if self._rows is None:
+            self.write_rows(pl.DataFrame())
+        for attr in ("_rows", "_quarantine"):
+            if getattr(self, attr) is not None:
+                getattr(self, attr).close()
+                setattr(self, attr, None)
+        if digest is None:
+            digest = self.digest()
+        shutil.rmtree(self.tmp / ".spill", ignore_errors=True)
+        if report is not None:
+            (self.tmp / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        for f in self.tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(self.tmp)
+        all_counts = counts if counts is not None else {
+            "kind": dict(self.kinds), "ledger": 0, "quarantined": self.quarantined}
+        return self.ws._publish(self.tmp, self.name, dict(
+            digest=digest, rows=self.rows, parents=list(parents or []), operation=operation,
+            params=params or {}, counts=all_counts))
+
+
+#: Memory DuckDB may use to sort a version's ids for its digest before spilling.
+DIGEST_MEMORY = "256MB"
+
+
+def _streamed_digest(rows_path: Path, spill: Path) -> str:
+    """SHA-256 over the canonical rows, exactly as ``schema.version_digest`` (the
+    same columns in the same order, rows sorted by id, NDJSON written by polars),
+    with the sort done by DuckDB out of core and the rows hashed batch by batch."""
+    import hashlib
+    import io
+
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(rows_path).names
+    skip = {"source_file", "source_line", "messages", "chosen", "rejected"}
+    cols = sorted(c for c in names if c not in skip)
+    con = duckdb.connect()
+    try:
+        con.execute("SET enable_progress_bar = false")
+        con.execute(f"SET memory_limit = '{DIGEST_MEMORY}'")
+        con.execute(f"SET temp_directory = '{str(spill).replace(chr(39), chr(39) * 2)}'")
+        select = ", ".join('"' + c.replace('"', '""') + '"' for c in cols)
+        path = str(rows_path).replace("'", "''")
+        reader = con.sql(f"SELECT {select} FROM read_parquet('{path}') ORDER BY id").to_arrow_reader(100_000)
+        sha = hashlib.sha256()
+        buf = io.BytesIO()
+        for batch in reader:
+            buf.seek(0)
+            buf.truncate()
+            pl.from_arrow(batch).write_ndjson(buf)
+            sha.update(buf.getbuffer())
+        return sha.hexdigest()
+    finally:
+        con.close()
 
 
 #: Threads of one process share DuckDB's database instance (its file lock does
