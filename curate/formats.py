@@ -97,9 +97,26 @@ class Plan:
 
 def key_stats(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int]]:
     """(number of records, {top-level key: records that have it}) of table ``recs``."""
+    n, stats, _ = key_census(con)
+    return n, stats
+
+
+def key_census(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int], dict[int, str]]:
+    """``key_stats`` plus the records with a duplicated top-level key
+    ({source_line: key}): JSON readers disagree on which value wins (DuckDB keeps
+    the first, Python the last), so such a record is quarantined, not guessed."""
     (n,) = con.execute("SELECT count(*) FROM recs").fetchone()
-    rows = con.execute("SELECT k, count(*) FROM (SELECT unnest(json_keys(raw)) AS k FROM recs) GROUP BY k").fetchall()
-    return n, dict(rows)
+    rows = con.execute("SELECT k, count(*), count(DISTINCT source_line) FROM "
+                       "(SELECT source_line, unnest(json_keys(raw)) AS k FROM recs) GROUP BY k").fetchall()
+    stats = {k: c for k, c, _ in rows}
+    dup: dict[int, str] = {}
+    if any(c != d for _, c, d in rows):  # rare: find the records
+        dup = dict(con.execute(
+            "SELECT source_line, any_value(k) FROM (SELECT source_line, unnest(json_keys(raw)) AS k FROM recs) "
+            "GROUP BY source_line, k HAVING count(*) > 1").fetchall())
+        for k in set(dup.values()):
+            stats[k] = stats[k] - sum(1 for v in dup.values() if v == k)
+    return n, stats, dup
 
 
 def candidates(present: set[str], mapping: dict[str, str]) -> list[str]:

@@ -9,6 +9,7 @@ records it could not accept in the version's quarantine table. The balance
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -109,6 +110,7 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
     reasons: Counter[str] = Counter()
     first_bad: dict[str, Any] | None = None
     occurrences = _Occurrences()
+    nan_rows = 0
     with ws.version_writer(name) as writer, progress() as bar:
         task = bar.add_task("ingest", total=len(files))
         for path in files:
@@ -121,7 +123,12 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
                 con = readers.connect()
                 try:
                     con.register("recs", recs.table)
-                    n, stats = formats.key_stats(con)
+                    n, stats, dup_keys = formats.key_census(con)
+                    dup_q = None
+                    if dup_keys:
+                        dup_q, table = _take_duplicate_keys(recs.table, dup_keys, source)
+                        con.register("recs", table)
+                        n -= dup_q.height
                     if plan is None and n:
                         # The format is decided on the first batch with records
                         # (BATCH_BYTES of input); later batches only add their keys.
@@ -136,6 +143,7 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
                     con.close()
                 q = pl.concat([
                     recs.quarantine,
+                    *([dup_q] if dup_q is not None else []),
                     rejected.select(pl.lit(source).alias("source_file"), "source_line", "reason",
                                     pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT)),
                 ], how="vertical_relaxed").cast(QUARANTINE_SCHEMA).sort("source_line")  # type: ignore[arg-type]
@@ -145,6 +153,8 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
                                          f"+ {q.height} quarantined")
                 rows = conform(good.with_columns(pl.lit(source).alias("source_file")) if good.width
                                else pl.DataFrame())
+                rows, n_nan = _nan_to_null(rows)
+                nan_rows += n_nan
                 rows = occurrences.number(with_ids(_stamp_meta(rows, meta)))
                 writer.write_rows(rows)
                 writer.write_quarantine(q)
@@ -176,6 +186,9 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
                 f"--strict: {quarantined} of {rows_in} records quarantined, no version written "
                 f"(first: {first.get('source_file')}:{first.get('source_line')}: {first.get('reason')}; "
                 f"by reason: {', '.join(f'{k} ({v})' for k, v in list(reasons_by_count.items())[:3])})")
+        if nan_rows:
+            warn(f"{nan_rows} rows had NaN or Infinity in columns kept in 'extra'; JSON has no such "
+                 "numbers, so they are stored as null")
         if quarantined:
             warn(f"{quarantined} of {rows_in} records quarantined (see: bakeoff data quarantine {name})")
         if not rows_in:
@@ -191,6 +204,62 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
         )
     return IngestResult(version=version, rows_in=rows_in, accepted=accepted, quarantined=quarantined,
                         detected=detected, files=per_file, reasons=reasons_by_count)
+
+
+def _take_duplicate_keys(table: "pa.Table", dup_keys: dict[int, str],
+                         source: str) -> tuple[pl.DataFrame, "pa.Table"]:
+    """Split off the records with a duplicated top-level key: (their quarantine
+    entries, the remaining records)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lines = pa.array(sorted(dup_keys), type=pa.int64())
+    is_dup = pc.is_in(table["source_line"], value_set=lines)
+    bad = pl.from_arrow(table.filter(is_dup))
+    q = bad.select(pl.lit(source).alias("source_file"), "source_line",
+                   pl.col("source_line").replace_strict(
+                       {k: f"duplicate key {v!r} in the record (which value is meant is ambiguous)"
+                        for k, v in dup_keys.items()}, return_dtype=pl.String).alias("reason"),
+                   pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT))
+    return q.cast(QUARANTINE_SCHEMA), table.filter(pc.invert(is_dup))  # type: ignore[arg-type]
+
+
+_NON_FINITE = re.compile(r"NaN|Infinity")
+
+
+def _nan_to_null(rows: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """``extra`` as valid JSON: DuckDB reads NaN/Infinity literals (and Parquet
+    floats) and writes them back as-is, which no strict JSON reader accepts. The
+    few rows that may hold one are re-serialised in Python with those numbers as
+    null (the count is reported)."""
+    if "extra" not in rows.columns or not rows.height:
+        return rows, 0
+    maybe = rows["extra"].str.contains(_NON_FINITE.pattern).fill_null(False)
+    if not maybe.any():
+        return rows, 0
+    changed = 0
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    def fix(text: str) -> str:
+        nonlocal changed
+        new = json.dumps(clean(json.loads(text)), ensure_ascii=False, separators=(",", ":"))
+        if new != json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":")):
+            changed += 1
+            return new
+        return text
+
+    idx = maybe.arg_true()
+    fixed = [fix(t) for t in rows["extra"].gather(idx).to_list()]
+    extra = rows["extra"].scatter(idx, pl.Series(fixed, dtype=pl.String))
+    return rows.with_columns(extra.alias("extra")), changed
 
 
 class _Occurrences:

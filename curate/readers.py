@@ -129,10 +129,11 @@ def _open(p: Path, gz: bool) -> BinaryIO:
     return gzip.open(p, "rb") if gz else open(p, "rb")  # type: ignore[return-value]
 
 
-def iter_records(path: str | Path, batch_bytes: int = BATCH_BYTES) -> Iterator[Records]:
+def iter_records(path: str | Path, batch_bytes: int | None = None) -> Iterator[Records]:
     """Read one file as a stream of record batches (each a ``Records``). Raises
     BakeoffError (one line) if the file cannot be read at all; bad records
     inside a readable file are quarantined with their line."""
+    batch_bytes = batch_bytes or BATCH_BYTES
     p = Path(path)
     name = str(p)
     if not p.exists():
@@ -336,7 +337,11 @@ def _read_jsonl(name: str, data: bytes, line0: int = 0) -> tuple[pa.Table, pl.Da
                    CASE WHEN regexp_full_match(raw, '\\s*') THEN 'blank'
                         WHEN NOT json_valid(raw) THEN 'malformed'
                         WHEN json_type(raw) <> 'OBJECT' THEN 'record is not a JSON object (got '
-                             || lower(json_type(raw)) || ')'
+                             || CASE WHEN json_type(raw) IN ('UBIGINT', 'BIGINT', 'DOUBLE') THEN 'a number'
+                                     WHEN json_type(raw) = 'VARCHAR' THEN 'a string'
+                                     WHEN json_type(raw) = 'ARRAY' THEN 'a list'
+                                     WHEN json_type(raw) = 'BOOLEAN' THEN 'a boolean'
+                                     ELSE lower(json_type(raw)) END || ')'
                    END AS reason
             FROM lines
             WHERE NOT starts_with(raw, '{') OR NOT json_valid(raw)
@@ -548,7 +553,7 @@ class _JsonArray:
                 q_raws.append(_text_for_raw(raw))
             elif not isinstance(obj, dict):
                 q_lines.append(self.line)
-                q_reasons.append(f"record is not a JSON object (got {type(obj).__name__})")
+                q_reasons.append(f"record is not a JSON object (got {_PY_TYPE_WORD.get(type(obj), 'null')})")
                 q_raws.append(raw[:RAW_LIMIT])
             else:
                 lines.append(self.line)
@@ -568,6 +573,9 @@ class _JsonArray:
             if size >= self.batch_bytes:
                 yield flush()
         yield flush()
+
+
+_PY_TYPE_WORD = {int: "a number", float: "a number", str: "a string", list: "a list", bool: "a boolean"}
 
 
 def _text_for_raw(text: str) -> str:
