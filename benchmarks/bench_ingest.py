@@ -1,21 +1,29 @@
 """Ingest throughput: JSONL in OpenAI messages format, end to end (read, validate,
 convert, content ids, atomic commit), against the target of 100k rows/s.
 
-    .venv/bin/python benchmarks/bench_ingest.py [--rows 1000000] [--bad 0.001]
+    .venv/bin/python benchmarks/bench_ingest.py [--rows 1000000] [--bad 0.001] [--gzip] [--no-phases]
 
 Prints wall time, process CPU time and the machine's load (the shared 2-core
 machine is often busy: rows per CPU-second is the figure that does not depend on
 neighbours), a per-phase breakdown, and a per-row Python baseline (json.loads +
 the same checks in a loop) for the ratio.
+
+The ingest and the polars baseline each run in a fresh child process, one after
+the other in the same run, so each prints its own peak RSS (ingest streams the
+file in batches: its peak is bounded by the batch, polars holds the whole file).
+``--gzip`` ingests a ``.jsonl.gz`` of the same rows (e.g. ``--rows 3000000
+--gzip --no-phases`` for a ~300 MB gzip).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,14 +75,35 @@ def generate(path: Path, n: int, bad_fraction: float, seed: int = 0, clean: Path
     return int(bad.sum())
 
 
-def polars_baseline(path: Path) -> tuple[float, float, int]:
-    """(wall s, CPU s, rows) of plain ``polars.read_ndjson`` of the good lines: a
-    parse into typed columns with no validation, quarantine, ids or commit."""
-    import polars as pl
+INGEST_CHILD = """
+import json, resource, sys, time
+from bakeoff.curate.ingest import ingest
+from bakeoff.workspace import Workspace
+ws = Workspace(sys.argv[1])
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+t = time.perf_counter()
+res = ingest(ws, [sys.argv[2]], "bench")
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall": time.perf_counter() - t, "cpu": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
+                  "rows_in": res.rows_in, "accepted": res.accepted, "quarantined": res.quarantined,
+                  "peak_rss_mb": r1.ru_maxrss / 1024}))
+"""
 
-    t, c = time.perf_counter(), cpu()
-    df = pl.read_ndjson(path)
-    return time.perf_counter() - t, cpu() - c, df.height
+POLARS_CHILD = """
+import json, resource, sys, time
+import polars as pl
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+t = time.perf_counter()
+df = pl.read_ndjson(sys.argv[1])
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall": time.perf_counter() - t, "cpu": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
+                  "rows": df.height, "peak_rss_mb": r1.ru_maxrss / 1024}))
+"""
+
+
+def child(code: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def python_baseline(path: Path, limit: int) -> tuple[float, float]:
@@ -106,14 +135,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--bad", type=float, default=0.001, help="fraction of bad lines")
+    ap.add_argument("--gzip", action="store_true", help="ingest a .jsonl.gz of the rows")
+    ap.add_argument("--no-phases", action="store_true", help="skip the per-phase breakdown")
     args = ap.parse_args()
 
     import duckdb
 
     from bakeoff.curate import formats, readers
-    from bakeoff.curate.ingest import ingest
     from bakeoff.schema import conform, with_ids, version_digest
-    from bakeoff.workspace import Workspace, _write_rows_parquet
+    from bakeoff.workspace import _write_rows_parquet
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
@@ -124,14 +154,37 @@ def main() -> None:
         print(f"generated {args.rows:,} rows ({n_bad:,} bad), {src.stat().st_size / 1e6:.0f} MB "
               f"in {time.perf_counter() - t:.1f}s", file=sys.stderr)
 
+        if args.gzip:
+            with open(src, "rb") as fi, gzip.open(tmp / "messages.jsonl.gz", "wb", compresslevel=6) as fo:
+                shutil.copyfileobj(fi, fo, 16 << 20)
+            src.unlink()
+            src = tmp / "messages.jsonl.gz"
+            print(f"gzipped: {src.stat().st_size / 1e6:.0f} MB", file=sys.stderr)
+
         load0 = os.getloadavg()[0]
-        ws = Workspace(tmp / "ws")
-        w0, c0 = time.perf_counter(), cpu()
-        res = ingest(ws, [src], "bench")
-        wall, cpu_s = time.perf_counter() - w0, cpu() - c0
+        ing = child(INGEST_CHILD, str(tmp / "ws"), str(src))
+        wall, cpu_s = ing["wall"], ing["cpu"]
         load1 = os.getloadavg()[0]
-        assert res.rows_in == args.rows == res.accepted + res.quarantined
-        assert res.quarantined == n_bad, (res.quarantined, n_bad)
+        assert ing["rows_in"] == args.rows == ing["accepted"] + ing["quarantined"]
+        assert ing["quarantined"] == n_bad, (ing["quarantined"], n_bad)
+        pol = child(POLARS_CHILD, str(clean))
+        pl_wall, pl_cpu, pl_rows = pol["wall"], pol["cpu"], pol["rows"]
+        rate, pl_rate = args.rows / wall, pl_rows / pl_wall
+        print(f"\n== ingest of {args.rows:,} JSONL rows{' (gzip)' if args.gzip else ''} "
+              f"(messages format, {n_bad:,} quarantined) ==")
+        print(f"wall {wall:8.2f} s   -> {rate:12,.0f} rows/s   target {TARGET:,} rows/s   ratio {rate / TARGET:5.2f}x")
+        print(f"cpu  {cpu_s:8.2f} s   -> {args.rows / cpu_s:12,.0f} rows per CPU-second "
+              f"(2 cores: {2 * args.rows / cpu_s:,.0f} rows/s if uncontended)")
+        print(f"load average during the run: {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores")
+        print(f"\n{'':34s} {'wall s':>8s} {'cpu s':>8s} {'rows/s (wall)':>14s} {'rows/CPU-s':>12s} {'peak RSS MB':>12s}")
+        print(f"{'bakeoff data ingest':34s} {wall:8.2f} {cpu_s:8.2f} {rate:14,.0f} {args.rows / cpu_s:12,.0f} "
+              f"{ing['peak_rss_mb']:12,.0f}")
+        print(f"{'polars.read_ndjson (good lines)':34s} {pl_wall:8.2f} {pl_cpu:8.2f} {pl_rate:14,.0f} "
+              f"{pl_rows / pl_cpu:12,.0f} {pol['peak_rss_mb']:12,.0f}")
+        print(f"{'ratio ingest / polars':34s} {'':8s} {'':8s} {rate / pl_rate:13.2f}x "
+              f"{(args.rows / cpu_s) / (pl_rows / pl_cpu):11.2f}x {ing['peak_rss_mb'] / pol['peak_rss_mb']:11.2f}x\n")
+        if args.no_phases:
+            return
 
         # Per-phase breakdown (same code the ingest runs, timed piece by piece).
         phases: dict[str, tuple[float, float]] = {}
@@ -159,22 +212,8 @@ def main() -> None:
         _write_rows_parquet(rows, tmp / "x.parquet")
         lap("write Parquet (workspace)")
 
-        pl_wall, pl_cpu, pl_rows = polars_baseline(clean)
-        base, base_cpu = python_baseline(src, min(args.rows, 200_000))
+        base, base_cpu = python_baseline(src, min(args.rows, 200_000)) if not args.gzip else (float("nan"),) * 2
         parse_cpu = sum(c for k, (_, c) in phases.items() if k.startswith(("read", "detect", "validate")))
-        rate = args.rows / wall
-        print(f"\n== ingest of {args.rows:,} JSONL rows (messages format, {n_bad:,} quarantined) ==")
-        print(f"wall {wall:8.2f} s   -> {rate:12,.0f} rows/s   target {TARGET:,} rows/s   ratio {rate / TARGET:5.2f}x")
-        print(f"cpu  {cpu_s:8.2f} s   -> {args.rows / cpu_s:12,.0f} rows per CPU-second "
-              f"(2 cores: {2 * args.rows / cpu_s:,.0f} rows/s if uncontended)")
-        print(f"load average during the run: {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores")
-        pl_rate = pl_rows / pl_wall
-        print(f"\n{'':34s} {'wall s':>8s} {'cpu s':>8s} {'rows/s (wall)':>14s} {'rows/CPU-s':>12s}")
-        print(f"{'bakeoff data ingest':34s} {wall:8.2f} {cpu_s:8.2f} {rate:14,.0f} {args.rows / cpu_s:12,.0f}")
-        print(f"{'polars.read_ndjson (good lines)':34s} {pl_wall:8.2f} {pl_cpu:8.2f} {pl_rate:14,.0f} "
-              f"{pl_rows / pl_cpu:12,.0f}")
-        print(f"{'ratio ingest / polars':34s} {'':8s} {'':8s} {rate / pl_rate:13.2f}x "
-              f"{(args.rows / cpu_s) / (pl_rows / pl_cpu):11.2f}x\n")
         print(f"per-row Python baseline, parse + checks only: {base:10,.0f} rows/s, {base_cpu:10,.0f} rows/CPU-s")
         print(f"bakeoff read + detect + validate + convert:    {args.rows / parse_cpu:10,.0f} rows/CPU-s "
               f"= {args.rows / parse_cpu / base_cpu:4.1f}x the baseline per CPU-second")

@@ -101,22 +101,32 @@ def key_stats(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int]]:
     return n, stats
 
 
-def key_census(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int], dict[int, str]]:
-    """``key_stats`` plus the records with a duplicated top-level key
-    ({source_line: key}): JSON readers disagree on which value wins (DuckDB keeps
-    the first, Python the last), so such a record is quarantined, not guessed."""
+def key_census(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int], int]:
+    """``key_stats`` plus the number of records with a duplicated top-level key
+    (see ``split_duplicate_keys``), in the same pass."""
     (n,) = con.execute("SELECT count(*) FROM recs").fetchone()
-    rows = con.execute("SELECT k, count(*), count(DISTINCT source_line) FROM "
-                       "(SELECT source_line, unnest(json_keys(raw)) AS k FROM recs) GROUP BY k").fetchall()
-    stats = {k: c for k, c, _ in rows}
-    dup: dict[int, str] = {}
-    if any(c != d for _, c, d in rows):  # rare: find the records
-        dup = dict(con.execute(
-            "SELECT source_line, any_value(k) FROM (SELECT source_line, unnest(json_keys(raw)) AS k FROM recs) "
-            "GROUP BY source_line, k HAVING count(*) > 1").fetchall())
-        for k in set(dup.values()):
-            stats[k] = stats[k] - sum(1 for v in dup.values() if v == k)
-    return n, stats, dup
+    rows = con.execute(
+        "SELECT k, count(*), sum(dup::INTEGER) FROM (SELECT unnest(list_distinct(ks)) AS k, "
+        "len(ks) <> len(list_distinct(ks)) AS dup FROM (SELECT json_keys(raw) AS ks FROM recs)) GROUP BY k"
+    ).fetchall()
+    return n, {k: c for k, c, _ in rows}, max((d for _, _, d in rows), default=0)
+
+
+_DUP_KEYS = "len(json_keys(raw)) <> len(list_distinct(json_keys(raw)))"
+
+
+def split_duplicate_keys(con: duckdb.DuckDBPyConnection) -> tuple[pl.DataFrame, Any]:
+    """(records of ``recs`` with a duplicated top-level key, with a reason; the
+    other records as Arrow). JSON readers disagree on which value wins (DuckDB
+    keeps the first, Python the last), so such a record is quarantined, not guessed."""
+    bad = con.sql(f"SELECT source_line, raw, json_keys(raw) AS ks FROM recs WHERE {_DUP_KEYS}").pl()
+    reasons = []
+    for ks in bad["ks"].to_list():  # few rows: name the first repeated key
+        seen: set[str] = set()
+        key = next(k for k in ks if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        reasons.append(f"duplicate key {key!r} in the record (which value is meant is ambiguous)")
+    rest = con.sql(f"SELECT * FROM recs WHERE NOT ({_DUP_KEYS})").to_arrow_table()
+    return bad.select("source_line", pl.Series("reason", reasons, dtype=pl.String), "raw"), rest
 
 
 def candidates(present: set[str], mapping: dict[str, str]) -> list[str]:

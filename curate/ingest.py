@@ -123,12 +123,14 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
                 con = readers.connect()
                 try:
                     con.register("recs", recs.table)
-                    n, stats, dup_keys = formats.key_census(con)
+                    n, stats, n_dup = formats.key_census(con)
                     dup_q = None
-                    if dup_keys:
-                        dup_q, table = _take_duplicate_keys(recs.table, dup_keys, source)
+                    if n_dup:
+                        dup_q, table = formats.split_duplicate_keys(con)
                         con.register("recs", table)
                         n -= dup_q.height
+                        dup_q = dup_q.select(pl.lit(source).alias("source_file"), "source_line", "reason",
+                                             pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT))
                     if plan is None and n:
                         # The format is decided on the first batch with records
                         # (BATCH_BYTES of input); later batches only add their keys.
@@ -204,24 +206,6 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
         )
     return IngestResult(version=version, rows_in=rows_in, accepted=accepted, quarantined=quarantined,
                         detected=detected, files=per_file, reasons=reasons_by_count)
-
-
-def _take_duplicate_keys(table: "pa.Table", dup_keys: dict[int, str],
-                         source: str) -> tuple[pl.DataFrame, "pa.Table"]:
-    """Split off the records with a duplicated top-level key: (their quarantine
-    entries, the remaining records)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    lines = pa.array(sorted(dup_keys), type=pa.int64())
-    is_dup = pc.is_in(table["source_line"], value_set=lines)
-    bad = pl.from_arrow(table.filter(is_dup))
-    q = bad.select(pl.lit(source).alias("source_file"), "source_line",
-                   pl.col("source_line").replace_strict(
-                       {k: f"duplicate key {v!r} in the record (which value is meant is ambiguous)"
-                        for k, v in dup_keys.items()}, return_dtype=pl.String).alias("reason"),
-                   pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT))
-    return q.cast(QUARANTINE_SCHEMA), table.filter(pc.invert(is_dup))  # type: ignore[arg-type]
 
 
 _NON_FINITE = re.compile(r"NaN|Infinity")
