@@ -86,7 +86,7 @@ res = ingest(ws, [sys.argv[2]], "bench")
 r1 = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"wall": time.perf_counter() - t, "cpu": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
                   "rows_in": res.rows_in, "accepted": res.accepted, "quarantined": res.quarantined,
-                  "peak_rss_mb": r1.ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_rss_mb()}))
 """
 
 POLARS_CHILD = """
@@ -97,12 +97,21 @@ t = time.perf_counter()
 df = pl.read_ndjson(sys.argv[1])
 r1 = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"wall": time.perf_counter() - t, "cpu": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
-                  "rows": df.height, "peak_rss_mb": r1.ru_maxrss / 1024}))
+                  "rows": df.height, "peak_rss_mb": peak_rss_mb()}))
+"""
+
+# The child's own peak: VmHWM starts afresh at exec, while ru_maxrss carries over
+# the RSS of the parent at fork (here: the generator's gigabytes).
+PEAK = """
+def peak_rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 """
 
 
 def child(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", PEAK + code, *args], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -127,8 +127,9 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
                     dup_q = None
                     if n_dup:
                         dup_q, table = formats.split_duplicate_keys(con)
-                        con.register("recs", table)
-                        n -= dup_q.height
+                        if dup_q.height:
+                            con.register("recs", table)
+                            n -= dup_q.height
                         dup_q = dup_q.select(pl.lit(source).alias("source_file"), "source_line", "reason",
                                              pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT))
                     if plan is None and n:

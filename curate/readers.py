@@ -31,6 +31,7 @@ import csv
 import gzip
 import io
 import json
+import os
 import re
 import zlib
 from dataclasses import dataclass
@@ -48,8 +49,9 @@ from bakeoff.workspace import QUARANTINE_SCHEMA, BakeoffError
 #: be huge, e.g. the unparseable rest of a JSON array).
 RAW_LIMIT = 20_000
 
-#: Input bytes (decompressed) per batch: the unit of memory use of an ingest.
-BATCH_BYTES = 64 << 20
+#: Input bytes (decompressed) per batch: the unit of memory use of an ingest
+#: (env BAKEOFF_BATCH_BYTES, e.g. to exercise many batches in tests).
+BATCH_BYTES = int(os.environ.get("BAKEOFF_BATCH_BYTES") or 64 << 20)
 #: A record (line, JSON element, CSV row) longer than this is quarantined unread.
 MAX_RECORD_BYTES = 256 << 20
 

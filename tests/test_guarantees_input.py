@@ -162,3 +162,15 @@ def test_unreadable_gzip_is_a_one_line_error(ws, tmp_path):
     with pytest.raises(BakeoffError, match="not a readable gzip file"):
         ingest(ws, [f], "g")
     assert ws.versions() == []
+
+
+def test_out_of_core_digest_equals_the_in_memory_one(ws, tmp_path, monkeypatch):
+    import bakeoff.workspace as workspace_mod
+
+    f = tmp_path / "m.jsonl"
+    f.write_text(_mixed_jsonl())
+    a = ingest(ws, [f], "a").version
+    monkeypatch.setattr(workspace_mod, "DIGEST_MEMORY_BYTES", 0)  # DuckDB sorts, batch by batch
+    monkeypatch.setattr(readers, "BATCH_BYTES", 2500)
+    b = ingest(ws, [f], "b").version
+    assert a.digest == b.digest == version_digest(ws.load(b))
