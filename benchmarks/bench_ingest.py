@@ -47,32 +47,39 @@ def generate(path: Path, n: int, bad_fraction: float, seed: int = 0, clean: Path
 
     rng = np.random.default_rng(seed)
     words = np.array("revenue margin total year quarter cash debt asset table row column growth net".split())
-
-    def sentences(lo: int, hi: int) -> pl.Series:
-        # a pool of random sentences, drawn per row (distinct rows come from the row number)
-        pool = [" ".join(rng.choice(words, rng.integers(lo, hi))) for _ in range(5000)]
-        return pl.Series(np.array(pool)[rng.integers(0, len(pool), n)])
-
-    i = pl.int_range(0, n, eager=True).cast(pl.String)
-    df = pl.DataFrame({"q": "Q" + i + ": " + sentences(8, 31) + "?", "a": sentences(3, 26)})
-    df = df.select(
-        pl.concat_list([
-            pl.struct(role=pl.lit("system"), content=pl.lit("Answer from the table.")),
-            pl.struct(role=pl.lit("user"), content=pl.col("q")),
-            pl.struct(role=pl.lit("assistant"), content=pl.col("a")),
-        ]).alias("messages"),
-        pl.struct(domain=pl.lit("finance-tables"), task=pl.lit("qa")).alias("meta"),
-    )
-    lines = df.select(pl.struct(pl.all()).struct.json_encode().alias("l"))["l"]
-    bad = rng.random(n) < bad_fraction
+    # pools of random sentences, drawn per row (distinct rows come from the row number)
+    pools = {(lo, hi): np.array([" ".join(rng.choice(words, rng.integers(lo, hi))) for _ in range(5000)])
+             for lo, hi in ((8, 31), (3, 26))}
     bad_text = np.array(['{"messages": [', '{"messages": "x"}',
                          json.dumps({"messages": [{"role": "user", "content": "q"}]})])
-    if clean is not None:
-        clean.write_text("\n".join(lines.filter(~pl.Series(bad)).to_list()) + "\n")
-    lines = pl.select(pl.when(pl.Series(bad)).then(pl.Series(bad_text[rng.integers(0, 3, n)]))
-                      .otherwise(lines).alias("l"))["l"]
-    path.write_text("\n".join(lines.to_list()) + "\n")
-    return int(bad.sum())
+    n_bad = 0
+    chunk = 500_000  # rows per write: a 6M-row file does not need 6M rows in memory
+    with open(path, "w") as out, open(clean, "w") if clean is not None else open(os.devnull, "w") as out_clean:
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+
+            def sentences(lo: int, hi: int) -> pl.Series:
+                return pl.Series(pools[(lo, hi)][rng.integers(0, 5000, m)])
+
+            i = pl.int_range(start, start + m, eager=True).cast(pl.String)
+            df = pl.DataFrame({"q": "Q" + i + ": " + sentences(8, 31) + "?", "a": sentences(3, 26)})
+            df = df.select(
+                pl.concat_list([
+                    pl.struct(role=pl.lit("system"), content=pl.lit("Answer from the table.")),
+                    pl.struct(role=pl.lit("user"), content=pl.col("q")),
+                    pl.struct(role=pl.lit("assistant"), content=pl.col("a")),
+                ]).alias("messages"),
+                pl.struct(domain=pl.lit("finance-tables"), task=pl.lit("qa")).alias("meta"),
+            )
+            lines = df.select(pl.struct(pl.all()).struct.json_encode().alias("l"))["l"]
+            bad = rng.random(m) < bad_fraction
+            n_bad += int(bad.sum())
+            if clean is not None:
+                out_clean.write("\n".join(lines.filter(~pl.Series(bad)).to_list()) + "\n")
+            lines = pl.select(pl.when(pl.Series(bad)).then(pl.Series(bad_text[rng.integers(0, 3, m)]))
+                              .otherwise(lines).alias("l"))["l"]
+            out.write("\n".join(lines.to_list()) + "\n")
+    return n_bad
 
 
 INGEST_CHILD = """
@@ -146,6 +153,7 @@ def main() -> None:
     ap.add_argument("--bad", type=float, default=0.001, help="fraction of bad lines")
     ap.add_argument("--gzip", action="store_true", help="ingest a .jsonl.gz of the rows")
     ap.add_argument("--no-phases", action="store_true", help="skip the per-phase breakdown")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the polars baseline (ingest only)")
     args = ap.parse_args()
 
     import duckdb
@@ -159,7 +167,7 @@ def main() -> None:
         src = tmp / "messages.jsonl"
         t = time.perf_counter()
         clean = tmp / "clean.jsonl"
-        n_bad = generate(src, args.rows, args.bad, clean=clean)
+        n_bad = generate(src, args.rows, args.bad, clean=None if args.no_baseline else clean)
         print(f"generated {args.rows:,} rows ({n_bad:,} bad), {src.stat().st_size / 1e6:.0f} MB "
               f"in {time.perf_counter() - t:.1f}s", file=sys.stderr)
 
@@ -176,6 +184,11 @@ def main() -> None:
         load1 = os.getloadavg()[0]
         assert ing["rows_in"] == args.rows == ing["accepted"] + ing["quarantined"]
         assert ing["quarantined"] == n_bad, (ing["quarantined"], n_bad)
+        if args.no_baseline:
+            print(f"ingest of {args.rows:,} rows ({src.name}, {src.stat().st_size / 1e6:.0f} MB): "
+                  f"{wall:.1f} s wall, {cpu_s:.1f} s CPU, {args.rows / wall:,.0f} rows/s, "
+                  f"peak RSS {ing['peak_rss_mb']:,.0f} MB")
+            return
         pol = child(POLARS_CHILD, str(clean))
         pl_wall, pl_cpu, pl_rows = pol["wall"], pol["cpu"], pol["rows"]
         rate, pl_rate = args.rows / wall, pl_rows / pl_wall

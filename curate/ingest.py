@@ -126,7 +126,7 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
                     n, stats, n_dup = formats.key_census(con)
                     dup_q = None
                     if n_dup:
-                        dup_q, table = formats.split_duplicate_keys(con)
+                        dup_q, table = formats.split_bad_keys(con, mapping.get("meta", "meta"))
                         if dup_q.height:
                             con.register("recs", table)
                             n -= dup_q.height
