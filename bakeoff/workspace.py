@@ -431,11 +431,6 @@ class VersionWriter:
         self.rows = 0
         self.quarantined = 0
         self.kinds: dict[str, int] = {}
-        # The digest's columns (small: no conversation text) stay in memory while
-        # they fit DIGEST_MEMORY_BYTES, so a typical version is digested as
-        # commit_version does it; past that, DuckDB sorts them out of core.
-        self._digest_parts: list[pl.DataFrame] | None = []
-        self._digest_bytes = 0
 
     def __enter__(self) -> "VersionWriter":
         return self
@@ -470,12 +465,6 @@ class VersionWriter:
             table = table.cast(self._rows.schema)
         if table.num_rows or self.rows == 0:
             self._rows.write_table(table)
-        if self._digest_parts is not None:
-            part = rows.drop("source_file", "source_line", "messages", "chosen", "rejected")
-            self._digest_bytes += part.estimated_size()
-            self._digest_parts.append(part)
-            if self._digest_bytes > DIGEST_MEMORY_BYTES:
-                self._digest_parts = None
         self.rows += rows.height
         for kind, n in rows.group_by("kind").len().iter_rows():
             self.kinds[kind] = self.kinds.get(kind, 0) + n
@@ -493,8 +482,6 @@ class VersionWriter:
 
     def digest(self) -> str:
         """``schema.version_digest`` of the written rows, without loading them."""
-        if self._digest_parts is not None:
-            return version_digest(pl.concat(self._digest_parts))
         return _streamed_digest(self.tmp / "rows.parquet", self.tmp / ".spill")
 
     def commit(self, *, operation: str, params: dict[str, Any] | None = None, parents: list[str] | None = None,
@@ -523,10 +510,8 @@ class VersionWriter:
             params=params or {}, counts=all_counts))
 
 
-#: Memory DuckDB may use to sort a version's ids for its digest before spilling,
-#: and the size up to which a VersionWriter keeps the digest columns in memory.
+#: Memory DuckDB may use to sort a version's ids for its digest before spilling.
 DIGEST_MEMORY = "256MB"
-DIGEST_MEMORY_BYTES = 256 << 20
 
 
 def _streamed_digest(rows_path: Path, spill: Path) -> str:
