@@ -51,7 +51,7 @@ RAW_LIMIT = 20_000
 
 #: Input bytes (decompressed) per batch: the unit of memory use of an ingest
 #: (env BAKEOFF_BATCH_BYTES, e.g. to exercise many batches in tests).
-BATCH_BYTES = int(os.environ.get("BAKEOFF_BATCH_BYTES") or 64 << 20)
+BATCH_BYTES = int(os.environ.get("BAKEOFF_BATCH_BYTES") or 32 << 20)
 #: A record (line, JSON element, CSV row) longer than this is quarantined unread.
 MAX_RECORD_BYTES = 256 << 20
 
