@@ -496,7 +496,8 @@ class VersionWriter:
                 setattr(self, attr, None)
         if digest is None:
             digest = self.digest()
-        shutil.rmtree(self.tmp / ".spill", ignore_errors=True)
+        if (self.tmp / ".spill").exists():
+            shutil.rmtree(self.tmp / ".spill", ignore_errors=True)
         if report is not None:
             (self.tmp / "report.json").write_text(json.dumps(report, indent=2, default=str))
         for f in self.tmp.iterdir():

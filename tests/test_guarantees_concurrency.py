@@ -122,8 +122,9 @@ SWEEPER = textwrap.dedent("""
     (ws.root / "versions" / "d" / "v99").mkdir(parents=True)  # an orphan for the sweep to remove
     real_rmtree = w.shutil.rmtree
     def rmtree(path, *a, **k):
-        print("SWEEPING", flush=True)
-        time.sleep(30)
+        if str(path).endswith("v99"):  # the sweep deleting the orphan
+            print("SWEEPING", flush=True)
+            time.sleep(30)
         real_rmtree(path, *a, **k)
     w.shutil.rmtree = rmtree
     rows = with_ids(conform(pl.DataFrame({"kind": ["sft"], "messages": [[{"role": "user", "content": "q"},
