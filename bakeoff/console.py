@@ -3,6 +3,10 @@
 - Results go to stdout: a rich rendering for people, or exactly one JSON document
   with ``--json``.
 - Progress bars, logs and warnings go to stderr, so ``--json`` output stays clean.
+- User text (labels, file names, quarantined records) is shown literally: rich
+  would read ``[/bold]`` in it as markup (and raise ``MarkupError`` on a stray
+  closing tag), so ``table`` escapes every cell and ``escape`` is there for text
+  printed with ``out.print``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from rich.console import Console
+from rich.markup import escape as _rich_escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, Task,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
@@ -26,12 +31,17 @@ out = Console()
 T = TypeVar("T")
 
 
+def escape(text: Any) -> str:
+    """``text`` as a string rich prints literally (no markup)."""
+    return _rich_escape("" if text is None else str(text))
+
+
 def log(message: str) -> None:
     err.print(message, highlight=False)
 
 
 def warn(message: str) -> None:
-    err.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+    err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def emit(result: Any, as_json: bool, render: Callable[[Any], None] | None = None) -> None:
@@ -45,12 +55,14 @@ def emit(result: Any, as_json: bool, render: Callable[[Any], None] | None = None
         out.print_json(json.dumps(result, default=str))
 
 
-def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]]) -> Table:
-    t = Table(title=title, title_justify="left")
+def table(title: str | None, columns: list[str], rows: Iterable[Iterable[Any]], markup: bool = False) -> Table:
+    """A rich table. Cells are shown literally unless ``markup`` (then the caller
+    escapes the user text in them)."""
+    t = Table(title=None if title is None else escape(title), title_justify="left")
     for c in columns:
-        t.add_column(c)
+        t.add_column(escape(c))
     for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
+        t.add_row(*["" if v is None else (str(v) if markup else escape(v)) for v in r])
     return t
 
 

@@ -10,7 +10,9 @@ stay fast on million-row versions.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import click
 import duckdb
 import polars as pl
 
-from bakeoff.console import emit, out, table
+from bakeoff.console import emit, escape, out, table
 from bakeoff.context import get_workspace, json_option
 from bakeoff.workspace import BakeoffError, Version, Workspace
 
@@ -275,36 +277,77 @@ def _hf_frame(df: pl.DataFrame) -> pl.DataFrame:
     return df.select([*main, *keep, *added])
 
 
+#: Marks a directory written by ``data export --format hf``: only such a directory
+#: may be replaced by ``--force``.
+EXPORT_STAMP = ".bakeoff-export.json"
+_WORKSPACE_ENTRIES = ("catalog.duckdb", "versions", "cache", "runs", "reports", "mlflow.db", "mlruns")
+
+
+def _check_export_target(ws: Workspace, out_path: Path, fmt: str, force: bool) -> None:
+    """Refuse targets whose replacement would destroy data: the workspace, its
+    ancestors, its own files, a directory that is not a previous export."""
+    target = out_path.resolve()
+    if target == ws.root or target in ws.root.parents:
+        raise BakeoffError(f"--out {out_path} is the workspace or a folder holding it; choose another path")
+    first = target.relative_to(ws.root).parts[0] if ws.root in target.parents else ""
+    if first in _WORKSPACE_ENTRIES or first.startswith(("catalog.duckdb", "mlflow.db")):
+        raise BakeoffError(f"--out {out_path} is inside the workspace's own files; choose another path")
+    if not out_path.exists() and not out_path.is_symlink():
+        return
+    if out_path.is_dir() and not out_path.is_symlink():
+        if fmt != "hf":
+            raise BakeoffError(f"--out {out_path} is a directory; {fmt} export writes one file")
+        if not any(out_path.iterdir()):
+            return
+        if not (out_path / EXPORT_STAMP).is_file():
+            raise BakeoffError(f"--out {out_path} is a non-empty directory that is not a bakeoff export; "
+                               "choose an empty or new directory")
+    elif fmt == "hf":
+        raise BakeoffError(f"--out {out_path} is a file; hf export writes a directory")
+    if not force:
+        raise BakeoffError(f"{out_path} exists; pass --force to overwrite")
+
+
 def export_version(ws: Workspace, ref: str, fmt: str, out_path: str | Path, force: bool = False) -> dict[str, Any]:
     """Write a version as JSONL, Parquet, or a Hugging Face dataset directory
     (``datasets.load_from_disk``). A version mixing kinds exports to hf as a
-    DatasetDict with one split per kind."""
+    DatasetDict with one split per kind.
+
+    The output appears whole or not at all (written beside it, then renamed).
+    ``force`` replaces an existing file, or a directory only if a previous hf
+    export wrote it (``EXPORT_STAMP``); never the workspace or its ancestors."""
+    if fmt not in ("jsonl", "parquet", "hf"):
+        raise BakeoffError(f"unknown export format {fmt!r}; expected jsonl, parquet or hf")
     v = ws.resolve(ref)
     out_path = Path(out_path)
-    if out_path.exists() and not force:
-        if out_path.is_file() or any(out_path.iterdir()):
-            raise BakeoffError(f"{out_path} exists; pass --force to overwrite")
+    _check_export_target(ws, out_path, fmt, force)
     df = ws.load(v)
-    if fmt == "jsonl":
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        df.write_ndjson(out_path)
-    elif fmt == "parquet":
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        df.write_parquet(out_path)
-    elif fmt == "hf":
-        import datasets
-
-        if out_path.exists():
-            shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
-        kinds = sorted(df["kind"].unique().to_list())
-        if len(kinds) <= 1:
-            datasets.Dataset.from_polars(_hf_frame(df)).save_to_disk(str(out_path))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        if fmt == "jsonl":
+            df.write_ndjson(tmp)
+        elif fmt == "parquet":
+            df.write_parquet(tmp)
         else:
-            datasets.DatasetDict({
-                k: datasets.Dataset.from_polars(_hf_frame(df.filter(pl.col("kind") == k))) for k in kinds
-            }).save_to_disk(str(out_path))
-    else:
-        raise BakeoffError(f"unknown export format {fmt!r}; expected jsonl, parquet or hf")
+            import datasets
+
+            kinds = sorted(df["kind"].unique().to_list())
+            if len(kinds) <= 1:
+                datasets.Dataset.from_polars(_hf_frame(df)).save_to_disk(str(tmp))
+            else:
+                datasets.DatasetDict({
+                    k: datasets.Dataset.from_polars(_hf_frame(df.filter(pl.col("kind") == k))) for k in kinds
+                }).save_to_disk(str(tmp))
+            (tmp / EXPORT_STAMP).write_text(json.dumps({"version": v.ref, "digest": v.digest}))
+            if out_path.is_dir():  # empty, or a stamped previous export (checked above)
+                shutil.rmtree(out_path)
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
     return {"version": v.ref, "format": fmt, "out": str(out_path), "rows": df.height,
             "kinds": dict(df.group_by("kind").len().iter_rows())}
 
@@ -487,7 +530,7 @@ def show_cmd(ref: str, n_rows: int, as_json: bool) -> None:
         if s["quarantined"]:
             out.print(f"{s['quarantined']} records quarantined at ingest (bakeoff data quarantine {v['ref']})")
         if s["extra_columns"]:
-            out.print(f"extra columns: {', '.join(s['extra_columns'])}")
+            out.print(f"extra columns: {escape(', '.join(s['extra_columns']))}")
         for row in s.get("head", []):
             out.print_json(json.dumps(row, default=str))
 
@@ -541,7 +584,7 @@ def export_cmd(ref: str, fmt: str, out_path: str, force: bool, as_json: bool) ->
     """
     ws = get_workspace()
     res = export_version(ws, ref, fmt, out_path, force=force)
-    emit(res, as_json, lambda r: out.print(f"wrote {r['rows']} rows of {r['version']} to {r['out']} ({r['format']})"))
+    emit(res, as_json, lambda r: out.print(escape(f"wrote {r['rows']} rows of {r['version']} to {r['out']} ({r['format']})")))
 
 
 @data.command("why")
@@ -558,12 +601,13 @@ def why_cmd(row_id: str, as_json: bool) -> None:
     res = row_fate(ws, row_id)
 
     def render(r: dict[str, Any]) -> None:
-        out.print(f"[bold]{r['row_id']}[/]  appears in: {', '.join(r['appears_in']) or 'none'}")
+        out.print(f"[bold]{escape(r['row_id'])}[/]  appears in: {', '.join(r['appears_in']) or 'none'}")
         row = r.get("row")
         if row:
             msgs = row.get("messages") or []
             preview = " | ".join(f"{m['role']}: {m['content'][:60]}" for m in msgs[:3]).replace("\n", " ")
-            out.print(f"  {row.get('kind')}  {row.get('source_file')}:{row.get('source_line')}  {preview}", highlight=False)
+            out.print(escape(f"  {row.get('kind')}  {row.get('source_file')}:{row.get('source_line')}  {preview}"),
+                      highlight=False)
         for name, entries in r["timeline"].items():
             rows = []
             for e in entries:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from bakeoff.workspace import validate_name
+
 if TYPE_CHECKING:  # mlflow is slow to import; commands import it when they need it
     from bakeoff.workspace import Version, Workspace
 
@@ -28,6 +30,7 @@ def setup_mlflow(ws: "Workspace", experiment_name: str | None = None) -> str:
     if user_uri is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     if experiment_name:
+        validate_name(experiment_name, "experiment name")  # it becomes a folder under mlruns/
         if mlflow.get_experiment_by_name(experiment_name) is None:
             ws.artifact_root.mkdir(parents=True, exist_ok=True)
             mlflow.create_experiment(experiment_name,

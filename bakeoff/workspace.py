@@ -13,16 +13,25 @@ Layout::
 A version is immutable. Writing one is atomic: files go to a temporary folder,
 are flushed, then renamed into ``versions/NAME/vN`` and the catalog row is
 committed in the same DuckDB transaction that picked N. A kill at any point leaves
-either no trace or an orphan folder that no catalog row points to (removed on the
-next write of that name); readers only ever follow catalog rows.
+either no trace or an orphan folder that no catalog row points to; readers only
+ever follow catalog rows.
+
+Leftovers of killed writes (temp folders, orphan ``vN`` folders) are swept on
+every open and after every commit, always while holding the catalog's write lock
+(DuckDB allows one writing process at a time), so a sweep never sees a version
+that another process is committing. A temp folder is only removed when no live
+process holds the ``flock`` its writer takes on it (released by the kernel when
+the writer dies, even on ``kill -9``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -61,12 +70,31 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "raw": pl.String,
 }
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_REF_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*?)(?:@v(?P<n>\d+))?$")
+#: The one rule for every name that becomes a path: dataset and test-set names,
+#: experiment names, model labels. Checked with ``fullmatch`` (``$`` would let a
+#: trailing newline through) and bounded well below the 255-byte file-name limit.
+NAME_MAX = 100
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,%d}" % (NAME_MAX - 1))
+_REF_RE = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]{0,%d}?)(?:@v(?P<n>[0-9]{1,9}))?" % (NAME_MAX - 1))
+
+#: Seconds a command waits for another process's catalog lock before giving up
+#: (env BAKEOFF_LOCK_TIMEOUT).
+LOCK_TIMEOUT = 60.0
 
 
 class BakeoffError(Exception):
     """An error the CLI reports as one line, without a traceback."""
+
+
+def validate_name(name: str, what: str = "dataset name") -> str:
+    """``name`` if it is safe as one path component, else a one-line BakeoffError.
+    Letters, digits, '_', '-', '.', starting with a letter or digit (so never
+    ``..`` or an absolute path), at most NAME_MAX characters."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        shown = name if not isinstance(name, str) or len(name) <= 60 else name[:60] + "..."
+        raise BakeoffError(f"invalid {what} {shown!r}: use letters, digits, '_', '-', '.' "
+                           f"(starting with a letter or digit, at most {NAME_MAX} characters)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -93,7 +121,7 @@ class Version:
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """``NAME@vN`` -> (NAME, N); ``NAME`` -> (NAME, None) meaning the latest."""
-    m = _REF_RE.match(ref.strip())
+    m = _REF_RE.fullmatch(ref.strip())
     if not m:
         raise BakeoffError(f"not a dataset reference: {ref!r} (expected NAME or NAME@vN)")
     return m["name"], int(m["n"]) if m["n"] else None
@@ -150,6 +178,8 @@ class Workspace:
                     path VARCHAR, PRIMARY KEY (name, number))
                 """
             )
+            with _PROCESS_WRITE_LOCK:
+                self._sweep(con)
 
     # --- paths ------------------------------------------------------------------
     @property
@@ -179,17 +209,22 @@ class Workspace:
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short-lived connection to the catalog. DuckDB allows one writing
-        process at a time, so commands open the catalog only while they need it."""
+        process at a time, so commands open the catalog only while they need it;
+        a command that finds it locked waits up to LOCK_TIMEOUT seconds, then
+        stops with a one-line error naming the process that holds it."""
         if read_only and not self.catalog_path.exists():
             read_only = False
-        deadline = time.monotonic() + 60
+        timeout = float(os.environ.get("BAKEOFF_LOCK_TIMEOUT", LOCK_TIMEOUT))
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 con = duckdb.connect(str(self.catalog_path), read_only=read_only)
                 break
             except duckdb.IOException as exc:  # another bakeoff process holds the lock
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                if "lock" not in str(exc).lower():
                     raise
+                if time.monotonic() > deadline:
+                    raise BakeoffError(_lock_message(self.catalog_path, str(exc), timeout)) from None
                 time.sleep(0.2)
         try:
             yield con
@@ -293,8 +328,7 @@ class Workspace:
         dropped (``LEDGER_SCHEMA``), ``quarantine`` the input records it could not
         accept (``QUARANTINE_SCHEMA``).
         """
-        if not _NAME_RE.match(name):
-            raise BakeoffError(f"invalid dataset name {name!r}: use letters, digits, '_', '-', '.'")
+        validate_name(name)
         rows = conform(rows)
         if rows["id"].null_count():
             raise ValueError("every row needs an id (bakeoff.schema.with_ids)")
@@ -307,72 +341,270 @@ class Workspace:
             "quarantined": 0 if quarantine is None else quarantine.height,
             **(counts or {}),
         }
-        parents = list(parents or [])
-
-        base = self.root / "versions" / name
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = base / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
-            _write_rows_parquet(rows, tmp / "rows.parquet")
+        with self.version_writer(name) as writer:
+            writer.write_rows(rows)
+            if quarantine is not None:
+                writer.write_quarantine(quarantine)
             if ledger is not None:
                 ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]).write_parquet(
-                    tmp / "ledger.parquet")
-            if quarantine is not None:
-                quarantine.select([pl.col(c).cast(t) for c, t in QUARANTINE_SCHEMA.items()]).write_parquet(
-                    tmp / "quarantine.parquet")
-            if report is not None:
-                (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str))
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+                    writer.tmp / "ledger.parquet")
+            return writer.commit(operation=operation, params=params, parents=parents, report=report,
+                                 counts=all_counts, digest=digest)
 
-            with self.connect() as con:
-                con.execute("BEGIN TRANSACTION")
-                try:
-                    (last,) = con.execute("SELECT coalesce(max(number), 0) FROM versions WHERE name = ?",
-                                          [name]).fetchone()
-                    number = last + 1
-                    final = base / f"v{number}"
-                    if final.exists():  # an orphan of a write killed before its commit
-                        shutil.rmtree(final)
-                    os.rename(tmp, final)
-                    _fsync_dir(base)
-                    version = Version(
-                        name=name, number=number, digest=digest, rows=rows.height,
-                        parents=parents, operation=operation, params=params or {},
-                        bakeoff_version=__version__, created_at=_now(), counts=all_counts,
-                        path=str(final.relative_to(self.root)),
-                    )
-                    con.execute(
-                        f"INSERT INTO versions ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                        [version.name, version.number, version.digest, version.rows,
-                         json.dumps(version.parents), version.operation,
-                         json.dumps(version.params, default=str), version.bakeoff_version,
-                         version.created_at, json.dumps(version.counts, default=str), version.path],
-                    )
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        self._sweep_orphans(name)
+    def version_writer(self, name: str) -> "VersionWriter":
+        """A writer for a version built batch by batch (``with ws.version_writer(name) as w:
+        w.write_rows(batch) ...; w.commit(...)``); nothing is visible until ``commit``."""
+        return VersionWriter(self, name)
+
+    def _publish(self, tmp: Path, name: str, fields: dict[str, Any]) -> Version:
+        """Give the staged folder ``tmp`` the next number of ``name`` and commit its
+        catalog row, in one transaction under the catalog's write lock."""
+        base = tmp.parent
+        with _PROCESS_WRITE_LOCK, self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                (last,) = con.execute("SELECT coalesce(max(number), 0) FROM versions WHERE name = ?",
+                                      [name]).fetchone()
+                number = last + 1
+                final = base / f"v{number}"
+                if final.exists():  # an orphan of a write killed before its commit
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+                (final / _WRITER_LOCK).unlink()  # not part of the version; the flock stays held
+                _fsync_dir(base)
+                version = Version(name=name, number=number, bakeoff_version=__version__, created_at=_now(),
+                                  path=str(final.relative_to(self.root)), **fields)
+                con.execute(
+                    f"INSERT INTO versions ({self._COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [version.name, version.number, version.digest, version.rows,
+                     json.dumps(version.parents), version.operation,
+                     json.dumps(version.params, default=str), version.bakeoff_version,
+                     version.created_at, json.dumps(version.counts, default=str), version.path],
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            # Still under the lock: no other process can be between its rename
+            # and its commit, so every vN the catalog lacks is an orphan.
+            self._sweep(con, name)
         return version
 
-    def _sweep_orphans(self, name: str) -> None:
-        """Remove leftovers of killed writes: temp folders and vN folders that no
-        catalog row points to."""
-        base = self.root / "versions" / name
-        known = {v.path for v in self.versions(name)}
-        stale = time.time() - 3600  # a temp folder this old has no live writer
-        for child in base.iterdir():
-            rel = str(child.relative_to(self.root))
-            if (child.name.startswith(".tmp-") and child.stat().st_mtime < stale) or (
-                    child.name.startswith("v") and rel not in known):
-                shutil.rmtree(child, ignore_errors=True)
+    def _sweep(self, con: duckdb.DuckDBPyConnection, name: str | None = None) -> None:
+        """Remove leftovers of killed writes under ``versions/`` (of one dataset,
+        if ``name``): temp folders whose writer is gone, and ``vN`` folders that no
+        catalog row points to. ``con`` must be a writing connection: holding it
+        is what makes the catalog's list of versions final while we delete."""
+        top = self.root / "versions"
+        bases = [top / name] if name else [p for p in top.iterdir() if p.is_dir()]
+        known = {r[0] for r in con.execute("SELECT path FROM versions").fetchall()}
+        for base in bases:
+            if not base.is_dir():
+                continue
+            for child in base.iterdir():
+                if child.name.startswith(".tmp-"):
+                    if _temp_folder_abandoned(child):
+                        shutil.rmtree(child, ignore_errors=True)
+                elif re.fullmatch(r"v[0-9]+", child.name) and child.is_dir():
+                    if str(child.relative_to(self.root)) not in known:
+                        shutil.rmtree(child, ignore_errors=True)
+
+
+class VersionWriter:
+    """One version written in batches into a temp folder of its dataset, then
+    published atomically (``Workspace._publish``). Memory is bounded by a batch:
+    rows and quarantine stream into Parquet, and the digest is computed by DuckDB
+    over the written file (its sort spills to disk past ``DIGEST_MEMORY``).
+    Leaving the ``with`` block without ``commit`` removes the temp folder."""
+
+    def __init__(self, ws: Workspace, name: str) -> None:
+        self.ws, self.name = ws, validate_name(name)
+        base = ws.root / "versions" / name
+        base.mkdir(parents=True, exist_ok=True)
+        self.tmp = base / f".tmp-{uuid.uuid4().hex}"
+        self.tmp.mkdir()
+        # Held until the writer is done (or the process dies): a sweep in another
+        # process leaves a temp folder alone while its writer lives.
+        self._lock_fd: int | None = _lock_temp_folder(self.tmp)
+        self._rows: Any = None
+        self._quarantine: Any = None
+        self.rows = 0
+        self.quarantined = 0
+        self.kinds: dict[str, int] = {}
+
+    def __enter__(self) -> "VersionWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for w in (self._rows, self._quarantine):
+            if w is not None:
+                w.close()
+        self._rows = self._quarantine = None
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def write_rows(self, rows: pl.DataFrame) -> None:
+        """Append rows (core columns, ids set; ids unique across all batches)."""
+        import pyarrow.parquet as pq
+
+        rows = conform(rows)
+        if rows["id"].null_count():
+            raise ValueError("every row needs an id (bakeoff.schema.with_ids)")
+        table = rows.to_arrow()
+        if self._rows is None:
+            # pyarrow with LZ4 and no column statistics: see _write_rows_parquet
+            self._rows = pq.ParquetWriter(self.tmp / "rows.parquet", table.schema, compression="lz4",
+                                          write_statistics=False)
+        elif table.schema != self._rows.schema:
+            table = table.cast(self._rows.schema)
+        if table.num_rows or self.rows == 0:
+            self._rows.write_table(table)
+        self.rows += rows.height
+        for kind, n in rows.group_by("kind").len().iter_rows():
+            self.kinds[kind] = self.kinds.get(kind, 0) + n
+
+    def write_quarantine(self, quarantine: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        table = quarantine.select([pl.col(c).cast(t) for c, t in QUARANTINE_SCHEMA.items()]).to_arrow()
+        if self._quarantine is None:
+            self._quarantine = pq.ParquetWriter(self.tmp / "quarantine.parquet", table.schema)
+        elif table.schema != self._quarantine.schema:
+            table = table.cast(self._quarantine.schema)
+        self._quarantine.write_table(table)
+        self.quarantined += quarantine.height
+
+    def digest(self) -> str:
+        """``schema.version_digest`` of the written rows, without loading them."""
+        return _streamed_digest(self.tmp / "rows.parquet", self.tmp / ".spill")
+
+    def commit(self, *, operation: str, params: dict[str, Any] | None = None, parents: list[str] | None = None,
+               report: dict[str, Any] | None = None, counts: dict[str, Any] | None = None,
+               digest: str | None = None) -> Version:
+        """Publish the version; ``counts`` defaults to kinds and quarantined."""
+        if self._rows is None:
+            self.write_rows(pl.DataFrame())
+        for attr in ("_rows", "_quarantine"):
+            if getattr(self, attr) is not None:
+                getattr(self, attr).close()
+                setattr(self, attr, None)
+        if digest is None:
+            digest = self.digest()
+        if (self.tmp / ".spill").exists():
+            shutil.rmtree(self.tmp / ".spill", ignore_errors=True)
+        if report is not None:
+            (self.tmp / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        for f in self.tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(self.tmp)
+        all_counts = counts if counts is not None else {
+            "kind": dict(self.kinds), "ledger": 0, "quarantined": self.quarantined}
+        return self.ws._publish(self.tmp, self.name, dict(
+            digest=digest, rows=self.rows, parents=list(parents or []), operation=operation,
+            params=params or {}, counts=all_counts))
+
+
+#: Memory DuckDB may use to sort a version's ids for its digest before spilling.
+DIGEST_MEMORY = "256MB"
+
+
+def _streamed_digest(rows_path: Path, spill: Path) -> str:
+    """SHA-256 over the canonical rows, exactly as ``schema.version_digest`` (the
+    same columns in the same order, rows sorted by id, NDJSON written by polars),
+    with the sort done by DuckDB out of core and the rows hashed batch by batch."""
+    import hashlib
+    import io
+
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(rows_path).names
+    skip = {"source_file", "source_line", "messages", "chosen", "rejected"}
+    cols = sorted(c for c in names if c not in skip)
+    con = duckdb.connect()
+    try:
+        con.execute("SET enable_progress_bar = false")
+        con.execute(f"SET memory_limit = '{DIGEST_MEMORY}'")
+        con.execute(f"SET temp_directory = '{str(spill).replace(chr(39), chr(39) * 2)}'")
+        select = ", ".join('"' + c.replace('"', '""') + '"' for c in cols)
+        path = str(rows_path).replace("'", "''")
+        reader = con.sql(f"SELECT {select} FROM read_parquet('{path}') ORDER BY id").to_arrow_reader(100_000)
+        sha = hashlib.sha256()
+        buf = io.BytesIO()
+        for batch in reader:
+            buf.seek(0)
+            buf.truncate()
+            pl.from_arrow(batch).write_ndjson(buf)
+            sha.update(buf.getbuffer())
+        return sha.hexdigest()
+    finally:
+        con.close()
+
+
+#: Threads of one process share DuckDB's database instance (its file lock does
+#: not separate them), so commits and sweeps in one process also take this.
+_PROCESS_WRITE_LOCK = threading.RLock()
+_WRITER_LOCK = ".writer.lock"
+
+
+def _lock_temp_folder(tmp: Path) -> int:
+    """Take an exclusive ``flock`` on ``tmp/.writer.lock``; returns the fd to
+    close when done. The kernel drops the lock when the process dies."""
+    fd = os.open(tmp / _WRITER_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _temp_folder_abandoned(tmp: Path, grace_s: float = 600.0) -> bool:
+    """Whether no live process is writing ``tmp``. A folder without its lock file
+    is being created right now (or its writer died in that instant): it is kept
+    for ``grace_s``."""
+    try:
+        fd = os.open(tmp / _WRITER_LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        try:
+            return tmp.stat().st_mtime < time.time() - grace_s
+        except FileNotFoundError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a live writer holds it
+    finally:
+        os.close(fd)
+    return True
+
+
+def _process_start(pid: int) -> datetime:
+    """When process ``pid`` started (Linux /proc: boot time + start ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                 if line.startswith("btime"))
+    return datetime.fromtimestamp(btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")).astimezone()
+
+
+def _lock_message(catalog: Path, error: str, timeout: float) -> str:
+    """'the workspace is locked by pid N (`cmd`), started at T' from DuckDB's
+    lock error, which names the holder's pid."""
+    m = re.search(r"PID (\d+)", error)
+    holder = "another process"
+    if m:
+        pid = int(m.group(1))
+        holder = f"pid {pid}"
+        try:
+            cmd = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split())
+            started = _process_start(pid)
+            holder += f" (`{cmd[:120]}`), started at {started.isoformat(timespec='seconds')}"
+        except (OSError, StopIteration, IndexError, ValueError):
+            pass
+    return (f"the workspace is locked by {holder}; waited {timeout:.0f} s for {catalog}. "
+            "Wait for that command to finish (or stop it) and run this again")
 
 
 def new_ledger(**columns: Any) -> pl.DataFrame:

@@ -1,21 +1,29 @@
 """Ingest throughput: JSONL in OpenAI messages format, end to end (read, validate,
 convert, content ids, atomic commit), against the target of 100k rows/s.
 
-    .venv/bin/python benchmarks/bench_ingest.py [--rows 1000000] [--bad 0.001]
+    .venv/bin/python benchmarks/bench_ingest.py [--rows 1000000] [--bad 0.001] [--gzip] [--no-phases]
 
 Prints wall time, process CPU time and the machine's load (the shared 2-core
 machine is often busy: rows per CPU-second is the figure that does not depend on
 neighbours), a per-phase breakdown, and a per-row Python baseline (json.loads +
 the same checks in a loop) for the ratio.
+
+The ingest and the polars baseline each run in a fresh child process, one after
+the other in the same run, so each prints its own peak RSS (ingest streams the
+file in batches: its peak is bounded by the batch, polars holds the whole file).
+``--gzip`` ingests a ``.jsonl.gz`` of the same rows (e.g. ``--rows 3000000
+--gzip --no-phases`` for a ~300 MB gzip).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,42 +47,79 @@ def generate(path: Path, n: int, bad_fraction: float, seed: int = 0, clean: Path
 
     rng = np.random.default_rng(seed)
     words = np.array("revenue margin total year quarter cash debt asset table row column growth net".split())
-
-    def sentences(lo: int, hi: int) -> pl.Series:
-        # a pool of random sentences, drawn per row (distinct rows come from the row number)
-        pool = [" ".join(rng.choice(words, rng.integers(lo, hi))) for _ in range(5000)]
-        return pl.Series(np.array(pool)[rng.integers(0, len(pool), n)])
-
-    i = pl.int_range(0, n, eager=True).cast(pl.String)
-    df = pl.DataFrame({"q": "Q" + i + ": " + sentences(8, 31) + "?", "a": sentences(3, 26)})
-    df = df.select(
-        pl.concat_list([
-            pl.struct(role=pl.lit("system"), content=pl.lit("Answer from the table.")),
-            pl.struct(role=pl.lit("user"), content=pl.col("q")),
-            pl.struct(role=pl.lit("assistant"), content=pl.col("a")),
-        ]).alias("messages"),
-        pl.struct(domain=pl.lit("finance-tables"), task=pl.lit("qa")).alias("meta"),
-    )
-    lines = df.select(pl.struct(pl.all()).struct.json_encode().alias("l"))["l"]
-    bad = rng.random(n) < bad_fraction
+    # pools of random sentences, drawn per row (distinct rows come from the row number)
+    pools = {(lo, hi): np.array([" ".join(rng.choice(words, rng.integers(lo, hi))) for _ in range(5000)])
+             for lo, hi in ((8, 31), (3, 26))}
     bad_text = np.array(['{"messages": [', '{"messages": "x"}',
                          json.dumps({"messages": [{"role": "user", "content": "q"}]})])
-    if clean is not None:
-        clean.write_text("\n".join(lines.filter(~pl.Series(bad)).to_list()) + "\n")
-    lines = pl.select(pl.when(pl.Series(bad)).then(pl.Series(bad_text[rng.integers(0, 3, n)]))
-                      .otherwise(lines).alias("l"))["l"]
-    path.write_text("\n".join(lines.to_list()) + "\n")
-    return int(bad.sum())
+    n_bad = 0
+    chunk = 500_000  # rows per write: a 6M-row file does not need 6M rows in memory
+    with open(path, "w") as out, open(clean, "w") if clean is not None else open(os.devnull, "w") as out_clean:
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+
+            def sentences(lo: int, hi: int) -> pl.Series:
+                return pl.Series(pools[(lo, hi)][rng.integers(0, 5000, m)])
+
+            i = pl.int_range(start, start + m, eager=True).cast(pl.String)
+            df = pl.DataFrame({"q": "Q" + i + ": " + sentences(8, 31) + "?", "a": sentences(3, 26)})
+            df = df.select(
+                pl.concat_list([
+                    pl.struct(role=pl.lit("system"), content=pl.lit("Answer from the table.")),
+                    pl.struct(role=pl.lit("user"), content=pl.col("q")),
+                    pl.struct(role=pl.lit("assistant"), content=pl.col("a")),
+                ]).alias("messages"),
+                pl.struct(domain=pl.lit("finance-tables"), task=pl.lit("qa")).alias("meta"),
+            )
+            lines = df.select(pl.struct(pl.all()).struct.json_encode().alias("l"))["l"]
+            bad = rng.random(m) < bad_fraction
+            n_bad += int(bad.sum())
+            if clean is not None:
+                out_clean.write("\n".join(lines.filter(~pl.Series(bad)).to_list()) + "\n")
+            lines = pl.select(pl.when(pl.Series(bad)).then(pl.Series(bad_text[rng.integers(0, 3, m)]))
+                              .otherwise(lines).alias("l"))["l"]
+            out.write("\n".join(lines.to_list()) + "\n")
+    return n_bad
 
 
-def polars_baseline(path: Path) -> tuple[float, float, int]:
-    """(wall s, CPU s, rows) of plain ``polars.read_ndjson`` of the good lines: a
-    parse into typed columns with no validation, quarantine, ids or commit."""
-    import polars as pl
+INGEST_CHILD = """
+import json, resource, sys, time
+from bakeoff.curate.ingest import ingest
+from bakeoff.workspace import Workspace
+ws = Workspace(sys.argv[1])
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+t = time.perf_counter()
+res = ingest(ws, [sys.argv[2]], "bench")
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall": time.perf_counter() - t, "cpu": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
+                  "rows_in": res.rows_in, "accepted": res.accepted, "quarantined": res.quarantined,
+                  "peak_rss_mb": peak_rss_mb()}))
+"""
 
-    t, c = time.perf_counter(), cpu()
-    df = pl.read_ndjson(path)
-    return time.perf_counter() - t, cpu() - c, df.height
+POLARS_CHILD = """
+import json, resource, sys, time
+import polars as pl
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+t = time.perf_counter()
+df = pl.read_ndjson(sys.argv[1])
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall": time.perf_counter() - t, "cpu": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
+                  "rows": df.height, "peak_rss_mb": peak_rss_mb()}))
+"""
+
+# The child's own peak: VmHWM starts afresh at exec, while ru_maxrss carries over
+# the RSS of the parent at fork (here: the generator's gigabytes).
+PEAK = """
+def peak_rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+"""
+
+
+def child(code: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", PEAK + code, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def python_baseline(path: Path, limit: int) -> tuple[float, float]:
@@ -106,32 +151,62 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--bad", type=float, default=0.001, help="fraction of bad lines")
+    ap.add_argument("--gzip", action="store_true", help="ingest a .jsonl.gz of the rows")
+    ap.add_argument("--no-phases", action="store_true", help="skip the per-phase breakdown")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the polars baseline (ingest only)")
     args = ap.parse_args()
 
     import duckdb
 
     from bakeoff.curate import formats, readers
-    from bakeoff.curate.ingest import ingest
     from bakeoff.schema import conform, with_ids, version_digest
-    from bakeoff.workspace import Workspace, _write_rows_parquet
+    from bakeoff.workspace import _write_rows_parquet
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
         src = tmp / "messages.jsonl"
         t = time.perf_counter()
         clean = tmp / "clean.jsonl"
-        n_bad = generate(src, args.rows, args.bad, clean=clean)
+        n_bad = generate(src, args.rows, args.bad, clean=None if args.no_baseline else clean)
         print(f"generated {args.rows:,} rows ({n_bad:,} bad), {src.stat().st_size / 1e6:.0f} MB "
               f"in {time.perf_counter() - t:.1f}s", file=sys.stderr)
 
+        if args.gzip:
+            with open(src, "rb") as fi, gzip.open(tmp / "messages.jsonl.gz", "wb", compresslevel=6) as fo:
+                shutil.copyfileobj(fi, fo, 16 << 20)
+            src.unlink()
+            src = tmp / "messages.jsonl.gz"
+            print(f"gzipped: {src.stat().st_size / 1e6:.0f} MB", file=sys.stderr)
+
         load0 = os.getloadavg()[0]
-        ws = Workspace(tmp / "ws")
-        w0, c0 = time.perf_counter(), cpu()
-        res = ingest(ws, [src], "bench")
-        wall, cpu_s = time.perf_counter() - w0, cpu() - c0
+        ing = child(INGEST_CHILD, str(tmp / "ws"), str(src))
+        wall, cpu_s = ing["wall"], ing["cpu"]
         load1 = os.getloadavg()[0]
-        assert res.rows_in == args.rows == res.accepted + res.quarantined
-        assert res.quarantined == n_bad, (res.quarantined, n_bad)
+        assert ing["rows_in"] == args.rows == ing["accepted"] + ing["quarantined"]
+        assert ing["quarantined"] == n_bad, (ing["quarantined"], n_bad)
+        if args.no_baseline:
+            print(f"ingest of {args.rows:,} rows ({src.name}, {src.stat().st_size / 1e6:.0f} MB): "
+                  f"{wall:.1f} s wall, {cpu_s:.1f} s CPU, {args.rows / wall:,.0f} rows/s, "
+                  f"peak RSS {ing['peak_rss_mb']:,.0f} MB")
+            return
+        pol = child(POLARS_CHILD, str(clean))
+        pl_wall, pl_cpu, pl_rows = pol["wall"], pol["cpu"], pol["rows"]
+        rate, pl_rate = args.rows / wall, pl_rows / pl_wall
+        print(f"\n== ingest of {args.rows:,} JSONL rows{' (gzip)' if args.gzip else ''} "
+              f"(messages format, {n_bad:,} quarantined) ==")
+        print(f"wall {wall:8.2f} s   -> {rate:12,.0f} rows/s   target {TARGET:,} rows/s   ratio {rate / TARGET:5.2f}x")
+        print(f"cpu  {cpu_s:8.2f} s   -> {args.rows / cpu_s:12,.0f} rows per CPU-second "
+              f"(2 cores: {2 * args.rows / cpu_s:,.0f} rows/s if uncontended)")
+        print(f"load average during the run: {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores")
+        print(f"\n{'':34s} {'wall s':>8s} {'cpu s':>8s} {'rows/s (wall)':>14s} {'rows/CPU-s':>12s} {'peak RSS MB':>12s}")
+        print(f"{'bakeoff data ingest':34s} {wall:8.2f} {cpu_s:8.2f} {rate:14,.0f} {args.rows / cpu_s:12,.0f} "
+              f"{ing['peak_rss_mb']:12,.0f}")
+        print(f"{'polars.read_ndjson (good lines)':34s} {pl_wall:8.2f} {pl_cpu:8.2f} {pl_rate:14,.0f} "
+              f"{pl_rows / pl_cpu:12,.0f} {pol['peak_rss_mb']:12,.0f}")
+        print(f"{'ratio ingest / polars':34s} {'':8s} {'':8s} {rate / pl_rate:13.2f}x "
+              f"{(args.rows / cpu_s) / (pl_rows / pl_cpu):11.2f}x {ing['peak_rss_mb'] / pol['peak_rss_mb']:11.2f}x\n")
+        if args.no_phases:
+            return
 
         # Per-phase breakdown (same code the ingest runs, timed piece by piece).
         phases: dict[str, tuple[float, float]] = {}
@@ -159,22 +234,8 @@ def main() -> None:
         _write_rows_parquet(rows, tmp / "x.parquet")
         lap("write Parquet (workspace)")
 
-        pl_wall, pl_cpu, pl_rows = polars_baseline(clean)
-        base, base_cpu = python_baseline(src, min(args.rows, 200_000))
+        base, base_cpu = python_baseline(src, min(args.rows, 200_000)) if not args.gzip else (float("nan"),) * 2
         parse_cpu = sum(c for k, (_, c) in phases.items() if k.startswith(("read", "detect", "validate")))
-        rate = args.rows / wall
-        print(f"\n== ingest of {args.rows:,} JSONL rows (messages format, {n_bad:,} quarantined) ==")
-        print(f"wall {wall:8.2f} s   -> {rate:12,.0f} rows/s   target {TARGET:,} rows/s   ratio {rate / TARGET:5.2f}x")
-        print(f"cpu  {cpu_s:8.2f} s   -> {args.rows / cpu_s:12,.0f} rows per CPU-second "
-              f"(2 cores: {2 * args.rows / cpu_s:,.0f} rows/s if uncontended)")
-        print(f"load average during the run: {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores")
-        pl_rate = pl_rows / pl_wall
-        print(f"\n{'':34s} {'wall s':>8s} {'cpu s':>8s} {'rows/s (wall)':>14s} {'rows/CPU-s':>12s}")
-        print(f"{'bakeoff data ingest':34s} {wall:8.2f} {cpu_s:8.2f} {rate:14,.0f} {args.rows / cpu_s:12,.0f}")
-        print(f"{'polars.read_ndjson (good lines)':34s} {pl_wall:8.2f} {pl_cpu:8.2f} {pl_rate:14,.0f} "
-              f"{pl_rows / pl_cpu:12,.0f}")
-        print(f"{'ratio ingest / polars':34s} {'':8s} {'':8s} {rate / pl_rate:13.2f}x "
-              f"{(args.rows / cpu_s) / (pl_rows / pl_cpu):11.2f}x\n")
         print(f"per-row Python baseline, parse + checks only: {base:10,.0f} rows/s, {base_cpu:10,.0f} rows/CPU-s")
         print(f"bakeoff read + detect + validate + convert:    {args.rows / parse_cpu:10,.0f} rows/CPU-s "
               f"= {args.rows / parse_cpu / base_cpu:4.1f}x the baseline per CPU-second")

@@ -574,9 +574,9 @@ def render_terminal(report: dict[str, Any]) -> None:
     rows, diversity and lengths."""
     from rich.table import Table
 
-    from bakeoff.console import out, table
+    from bakeoff.console import escape, out, table
 
-    title = f"coverage of {report.get('dataset') or 'rows'} against '{report['objectives']['name']}'"
+    title = escape(f"coverage of {report.get('dataset') or 'rows'} against '{report['objectives']['name']}'")
     on = report["on_objective"]
     out.print(f"[bold]{title}[/]  {report['rows']} rows, {on['rows']} on objective "
               f"({(on['share'] or 0):.0%}), model={report['model']}", highlight=False)
@@ -588,9 +588,9 @@ def render_terminal(report: dict[str, Any]) -> None:
     grid = Table(title="rows by domain x task (red = under minimum; diversity in brackets)", title_justify="left")
     grid.add_column("domain \\ task")
     for t in tasks:
-        grid.add_column(t, justify="right")
+        grid.add_column(escape(t), justify="right")
     for d in doms:
-        row = [d]
+        row = [escape(d)]
         for t in tasks:
             c = cells.get((d, t))
             if c is None:  # an empty cell: a gap if the objective sets a minimum for it
@@ -617,12 +617,12 @@ def render_terminal(report: dict[str, Any]) -> None:
         for v, s in a["values"].items():
             methods = ", ".join(f"{m}:{k}" for m, k in sorted(s["by_method"].items()))
             status = f"[bold red]short {s['short']}[/]" if s["gap"] else "ok"
-            rows.append([axis, v, s["count"], s["min"], status, methods])
+            rows.append([escape(axis), escape(v), s["count"], s["min"], status, escape(methods)])
         for v, k in a["off_objective"].items():
-            rows.append([axis, f"[yellow]{v}[/]", k, "", "[yellow]not in objectives[/]", ""])
+            rows.append([escape(axis), f"[yellow]{escape(v)}[/]", k, "", "[yellow]not in objectives[/]", ""])
         if a["unassigned"]:
-            rows.append([axis, f"[yellow]{UNASSIGNED}[/]", a["unassigned"], "", "[yellow]no match[/]", ""])
-    out.print(table("axes", ["axis", "value", "rows", "min", "status", "assigned by"], rows))
+            rows.append([escape(axis), f"[yellow]{escape(UNASSIGNED)}[/]", a["unassigned"], "", "[yellow]no match[/]", ""])
+    out.print(table("axes", ["axis", "value", "rows", "min", "status", "assigned by"], rows, markup=True))
 
     if report["gaps"]:
         out.print(table("gaps (fill these before training)", ["where", "rows", "min", "short"],

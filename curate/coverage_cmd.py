@@ -56,6 +56,6 @@ def command(ref: str, objectives_path: str, html_path: str | None, model: str | 
         if r.get("html"):
             from bakeoff.console import out
 
-            out.print(f"HTML report: {r['html']}", highlight=False)
+            out.print(f"HTML report: {r['html']}", highlight=False, markup=False)
 
     emit(report, as_json, render)

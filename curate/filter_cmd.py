@@ -11,9 +11,7 @@ from bakeoff.context import get_workspace, json_option
 
 def render_filter_report(rep: dict[str, Any], title: str = "filters") -> None:
     """A table per filter (hits, share, examples) and the filter x filter overlap."""
-    from rich.markup import escape
-
-    from bakeoff.console import out, table
+    from bakeoff.console import out, table  # table() shows user text literally
 
     out.print(table(
         f"{title}: {rep['rows_in']} rows in, {rep['rows_out']} kept, {rep['dropped']} dropped, "
@@ -26,7 +24,7 @@ def render_filter_report(rep: dict[str, Any], title: str = "filters") -> None:
         if not f["examples"]:
             continue
         out.print(table(f"{name}: examples", ["row id", "side", "detail", "text"],
-                        [(e["id"][:12], e["side"], escape(e.get("detail") or ""), escape(e["text"]))
+                        [(e["id"][:12], e["side"], e.get("detail") or "", e["text"])
                          for e in f["examples"]]))
     if rep.get("warning"):
         out.print(f"[bold red]WARNING: {escape(rep['warning']['message'])}[/]")

@@ -97,9 +97,42 @@ class Plan:
 
 def key_stats(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int]]:
     """(number of records, {top-level key: records that have it}) of table ``recs``."""
-    (n,) = con.execute("SELECT count(*) FROM recs").fetchone()
-    rows = con.execute("SELECT k, count(*) FROM (SELECT unnest(json_keys(raw)) AS k FROM recs) GROUP BY k").fetchall()
-    return n, dict(rows)
+    n, stats, _ = key_census(con)
+    return n, stats
+
+
+def key_census(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int], int]:
+    """``key_stats`` plus whether some record may have a duplicated top-level key
+    (then ``split_duplicate_keys`` finds them exactly), in the same pass: a key
+    counted more often than the lines holding it. Cheap, and never misses one; a
+    JSON array with several records on a line is a false alarm, settled exactly."""
+    ((n,),) = con.execute("SELECT count(*) FROM recs").fetchall()
+    rows = con.execute("SELECT k, count(*), count(DISTINCT source_line) FROM "
+                       "(SELECT source_line, unnest(json_keys(raw)) AS k FROM recs) GROUP BY k").fetchall()
+    # An empty key name (at the top or in meta) cannot be addressed by a JSON path.
+    ((empty,),) = con.execute("""SELECT count(*) FROM recs WHERE contains(raw, '""')
+                                 AND regexp_matches(raw, '""\\s*:')""").fetchall()
+    stats = {k: c for k, c, _ in rows if k != ""}
+    return n, stats, sum(c - d for _, c, d in rows) + empty
+
+
+def split_bad_keys(con: duckdb.DuckDBPyConnection, meta: str = "meta") -> tuple[pl.DataFrame, Any]:
+    """(records of ``recs`` with a duplicated or empty key, with a reason; the
+    other records as Arrow). JSON readers disagree on which value of a duplicated
+    key wins (DuckDB keeps the first, Python the last), and an empty key name
+    cannot be addressed, so such a record is quarantined, not guessed."""
+    meta_keys = f"coalesce(json_keys(raw, {_lit(json_path(meta))}), [])"
+    cond = (f"len(json_keys(raw)) <> len(list_distinct(json_keys(raw))) OR list_contains(json_keys(raw), '') "
+            f"OR list_contains({meta_keys}, '')")
+    bad = con.sql(f"SELECT source_line, raw, json_keys(raw) AS ks FROM recs WHERE {cond}").pl()
+    reasons = []
+    for ks in bad["ks"].to_list():  # few rows: name the first repeated key
+        seen: set[str] = set()
+        key = next((k for k in ks if k in seen or seen.add(k)), None)  # type: ignore[func-returns-value]
+        reasons.append(f"duplicate key {key!r} in the record (which value is meant is ambiguous)"
+                       if key is not None else "empty key name in the record")
+    rest = con.sql(f"SELECT * FROM recs WHERE NOT ({cond})").to_arrow_table()
+    return bad.select("source_line", pl.Series("reason", reasons, dtype=pl.String), "raw"), rest
 
 
 def candidates(present: set[str], mapping: dict[str, str]) -> list[str]:
@@ -588,13 +621,14 @@ def convert(con: duckdb.DuckDBPyConnection, plan: Plan) -> tuple[pl.DataFrame, p
         out = con.sql(build_query(plan)).pl()
     else:
         first = con.sql(fast_sql).pl()
-        redo = first.filter(pl.col("reason").is_not_null()).select("source_line")
+        # The records to judge again, with their text: the fast tier keeps it for
+        # the rows it did not accept (not looked up by line: records of a JSON
+        # array can share a line).
+        redo = first.filter(pl.col("reason").is_not_null()).select("source_line", "raw")
         if not redo.height:
             return first.drop("reason", "raw"), first.head(0).select("source_line", "reason", "raw")
         out = first.filter(pl.col("reason").is_null())
-        con.register("redo_lines", redo)
-        con.execute("CREATE OR REPLACE TEMP TABLE recs_redo AS SELECT * FROM recs "
-                    "WHERE source_line IN (SELECT source_line FROM redo_lines)")
+        con.register("recs_redo", redo)
         exact = con.sql(build_query(plan, source="recs_redo")).pl()
         late = exact.filter(pl.col("reason").is_null())
         if late.height:  # re-sorting copies every row: only when the exact tier accepted some

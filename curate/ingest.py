@@ -9,20 +9,21 @@ records it could not accept in the version's quarantine table. The balance
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 import polars as pl
 
-from bakeoff.console import log, progress, warn
+from bakeoff.console import escape, log, progress, warn
 from bakeoff.curate import formats, readers
 from bakeoff.reuse import file_digests
 from bakeoff.schema import META_FIELDS, conform, with_ids
-from bakeoff.workspace import QUARANTINE_SCHEMA, BakeoffError, Version, Workspace
+from bakeoff.workspace import QUARANTINE_SCHEMA, BakeoffError, Version, Workspace, validate_name
 
 INPUT_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".pq")
 
@@ -92,6 +93,7 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
     rows that lack them (``{"domain": "finance", "tags": "a,b"}``). ``strict``:
     refuse to write a version if any record was quarantined.
     """
+    validate_name(name)  # before reading anything
     if fmt not in ("auto", *formats.FORMAT_NAMES):
         raise BakeoffError(f"unknown format {fmt!r}; expected auto or one of {', '.join(formats.FORMAT_NAMES)}")
     mapping = dict(mapping or {})
@@ -104,77 +106,175 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
         raise BakeoffError(f"--meta: unknown label {bad[0]!r}; labels are {', '.join(META_FIELDS)}")
     files = expand_paths(paths)
 
-    frames: list[pl.DataFrame] = []
-    quarantines: list[pl.DataFrame] = []
     detected: dict[str, str] = {}
     per_file: list[dict[str, Any]] = []
-    with progress() as bar:
+    reasons: Counter[str] = Counter()
+    first_bad: dict[str, Any] | None = None
+    occurrences = _Occurrences()
+    nan_rows = 0
+    with ws.version_writer(name) as writer, progress() as bar:
         task = bar.add_task("ingest", total=len(files))
         for path in files:
-            bar.update(task, description=f"ingest {path.name}")
             source = os.path.abspath(path)
-            recs = readers.read_records(source)
-            con = readers.connect()
-            try:
-                con.register("recs", recs.table)
-                n, stats = formats.key_stats(con)
-                file_fmt = formats.detect(str(path), mapping, n, stats) if fmt == "auto" else fmt
-                plan = formats.plan_for(con, file_fmt, mapping, n, stats)
-                good, rejected = formats.convert(con, plan)
-            finally:
-                con.close()
-            label = file_fmt + ("-preference" if plan.preference else "")
+            n_in = accepted = quarantined = 0
+            plan = None
+            file_type = readers.file_type_of(path)[0] if path.is_file() else "?"
+            for recs in readers.iter_records(source):
+                file_type = recs.file_type
+                con = readers.connect()
+                try:
+                    con.register("recs", recs.table)
+                    n, stats, n_dup = formats.key_census(con)
+                    dup_q = None
+                    if n_dup:
+                        dup_q, table = formats.split_bad_keys(con, mapping.get("meta", "meta"))
+                        if dup_q.height:
+                            con.register("recs", table)
+                            n -= dup_q.height
+                        dup_q = dup_q.select(pl.lit(source).alias("source_file"), "source_line", "reason",
+                                             pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT))
+                    if plan is None and n:
+                        # The format is decided on the first batch with records
+                        # (BATCH_BYTES of input); later batches only add their keys.
+                        file_fmt = formats.detect(str(path), mapping, n, stats) if fmt == "auto" else fmt
+                        plan = formats.plan_for(con, file_fmt, mapping, n, stats)
+                    if n:
+                        good, rejected = formats.convert(con, replace(plan, keys=sorted(stats)))
+                    else:
+                        good, rejected = pl.DataFrame(), pl.DataFrame(
+                            schema={"source_line": pl.Int64, "reason": pl.String, "raw": pl.String})
+                finally:
+                    con.close()
+                q = pl.concat([
+                    recs.quarantine,
+                    *([dup_q] if dup_q is not None else []),
+                    rejected.select(pl.lit(source).alias("source_file"), "source_line", "reason",
+                                    pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT)),
+                ], how="vertical_relaxed").cast(QUARANTINE_SCHEMA).sort("source_line")  # type: ignore[arg-type]
+                # Nothing disappears: every record of the batch is a row or a quarantine entry.
+                if recs.rows_in != good.height + q.height:
+                    raise AssertionError(f"{path}: {recs.rows_in} records in != {good.height} accepted "
+                                         f"+ {q.height} quarantined")
+                rows = conform(good.with_columns(pl.lit(source).alias("source_file")) if good.width
+                               else pl.DataFrame())
+                rows, n_nan = _nan_to_null(rows)
+                nan_rows += n_nan
+                rows = occurrences.number(with_ids(_stamp_meta(rows, meta)))
+                writer.write_rows(rows)
+                writer.write_quarantine(q)
+                reasons.update(_reason_key(r) for r in q["reason"].to_list())
+                if q.height and first_bad is None:
+                    first_bad = q.row(0, named=True)
+                n_in += recs.rows_in
+                accepted += rows.height
+                quarantined += q.height
+                bar.update(task, description=f"ingest {path.name}: {n_in:,} records")
+            label = (plan.fmt + ("-preference" if plan.preference else "")) if plan else \
+                (fmt if fmt != "auto" else "none (no records)")
             detected[str(path)] = label
-            q = pl.concat([
-                recs.quarantine,
-                rejected.select(pl.lit(source).alias("source_file"), "source_line", "reason",
-                                pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT)),
-            ], how="vertical_relaxed").cast(QUARANTINE_SCHEMA).sort("source_line")  # type: ignore[arg-type]
-            good = good.with_columns(pl.lit(source).alias("source_file"))
-            n_in = recs.rows_in
-            # Nothing disappears: every record of the file is a row or a quarantine entry.
-            if n_in != good.height + q.height:
-                raise AssertionError(f"{path}: {n_in} records in != {good.height} accepted + {q.height} quarantined")
-            frames.append(good)
-            quarantines.append(q)
-            per_file.append({"path": str(path), "file_type": recs.file_type, "format": label,
-                             "rows_in": n_in, "accepted": good.height, "quarantined": q.height})
-            log(f"{path}: {recs.file_type}, {'detected ' if fmt == 'auto' else ''}format {label}; "
-                f"{good.height} accepted, {q.height} quarantined")
+            per_file.append({"path": str(path), "file_type": file_type, "format": label,
+                             "rows_in": n_in, "accepted": accepted, "quarantined": quarantined})
+            log(escape(f"{path}: {file_type}, {'detected ' if fmt == 'auto' else ''}format {label}; "
+                       f"{accepted} accepted, {quarantined} quarantined"))
             bar.advance(task)
 
-    rows = pl.concat([conform(f) for f in frames], how="vertical_relaxed") if frames else conform(pl.DataFrame())
-    quarantine = pl.concat(quarantines) if quarantines else pl.DataFrame(schema=QUARANTINE_SCHEMA)
-    rows = _stamp_meta(rows, meta)
-    rows = with_ids(rows)
+        rows_in = sum(f["rows_in"] for f in per_file)
+        accepted, quarantined = writer.rows, writer.quarantined
+        if rows_in != accepted + quarantined:
+            raise AssertionError(f"{rows_in} records in != {accepted} accepted + {quarantined} quarantined")
+        reasons_by_count = dict(reasons.most_common())
 
-    rows_in = sum(f["rows_in"] for f in per_file)
-    accepted, quarantined = rows.height, quarantine.height
-    if rows_in != accepted + quarantined:
-        raise AssertionError(f"{rows_in} records in != {accepted} accepted + {quarantined} quarantined")
-    reasons = dict(Counter(_reason_key(r) for r in quarantine["reason"].to_list()).most_common())
+        if strict and quarantined:
+            first = first_bad or {}
+            raise BakeoffError(
+                f"--strict: {quarantined} of {rows_in} records quarantined, no version written "
+                f"(first: {first.get('source_file')}:{first.get('source_line')}: {first.get('reason')}; "
+                f"by reason: {', '.join(f'{k} ({v})' for k, v in list(reasons_by_count.items())[:3])})")
+        if nan_rows:
+            warn(f"{nan_rows} rows had NaN or Infinity in columns kept in 'extra'; JSON has no such "
+                 "numbers, so they are stored as null")
+        if quarantined:
+            warn(f"{quarantined} of {rows_in} records quarantined (see: bakeoff data quarantine {name})")
+        if not rows_in:
+            warn("the input holds no records; writing an empty version")
 
-    if strict and quarantined:
-        first = quarantine.row(0, named=True)
-        raise BakeoffError(
-            f"--strict: {quarantined} of {rows_in} records quarantined, no version written "
-            f"(first: {first['source_file']}:{first['source_line']}: {first['reason']}; "
-            f"by reason: {', '.join(f'{k} ({v})' for k, v in list(reasons.items())[:3])})")
-    if quarantined:
-        warn(f"{quarantined} of {rows_in} records quarantined (see: bakeoff data quarantine {name})")
-    if not rows_in:
-        warn("the input holds no records; writing an empty version")
-
-    params = {"paths": [str(p) for p in files], "format": fmt, "detected": detected,
-              "map": mapping, "meta": meta, "strict": strict,
-              "file_digests": file_digests(files)}  # lets a re-run of the loop reuse this version
-    version = ws.commit_version(
-        name, rows, operation="ingest", params=params, parents=[], quarantine=quarantine,
-        report={"files": per_file, "quarantine_reasons": reasons},
-        counts={"rows_in": rows_in, "accepted": accepted, "quarantined": quarantined},
-    )
+        params = {"paths": [str(p) for p in files], "format": fmt, "detected": detected,
+                  "map": mapping, "meta": meta, "strict": strict,
+                  "file_digests": file_digests(files)}  # lets a re-run of the loop reuse this version
+        version = writer.commit(
+            operation="ingest", params=params, parents=[],
+            report={"files": per_file, "quarantine_reasons": reasons_by_count},
+            counts={"kind": dict(writer.kinds), "ledger": 0, "quarantined": quarantined,
+                    "rows_in": rows_in, "accepted": accepted},
+        )
     return IngestResult(version=version, rows_in=rows_in, accepted=accepted, quarantined=quarantined,
-                        detected=detected, files=per_file, reasons=reasons)
+                        detected=detected, files=per_file, reasons=reasons_by_count)
+
+
+_NON_FINITE = re.compile(r"NaN|Infinity")
+
+
+def _nan_to_null(rows: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """``extra`` as valid JSON: DuckDB reads NaN/Infinity literals (and Parquet
+    floats) and writes them back as-is, which no strict JSON reader accepts. The
+    few rows that may hold one are re-serialised in Python with those numbers as
+    null (the count is reported)."""
+    if "extra" not in rows.columns or not rows.height:
+        return rows, 0
+    maybe = rows["extra"].str.contains(_NON_FINITE.pattern).fill_null(False)
+    if not maybe.any():
+        return rows, 0
+    changed = 0
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    def fix(text: str) -> str:
+        nonlocal changed
+        new = json.dumps(clean(json.loads(text)), ensure_ascii=False, separators=(",", ":"))
+        if new != json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":")):
+            changed += 1
+            return new
+        return text
+
+    idx = maybe.arg_true()
+    fixed = [fix(t) for t in rows["extra"].gather(idx).to_list()]
+    extra = rows["extra"].scatter(idx, pl.Series(fixed, dtype=pl.String))
+    return rows.with_columns(extra.alias("extra")), changed
+
+
+class _Occurrences:
+    """Numbers repeated content across batches exactly as ``schema.with_ids`` does
+    within one frame: the first copy keeps ``<hash>``, later ones get ``<hash>~2``,
+    ``<hash>~3``... It remembers every content hash seen as two UInt64 (16 bytes a
+    row plus a count), so memory grows by ~24 bytes per row, not per row's text."""
+
+    def __init__(self) -> None:
+        self.seen = pl.DataFrame(schema={"hi": pl.UInt64, "lo": pl.UInt64, "n": pl.Int64})
+
+    def number(self, rows: pl.DataFrame) -> pl.DataFrame:
+        if not rows.height:
+            return rows
+        base = pl.col("id").str.slice(0, 32)
+        keys = rows.select(hi=base.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64),
+                           lo=base.str.slice(16, 16).str.to_integer(base=16, dtype=pl.UInt64))
+        prev = keys.join(self.seen, on=["hi", "lo"], how="left", maintain_order="left")["n"].fill_null(0)
+        counts = keys.group_by("hi", "lo").len(name="n").cast({"n": pl.Int64})
+        if prev.max() == 0:  # no content seen in an earlier batch: with_ids' numbering stands
+            self.seen = pl.concat([self.seen, counts]).rechunk() if self.seen.height < 1 << 16 \
+                else pl.concat([self.seen, counts])
+            return rows
+        self.seen = pl.concat([self.seen, counts]).group_by("hi", "lo").agg(pl.col("n").sum())
+        within = pl.int_range(pl.len()).over("hi", "lo") + 1
+        occurrence = keys.select(within.alias("k"))["k"].cast(pl.Int64) + prev
+        return rows.with_columns(
+            pl.when(occurrence > 1).then(base + "~" + occurrence.cast(pl.String)).otherwise(base).alias("id"))
 
 
 def _stamp_meta(rows: pl.DataFrame, meta: dict[str, Any]) -> pl.DataFrame:

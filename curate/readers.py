@@ -13,6 +13,12 @@ zero-copy Arrow string array; JSON validity is checked by DuckDB's vectorized
 ``json_valid``. Python touches individual lines only for the bad ones (to say why
 they are bad). JSON arrays, CSV and Parquet are converted to the same records.
 
+Every reader streams: ``iter_records`` yields the file in batches of about
+``BATCH_BYTES`` of input (decompressed), so peak memory is bounded by the batch,
+not by the file (a gzip that expands to gigabytes is read a chunk at a time). A
+single record longer than ``MAX_RECORD_BYTES`` is quarantined, not buffered.
+Line numbers and the quarantine are exact across batches.
+
 Supported: ``.jsonl``/``.ndjson``, ``.json`` (an array of objects, one object, or
 JSON Lines under a .json name), ``.csv``/``.tsv``, ``.parquet``, and ``.gz`` of
 each. Unknown extensions are sniffed.
@@ -21,13 +27,16 @@ each. Unknown extensions are sniffed.
 from __future__ import annotations
 
 import codecs
+import csv
 import gzip
 import io
 import json
+import os
 import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import duckdb
 import numpy as np
@@ -39,6 +48,12 @@ from bakeoff.workspace import QUARANTINE_SCHEMA, BakeoffError
 #: Quarantined raw text is kept whole up to this many characters (a bad record can
 #: be huge, e.g. the unparseable rest of a JSON array).
 RAW_LIMIT = 20_000
+
+#: Input bytes (decompressed) per batch: the unit of memory use of an ingest
+#: (env BAKEOFF_BATCH_BYTES, e.g. to exercise many batches in tests).
+BATCH_BYTES = int(os.environ.get("BAKEOFF_BATCH_BYTES") or 32 << 20)
+#: A record (line, JSON element, CSV row) longer than this is quarantined unread.
+MAX_RECORD_BYTES = 256 << 20
 
 FILE_TYPES = ("jsonl", "json", "csv", "tsv", "parquet")
 _EXT = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
@@ -95,8 +110,32 @@ def file_type_of(path: Path, data: bytes | None = None) -> tuple[str, bool]:
 
 
 def read_records(path: str | Path) -> Records:
-    """Read one file into records. Raises BakeoffError (one line) if the file
-    cannot be read at all; bad records inside a readable file are quarantined."""
+    """All records of one file at once (``iter_records`` joined): for tests and
+    small files; ingest streams."""
+    batches = list(iter_records(path))
+    if not batches:
+        return Records(str(path), file_type_of(Path(path))[0], _empty_table(), empty_quarantine())
+    table = pa.concat_tables([b.table.cast(_RECORDS_SCHEMA) for b in batches])
+    quarantine = pl.concat([b.quarantine for b in batches])
+    return Records(batches[0].path, batches[0].file_type, table, quarantine)
+
+
+_RECORDS_SCHEMA = pa.schema([("source_line", pa.int64()), ("raw", pa.large_string())])
+
+
+def _empty_table() -> pa.Table:
+    return _RECORDS_SCHEMA.empty_table()
+
+
+def _open(p: Path, gz: bool) -> BinaryIO:
+    return gzip.open(p, "rb") if gz else open(p, "rb")  # type: ignore[return-value]
+
+
+def iter_records(path: str | Path, batch_bytes: int | None = None) -> Iterator[Records]:
+    """Read one file as a stream of record batches (each a ``Records``). Raises
+    BakeoffError (one line) if the file cannot be read at all; bad records
+    inside a readable file are quarantined with their line."""
+    batch_bytes = batch_bytes or BATCH_BYTES
     p = Path(path)
     name = str(p)
     if not p.exists():
@@ -104,26 +143,32 @@ def read_records(path: str | Path) -> Records:
     if p.is_dir():
         raise BakeoffError(f"{name}: is a directory")
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as fh:
+            head = fh.read(4096)
     except OSError as exc:
         raise BakeoffError(f"{name}: cannot read file ({exc.strerror or exc})") from None
-    ftype, gz = file_type_of(p, data[:4096])
-    if gz or data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
+    ftype, gz = file_type_of(p, head)
+    gz = gz or head[:2] == b"\x1f\x8b"
+    try:
+        with _open(p, gz) as fh:
+            if ftype == "jsonl":
+                batches = _iter_jsonl(name, fh, batch_bytes)
+            elif ftype == "json":
+                batches = _iter_json(name, fh, batch_bytes)
+            elif ftype in ("csv", "tsv"):
+                batches = _iter_csv(name, fh, "\t" if ftype == "tsv" else ",", batch_bytes)
+            else:
+                batches = _iter_parquet(name, fh, gz)
+            for table, q in batches:
+                if isinstance(table, pl.DataFrame):
+                    table = table.to_arrow()
+                yield Records(name, ftype, table, q)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise BakeoffError(f"{name}: not a readable gzip file ({exc})") from None
+    except OSError as exc:
+        if gz and exc.errno is None:  # gzip reports a corrupt stream as a bare OSError
             raise BakeoffError(f"{name}: not a readable gzip file ({exc})") from None
-    if ftype == "jsonl":
-        table, q = _read_jsonl(name, data)
-    elif ftype == "json":
-        table, q = _read_json(name, data)
-    elif ftype in ("csv", "tsv"):
-        table, q = _read_csv(name, data, "\t" if ftype == "tsv" else ",")
-    else:
-        table, q = _read_parquet(name, data)
-    if isinstance(table, pl.DataFrame):
-        table = table.to_arrow()
-    return Records(name, ftype, table, q)
+        raise
 
 
 # --- UTF-8 --------------------------------------------------------------------------
@@ -187,7 +232,7 @@ def _valid_utf8(data: bytes) -> bool:
     return True
 
 
-def _drop_lines(data: bytes, offsets: np.ndarray, drop: np.ndarray) -> pa.Table:
+def _drop_lines(data: bytes, offsets: np.ndarray, drop: np.ndarray, line0: int = 0) -> pa.Table:
     """The lines table without the ``drop`` lines. Arrow's ``filter`` copies the
     strings one by one (~2 s for 1M lines); the kept lines form a few long runs
     between the dropped ones, so they are copied run by run (a memcpy each) and the
@@ -206,15 +251,64 @@ def _drop_lines(data: bytes, offsets: np.ndarray, drop: np.ndarray) -> pa.Table:
     new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=new_offsets[1:])
     lines = pa.LargeStringArray.from_buffers(len(lengths), pa.py_buffer(new_offsets), pa.py_buffer(body))
-    source_line = pa.array(np.flatnonzero(keep).astype(np.int64) + 1)
+    source_line = pa.array(np.flatnonzero(keep).astype(np.int64) + 1 + line0)
     return pa.table({"source_line": source_line, "raw": lines})
 
 
 # --- JSON Lines ---------------------------------------------------------------------
 
-def _read_jsonl(name: str, data: bytes) -> tuple[pa.Table, pl.DataFrame]:
-    if data.startswith(codecs.BOM_UTF8):
-        data = b"   " + data[3:]  # keep offsets; blanks are skipped like whitespace
+def _iter_jsonl(name: str, fh: BinaryIO, batch_bytes: int,
+                first: bytes = b"") -> Iterator[tuple[pa.Table, pl.DataFrame]]:
+    """JSON Lines in batches cut at line ends. ``first``: bytes already read."""
+    line0 = 0          # lines before the current batch
+    carry = first      # an incomplete last line, finished by the next read
+    start = True
+    while True:
+        chunk = fh.read(batch_bytes)
+        data = carry + chunk if carry else chunk
+        carry = b""
+        if chunk:
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # no line end yet
+                if len(data) <= MAX_RECORD_BYTES:
+                    carry = data
+                    continue
+                rest, skipped = _skip_line(fh, batch_bytes)
+                yield _empty_table(), quarantine_frame(
+                    name, [line0 + 1], [f"record longer than {MAX_RECORD_BYTES >> 20} MB (not read)"],
+                    [data[:RAW_LIMIT].decode("utf-8", "backslashreplace")])
+                line0 += 1
+                carry = rest
+                if not skipped:
+                    break
+                continue
+            data, carry = data[:cut], data[cut:]
+        if data:
+            if start and data.startswith(codecs.BOM_UTF8):
+                data = b"   " + data[3:]  # keep offsets; blanks are skipped like whitespace
+            start = False
+            table, q, n_lines = _read_jsonl(name, data, line0)
+            line0 += n_lines
+            yield table, q
+        if not chunk:
+            break
+
+
+def _skip_line(fh: BinaryIO, batch_bytes: int) -> tuple[bytes, bool]:
+    """Read past the end of the current (over-long) line: (what follows it, whether
+    a line end was found)."""
+    while True:
+        chunk = fh.read(batch_bytes)
+        if not chunk:
+            return b"", False
+        nl = chunk.find(b"\n")
+        if nl >= 0:
+            return chunk[nl + 1:], True
+
+
+def _read_jsonl(name: str, data: bytes, line0: int = 0) -> tuple[pa.Table, pl.DataFrame, int]:
+    """One batch of whole lines; ``line0`` lines came before it. Returns the
+    records, the quarantine and the number of lines in ``data``."""
     offsets = _line_offsets(data)
     n_lines = len(offsets) - 1
     q_lines: list[int] = []
@@ -226,13 +320,14 @@ def _read_jsonl(name: str, data: bytes) -> tuple[pa.Table, pl.DataFrame]:
         buf = bytearray(data)
         for i, reason in sorted(_invalid_utf8_lines(data).items()):
             start, end = int(offsets[i]), int(offsets[i + 1])
-            q_lines.append(i + 1)
+            q_lines.append(line0 + i + 1)
             q_reasons.append(reason)
             q_raws.append(data[start:end].rstrip(b"\r\n").decode("utf-8", errors="backslashreplace"))
             buf[start:end] = b" " * (end - start)
         data = bytes(buf)
     lines = pa.LargeStringArray.from_buffers(n_lines, pa.py_buffer(offsets), pa.py_buffer(data))
-    table = _chunked(pa.table({"source_line": pa.array(np.arange(1, n_lines + 1, dtype=np.int64)), "raw": lines}))
+    table = _chunked(pa.table({"source_line": pa.array(np.arange(line0 + 1, line0 + n_lines + 1, dtype=np.int64)),
+                               "raw": lines}))
     # One vectorized pass finds the lines that are not records (blank) or bad
     # (malformed, not an object); only those come back to Python.
     con = connect()
@@ -244,7 +339,11 @@ def _read_jsonl(name: str, data: bytes) -> tuple[pa.Table, pl.DataFrame]:
                    CASE WHEN regexp_full_match(raw, '\\s*') THEN 'blank'
                         WHEN NOT json_valid(raw) THEN 'malformed'
                         WHEN json_type(raw) <> 'OBJECT' THEN 'record is not a JSON object (got '
-                             || lower(json_type(raw)) || ')'
+                             || CASE WHEN json_type(raw) IN ('UBIGINT', 'BIGINT', 'DOUBLE') THEN 'a number'
+                                     WHEN json_type(raw) = 'VARCHAR' THEN 'a string'
+                                     WHEN json_type(raw) = 'ARRAY' THEN 'a list'
+                                     WHEN json_type(raw) = 'BOOLEAN' THEN 'a boolean'
+                                     ELSE lower(json_type(raw)) END || ')'
                    END AS reason
             FROM lines
             WHERE NOT starts_with(raw, '{') OR NOT json_valid(raw)
@@ -256,16 +355,16 @@ def _read_jsonl(name: str, data: bytes) -> tuple[pa.Table, pl.DataFrame]:
     for line, raw, reason in flagged:
         if reason is None:
             continue  # a valid object after leading whitespace: a record
-        drop[line - 1] = True
+        drop[line - line0 - 1] = True
         if reason == "blank":
             continue  # blank lines are not records (the invalid-UTF-8 ones are already counted)
         q_lines.append(line)
         q_reasons.append(_json_error(raw) if reason == "malformed" else reason)
         q_raws.append(raw)
     if drop.any():
-        table = _chunked(_drop_lines(data, offsets, drop))
+        table = _chunked(_drop_lines(data, offsets, drop, line0))
     quarantine = quarantine_frame(name, q_lines, q_reasons, q_raws).sort("source_line")
-    return table, quarantine
+    return table, quarantine, n_lines
 
 
 def _msg(exc: json.JSONDecodeError) -> str:
@@ -290,83 +389,200 @@ _WS = re.compile(r"[ \t\n\r]*")
 _SURROGATE = re.compile("[\udc80-\udcff]")
 
 
-def _read_json(name: str, data: bytes) -> tuple[pa.Table | pl.DataFrame, pl.DataFrame]:
-    text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-    start = _WS.match(text).end()
-    if text[start:start + 1] == "{":
-        try:
-            json.loads(text)
-            # one object: if it is on one line it is also one JSON Line
-        except json.JSONDecodeError:
-            return _read_jsonl(name, data)  # JSON Lines under a .json name
-        if "\n" not in text.strip():
-            return _read_jsonl(name, data)
-        return _json_elements(name, text, start, single=True)
-    if text[start:start + 1] != "[":
-        if not text.strip():
-            return pl.DataFrame(schema={"source_line": pl.Int64, "raw": pl.String}), empty_quarantine()
-        raise BakeoffError(f"{name}: not a JSON array or object (starts with {text[start:start + 20]!r})")
-    return _json_elements(name, text, start + 1, single=False)
+def _iter_json(name: str, fh: BinaryIO, batch_bytes: int) -> Iterator[tuple[pa.Table | pl.DataFrame, pl.DataFrame]]:
+    """A ``.json`` file: an array of objects (streamed element by element), one
+    object, or JSON Lines under a .json name."""
+    head = fh.read(min(batch_bytes, 1 << 20))
+    text = head.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    first = text[_WS.match(text).end():][:1]
+    if first == "[":
+        yield from _JsonArray(name, fh, head, batch_bytes).batches()
+        return
+    if first == "{":
+        # One object (possibly pretty-printed over many lines), else JSON Lines.
+        probe = _JsonArray(name, fh, head, batch_bytes, single=True)
+        if probe.is_single_object():
+            yield from probe.batches()
+        else:
+            yield from _iter_jsonl(name, fh, batch_bytes, first=probe.consumed())
+        return
+    if not text.strip() and len(head) < min(batch_bytes, 1 << 20):
+        return  # empty file: no records (like an empty .jsonl)
+    raise BakeoffError(f"{name}: not a JSON array or object (starts with {text.strip()[:20]!r})")
 
 
-def _json_elements(name: str, text: str, pos: int, single: bool) -> tuple[pa.Table | pl.DataFrame, pl.DataFrame]:
+class _JsonArray:
     """Walk the elements of a JSON array with ``raw_decode`` (C speed per element)
-    to keep each element's text and starting line. JSON arrays are not the hot
-    path; JSONL is."""
-    decoder = json.JSONDecoder()
-    lines, raws = [], []
-    q_lines, q_reasons, q_raws = [], [], []
-    line, last = 1, 0
-    n = len(text)
-    while True:
-        pos = _WS.match(text, pos).end()
-        if pos >= n:
-            if not single:
-                q_lines.append(line + text.count("\n", last, pos))
-                q_reasons.append("malformed JSON: array is not closed (file truncated?)")
-                q_raws.append("")
-            break
-        if not single and text[pos] == "]":
-            break
-        line += text.count("\n", last, pos)
-        last = pos
+    over a sliding text buffer, keeping each element's text and starting line.
+    The buffer holds the current batch plus at most one element being read.
+    JSON arrays are not the hot path; JSONL is."""
+
+    def __init__(self, name: str, fh: BinaryIO, head: bytes, batch_bytes: int, single: bool = False) -> None:
+        self.name, self.fh, self.batch_bytes, self.single = name, fh, batch_bytes, single
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        self.buf = self.decoder.decode(head).lstrip("\ufeff")
+        self.eof = False
+        self.pos = 0       # next unread character of buf
+        self.line = 1      # line number at pos
+        self.mark = 0      # position up to which newlines are counted into line
+        self.probing = False  # keep everything read (is_single_object)
+
+    def _more(self) -> bool:
+        """Append the next chunk to the buffer (dropping what is consumed)."""
+        if self.eof:
+            return False
+        chunk = self.fh.read(self.batch_bytes)
+        if not self.probing:
+            self._advance(self.pos)
+            self.buf, self.mark, self.pos = self.buf[self.pos:], 0, 0
+        if not chunk:
+            self.eof = True
+            self.buf += self.decoder.decode(b"", final=True)
+            return False
+        self.buf += self.decoder.decode(chunk)
+        return True
+
+    def _advance(self, pos: int) -> None:
+        self.line += self.buf.count("\n", self.mark, pos)
+        self.mark = pos
+
+    def _skip_ws(self) -> bool:
+        """Move to the next non-blank character; False at the end of the input."""
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf):
+                return True
+            if not self._more():
+                return False
+
+    def _rest(self, limit: int = RAW_LIMIT) -> str:
+        while len(self.buf) - self.pos < limit and self._more():
+            pass
+        return _text_for_raw(self.buf[self.pos:self.pos + limit])
+
+    def is_single_object(self) -> bool:
+        """Whether the input is one object and nothing else (reads at most
+        MAX_RECORD_BYTES; the read position stays at the start)."""
+        self.probing = True
         try:
-            obj, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
+            if not self._skip_ws() or self.buf[self.pos] != "{":
+                return False
+            while True:
+                try:
+                    _, end = self.decoder_raw(self.buf, self.pos)
+                    break
+                except json.JSONDecodeError:
+                    if len(self.buf) < MAX_RECORD_BYTES and self._more():
+                        continue
+                    return False
+                except RecursionError:
+                    return False
+            while not self.buf[end:].strip():
+                if not self._more():
+                    return True
+            return False
+        finally:
+            self.probing, self.pos = False, 0
+
+    def consumed(self) -> bytes:
+        """The bytes read so far (for another reader to start from)."""
+        return self.buf.encode("utf-8", "surrogateescape") + self.decoder.getstate()[0]
+
+    decoder_raw = json.JSONDecoder().raw_decode
+
+    def batches(self) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+        lines: list[int] = []
+        raws: list[str] = []
+        q_lines: list[int] = []
+        q_reasons: list[str] = []
+        q_raws: list[str] = []
+        size = 0
+
+        def flush() -> tuple[pl.DataFrame, pl.DataFrame]:
+            nonlocal lines, raws, q_lines, q_reasons, q_raws, size
+            out = (pl.DataFrame({"source_line": lines, "raw": raws},
+                                schema={"source_line": pl.Int64, "raw": pl.String}),
+                   quarantine_frame(self.name, q_lines, q_reasons, q_raws))
+            lines, raws, q_lines, q_reasons, q_raws, size = [], [], [], [], [], 0
+            return out
+
+        def stop(reason: str) -> None:
             # Everything from here on cannot be split into records: quarantine it
             # as one record so nothing disappears silently.
-            q_lines.append(line)
-            q_reasons.append(f"malformed JSON: {_msg(exc)} at line {exc.lineno} column {exc.colno}; "
-                             "the rest of the file could not be parsed")
-            q_raws.append(text[pos:].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
-            break
-        raw = text[pos:end]
-        if _SURROGATE.search(raw):
-            q_lines.append(line)
-            q_reasons.append("invalid UTF-8")
-            q_raws.append(raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
-        elif not isinstance(obj, dict):
-            q_lines.append(line)
-            q_reasons.append(f"record is not a JSON object (got {type(obj).__name__})")
-            q_raws.append(raw)
-        else:
-            lines.append(line)
-            raws.append(raw)
-        if single:
-            break
-        pos = _WS.match(text, end).end()
-        if pos < n and text[pos] == ",":
-            pos += 1
-        elif pos < n and text[pos] != "]":
-            line += text.count("\n", last, pos)
-            last = pos
-            q_lines.append(line)
-            q_reasons.append(f"malformed JSON: expected ',' or ']' at line {line}; "
-                             "the rest of the file could not be parsed")
-            q_raws.append(text[pos:].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
-            break
-    table = pl.DataFrame({"source_line": lines, "raw": raws}, schema={"source_line": pl.Int64, "raw": pl.String})
-    return table, quarantine_frame(name, q_lines, q_reasons, q_raws)
+            self._advance(self.pos)
+            q_lines.append(self.line)
+            q_reasons.append(reason + "; the rest of the file could not be parsed")
+            q_raws.append(self._rest())
+
+        if not self._skip_ws():
+            return
+        if not self.single:
+            self.pos += 1  # the '['
+        while True:
+            if not self._skip_ws():
+                if not self.single:
+                    self._advance(self.pos)
+                    q_lines.append(self.line)
+                    q_reasons.append("malformed JSON: array is not closed (file truncated?)")
+                    q_raws.append("")
+                break
+            if not self.single and self.buf[self.pos] == "]":
+                break
+            while True:
+                try:
+                    obj, end = self.decoder_raw(self.buf, self.pos)
+                    break
+                except json.JSONDecodeError as exc:
+                    # Maybe only incomplete: read more, up to MAX_RECORD_BYTES per element.
+                    if len(self.buf) - self.pos < MAX_RECORD_BYTES and self._more():
+                        continue
+                    err = exc
+                    obj = end = None
+                    break
+                except RecursionError:
+                    err = None
+                    obj = end = None
+                    break
+            if end is None:
+                stop(f"malformed JSON: {_msg(err)} at line {self.line + err.lineno - 1} column {err.colno}"
+                     if err is not None else "malformed JSON: nested too deeply")
+                break
+            self._advance(self.pos)
+            raw = self.buf[self.pos:end]
+            if _SURROGATE.search(raw):
+                q_lines.append(self.line)
+                q_reasons.append("invalid UTF-8")
+                q_raws.append(_text_for_raw(raw))
+            elif not isinstance(obj, dict):
+                q_lines.append(self.line)
+                q_reasons.append(f"record is not a JSON object (got {_PY_TYPE_WORD.get(type(obj), 'null')})")
+                q_raws.append(raw[:RAW_LIMIT])
+            else:
+                lines.append(self.line)
+                raws.append(raw)
+                size += len(raw)
+            self.pos = end
+            if self.single:
+                break
+            if not self._skip_ws():
+                continue  # reported as "array is not closed" above
+            if self.buf[self.pos] == ",":
+                self.pos += 1
+            elif self.buf[self.pos] != "]":
+                self._advance(self.pos)
+                stop(f"malformed JSON: expected ',' or ']' at line {self.line}")
+                break
+            if size >= self.batch_bytes:
+                yield flush()
+        yield flush()
+
+
+_PY_TYPE_WORD = {int: "a number", float: "a number", str: "a string", list: "a list", bool: "a boolean"}
+
+
+def _text_for_raw(text: str) -> str:
+    """Text with undecodable bytes (surrogate escapes) shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # --- tables (CSV, Parquet) -> JSON records ----------------------------------------------
@@ -397,46 +613,92 @@ def _to_records(df: pl.DataFrame, json_like: set[str]) -> pl.DataFrame:
         con.close()
 
 
-def _read_csv(name: str, data: bytes, sep: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    q = empty_quarantine()
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[3:]
+def _iter_csv(name: str, fh: BinaryIO, sep: str, batch_bytes: int) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """CSV/TSV with a header line, in batches. Python's ``csv`` module (C) reads
+    the rows rather than polars' reader: polars rejects the whole file at the
+    first malformed row and cannot say which line it was, while here a row with
+    the wrong number of fields or undecodable bytes is quarantined with its line
+    and the rest is read. A missing cell is null (a missing field), like polars."""
+    text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    csv.field_size_limit(MAX_RECORD_BYTES)
+    reader = csv.reader(text, delimiter=sep)
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        # Drop the physical lines with invalid bytes (quarantined with their line);
-        # replacing them by blank lines keeps the line numbers of the rest.
-        bad = _invalid_utf8_lines(data)
-        offsets = _line_offsets(data)
-        pieces, prev = [], 0
-        lines, reasons, raws = [], [], []
-        for i, reason in sorted(bad.items()):
-            start, end = int(offsets[i]), int(offsets[i + 1])
-            lines.append(i + 1)
-            reasons.append(reason)
-            raws.append(data[start:end].rstrip(b"\r\n").decode("utf-8", errors="backslashreplace"))
-            # the bad line becomes a blank line: the line count stays the same
-            pieces += [data[prev:start], b"\n" if data[start:end].endswith(b"\n") else b""]
-            prev = end
-        if 0 in bad:
-            raise BakeoffError(f"{name}: the CSV header line is not valid UTF-8")
-        data = b"".join(pieces) + data[prev:]
-        q = quarantine_frame(name, lines, reasons, raws)
-    try:
-        df = pl.read_csv(io.BytesIO(data), separator=sep, infer_schema=False)
-    except Exception as exc:  # polars raises several error types for broken CSV
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BakeoffError(f"{name}: cannot read CSV ({msg})") from None
-    # Physical line of each record: the header is line 1; a record spans 1 + the
-    # number of newlines inside its quoted cells. Blank lines come back from polars
-    # as all-null rows: they count one line each and are dropped afterwards.
-    if df.width:
-        nl = pl.sum_horizontal([pl.col(c).str.count_matches("\n").fill_null(0) for c in df.columns])
-        span = (nl + 1).cast(pl.Int64)
-        df = df.with_columns((span.cum_sum() - span + 2).alias("source_line"))
-        df = df.filter(~pl.all_horizontal([pl.col(c).is_null() for c in df.columns if c != "source_line"]))
-    else:
-        df = df.with_columns(pl.lit(None, pl.Int64).alias("source_line"))
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise BakeoffError(f"{name}: cannot read the CSV header ({exc})") from None
+    if header is None:
+        return  # empty file: no records (like an empty .jsonl)
+    if any(_SURROGATE.search(h) for h in header):
+        raise BakeoffError(f"{name}: the CSV header line is not valid UTF-8")
+    width = len(header)
+    cols = _unique_columns(header)
+    rows: list[list[str | None]] = []
+    lines: list[int] = []
+    q_lines: list[int] = []
+    q_reasons: list[str] = []
+    q_raws: list[str] = []
+    size = 0
+    last = reader.line_num  # physical line of the end of the previous record
+
+    def flush() -> tuple[pl.DataFrame, pl.DataFrame]:
+        nonlocal rows, lines, q_lines, q_reasons, q_raws, size
+        df = pl.DataFrame(rows, schema={c: pl.String for c in cols}, orient="row") if rows \
+            else pl.DataFrame(schema={c: pl.String for c in cols})
+        df = df.with_columns(pl.Series("source_line", lines, dtype=pl.Int64))
+        out = (_to_records(df, _json_like(df)), quarantine_frame(name, q_lines, q_reasons, q_raws))
+        rows, lines, q_lines, q_reasons, q_raws, size = [], [], [], [], [], 0
+        return out
+
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. a NUL byte, an over-long field
+            q_lines.append(last + 1)
+            q_reasons.append(f"malformed CSV row ({exc})")
+            q_raws.append("")
+            last = reader.line_num
+            continue
+        first_line, last = last + 1, reader.line_num
+        if not row or all(c == "" for c in row):
+            continue  # a blank line is not a record
+        raw = sep.join(row)
+        if any(_SURROGATE.search(c) for c in row):
+            m = _SURROGATE.search(raw)
+            q_lines.append(first_line)
+            q_reasons.append(f"invalid UTF-8 (byte 0x{ord(m.group()) - 0xDC00:02x})")
+            q_raws.append(_text_for_raw(raw)[:RAW_LIMIT])
+        elif len(row) != width:
+            q_lines.append(first_line)
+            q_reasons.append(f"malformed CSV row: expected {width} fields, got {len(row)}")
+            q_raws.append(raw[:RAW_LIMIT])
+        else:
+            rows.append([c if c != "" else None for c in row])
+            lines.append(first_line)
+            size += len(raw)
+            if size >= batch_bytes:
+                yield flush()
+    yield flush()
+
+
+def _unique_columns(header: list[str]) -> list[str]:
+    """Header names, made unique the way polars does (``a``, ``a_duplicated_0``)."""
+    seen: dict[str, int] = {}
+    out = []
+    for h in header:
+        if h in seen:
+            out.append(f"{h}_duplicated_{seen[h]}")
+            seen[h] += 1
+        else:
+            seen[h] = 0
+            out.append(h)
+    return out
+
+
+def _json_like(df: pl.DataFrame) -> set[str]:
+    """String columns whose non-empty cells all look like JSON lists/objects
+    (CSV cells holding e.g. ``messages``)."""
     json_like = set()
     for c in df.columns:
         if c == "source_line":
@@ -445,15 +707,26 @@ def _read_csv(name: str, data: bytes, sep: str) -> tuple[pl.DataFrame, pl.DataFr
         vals = vals.filter(vals != "")
         if len(vals) and vals.str.contains(r"^[\[{]").all():
             json_like.add(c)
-    return _to_records(df, json_like), q
+    return json_like
 
 
-def _read_parquet(name: str, data: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _iter_parquet(name: str, fh: BinaryIO, gz: bool) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Parquet in row-group batches (a gzipped Parquet file is read whole: Parquet
+    needs random access)."""
+    import pyarrow.parquet as pq
+
     try:
-        df = pl.read_parquet(io.BytesIO(data))
-    except Exception as exc:
+        pf = pq.ParquetFile(io.BytesIO(fh.read()) if gz else fh)
+        batches = pf.iter_batches(batch_size=65_536)
+        row0 = 0
+        for batch in batches:
+            df = pl.from_arrow(batch)
+            # Parquet has no lines: source_line is the 1-based row number.
+            df = df.with_columns(pl.int_range(row0 + 1, row0 + 1 + df.height, dtype=pl.Int64).alias("source_line"))
+            row0 += df.height
+            yield _to_records(df, set()), empty_quarantine()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BakeoffError(f"{name}: cannot read Parquet ({msg})") from None
-    # Parquet has no lines: source_line is the 1-based row number.
-    df = df.with_row_index("source_line", offset=1).with_columns(pl.col("source_line").cast(pl.Int64))
-    return _to_records(df, set()), empty_quarantine()

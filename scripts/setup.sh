@@ -3,9 +3,11 @@
 # Usage: bash scripts/setup.sh [test]   ("test" adds the test extras)
 #
 # Torch is not pinned: on a machine with an NVIDIA GPU pip resolves the CUDA
-# build as usual; without one we install a CPU build first (a local wheel from
-# pip's find-links if there is one, else PyTorch's CPU index), so pip never pulls
-# several GB of CUDA packages onto a CPU-only machine.
+# build as usual; without one we install a CPU build first, so pip does not pull
+# several GB of CUDA packages onto a CPU-only machine: a local wheel from pip's
+# find-links if there is one, else a CPU build from the index pip is configured
+# with (set PIP_INDEX_URL / PIP_EXTRA_INDEX_URL, or `pip config`, to PyTorch's CPU
+# wheel index). No index location is named here: pip's configuration decides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -18,11 +20,15 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     $PIP install -q torch
   else
     tmp=$(mktemp -d)
-    if $PIP download -q --no-deps --no-index -d "$tmp" torch >/dev/null 2>&1; then
-      $PIP install -q "$tmp"/torch-*.whl          # local CPU wheel + its deps
+    if $PIP download -q --no-deps --no-index -d "$tmp" torch >/dev/null 2>&1 \
+        || $PIP download -q --no-deps -d "$tmp" torch >/dev/null 2>&1; then
+      case "$(ls "$tmp")" in
+        *+cpu*) ;;
+        *) echo "setup: no CPU build of torch found, so pip installs the default build with its CUDA libraries (several GB); to avoid that, point pip at PyTorch's CPU wheel index (PIP_EXTRA_INDEX_URL, address in PyTorch's install guide) and run this again" >&2 ;;
+      esac
+      $PIP install -q "$tmp"/torch-*.whl          # the wheel found + its deps
     else
-      $PIP install -q torch --index-url https://download.pytorch.org/whl/cpu \
-        --extra-index-url https://pypi.org/simple
+      $PIP install -q torch
     fi
     rm -rf "$tmp"
   fi
@@ -37,5 +43,5 @@ if [ ! -f .venv/.bakeoff-installed ] || [ pyproject.toml -nt .venv/.bakeoff-inst
   .venv/bin/python -c "import bakeoff.cli" && touch .venv/.bakeoff-installed
 fi
 if [ "${1:-}" = "test" ]; then
-  .venv/bin/python -c "import pytest" 2>/dev/null || $PIP install -q "pytest>=8"
+  .venv/bin/python -c "import pytest, hypothesis" 2>/dev/null || $PIP install -q "pytest>=8" hypothesis
 fi

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bakeoff.workspace import BakeoffError
+from bakeoff.workspace import BakeoffError, validate_name
 
 if TYPE_CHECKING:
     from bakeoff.workspace import Workspace
@@ -58,7 +58,7 @@ class CheckpointMeta:
 
 
 def run_dir(ws: "Workspace", experiment_name: str, run_id: str) -> Path:
-    return ws.runs_dir() / experiment_name / run_id
+    return ws.runs_dir() / validate_name(experiment_name, "experiment name") / validate_name(run_id, "run id")
 
 
 def write_checkpoint_meta(checkpoint_dir: str | os.PathLike, meta: CheckpointMeta | dict) -> Path:
