@@ -197,6 +197,14 @@ def plan_for(con: duckdb.DuckDBPyConnection, fmt: str, mapping: dict[str, str],
             plan.role_key, plan.content_key = "from", "value"
     plan.role_key = mapping.get("role", plan.role_key)
     plan.content_key = mapping.get("content", plan.content_key)
+    # A mapped label must take effect: one that no record has would silently
+    # fall back to the row's own label.
+    for f in (f for f in META_FIELDS if f in mapping):
+        found = con.execute(f"SELECT count(*) FROM recs WHERE json_type(raw, {_lit(json_path(mapping[f]))}) "
+                            "NOT IN ('NULL')").fetchone()[0]
+        if not found:
+            raise BakeoffError(f"--map {f}={mapping[f]}: no record has {mapping[f]!r}; "
+                               f"check the column name (keys seen: {', '.join(sorted(stats)[:8])})")
     return plan
 
 
@@ -539,7 +547,10 @@ def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | N
     for f in META_FIELDS:
         top = plan.col(f)
         top_sql = q.access(top) if (plan.has(f) or f in plan.columns) else "NULL::JSON"
-        q.s3.append(f"coalesce(meta_f.{f}, {top_sql}) AS {f}_j")
+        # A label the user mapped (--map task=meta.answer_type) wins over the
+        # row's own meta.<label>: the mapping is the user saying where it lives.
+        first, then = (top_sql, f"meta_f.{f}") if f in plan.columns else (f"meta_f.{f}", top_sql)
+        q.s3.append(f"coalesce({first}, {then}) AS {f}_j")
         lt = f"jt({f}_j)"
         if f == "tags":
             q.checks.append((f"{lt} NOT IN ('ARRAY', 'VARCHAR', 'NULL')", "'tags must be a list of strings or a string'"))

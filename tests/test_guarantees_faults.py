@@ -169,7 +169,7 @@ def sft_data(tmp_path_factory) -> Path:
 def test_kill_train_sft_then_resume(tmp_path, sft_data):
     """Killed right after its first checkpoint, mid-way through the second step:
     the run's checkpoints are complete, and ``--resume`` finishes the run."""
-    from bakeoff.train.runs import last_checkpoint, list_checkpoints
+    from bakeoff.train.checkpoints import last_checkpoint, list_checkpoints
 
     root = tmp_path / "ws"
     run(bakeoff_cmd(root, "data", "ingest", sft_data, "--name", "d"))

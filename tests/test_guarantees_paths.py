@@ -59,7 +59,7 @@ def test_dataset_name_with_trailing_newline_or_too_long_is_refused(ws, tmp_path)
 
 
 def test_experiment_name_cannot_leave_the_workspace(ws):
-    from bakeoff.train.runs import run_dir
+    from bakeoff.train.checkpoints import run_dir
 
     for bad in ("../../x", "/tmp/x", "a/../../b"):
         with pytest.raises(BakeoffError, match="invalid experiment name"):

@@ -157,6 +157,20 @@ def test_map_fields_and_turn_keys(ws, tmp_path):
         ingest(ws, [g], "turns", mapping={"bogus": "x"})
 
 
+def test_mapped_label_wins_over_the_rows_own_label(ws, tmp_path):
+    """--map task=meta.answer_type takes effect even where meta.task is set (as in
+    TAT-QA), and a mapping that no record has is an error, never a silent fallback."""
+    f = write_jsonl(tmp_path / "labelled.jsonl", [
+        {"messages": msgs(("user", f"q{i}"), ("assistant", "a")), "meta": {"task": "qa", "answer_type": t}}
+        for i, t in enumerate(["arithmetic", "span"])])
+    res = ingest(ws, [f], "mapped-label", mapping={"task": "meta.answer_type"})
+    assert sorted(ws.load(res.version)["task"].to_list()) == ["arithmetic", "span"]
+    res = ingest(ws, [f], "own-label")
+    assert ws.load(res.version)["task"].to_list() == ["qa", "qa"]
+    with pytest.raises(BakeoffError, match="--map task=meta.nothere"):
+        ingest(ws, [f], "bad-label", mapping={"task": "meta.nothere"})
+
+
 def test_meta_stamps_only_missing_labels(ws, tmp_path):
     f = write_jsonl(tmp_path / "m.jsonl", [
         {"messages": msgs(("user", "a"), ("assistant", "b")), "meta": {"domain": "own", "tags": ["x"]}},
