@@ -164,11 +164,15 @@ def train_bad_run(ws: Any, cfg: LoopConfig, result: Any) -> tuple[str, Any]:
     from bakeoff.train.config import SFTRunConfig
     from bakeoff.train.sft import train_sft
 
-    step = _Steps(result, prefix="control: ")
-    good = _build(SFTRunConfig, cfg.sft, "sft", dataset=result.versions["curated"], model=cfg.model)
+    from bakeoff.tracking import run_label
+
+    step = _Steps(ws, result, prefix="control: ")
+    dataset = result.versions["curated"]
+    good = _build(SFTRunConfig, cfg.sft, "sft", dataset=dataset, model=cfg.model)
     options = dict(cfg.sft, lr=good.peak_lr() * BAD_LR_FACTOR, save_steps=good.max_steps)
-    bad_cfg = _build(SFTRunConfig, options, "sft", dataset=result.versions["curated"], model=cfg.model,
-                     experiment_name=cfg.experiment,
+    bad_cfg = _build(SFTRunConfig, options, "sft", dataset=dataset, model=cfg.model,
+                     experiment_name=cfg.experiment, round=result.round,
+                     run_name=f"{run_label(result.round, 'sft', dataset)}-lr{BAD_LR_FACTOR}x",
                      hypothesis=f"control: the learning rate {BAD_LR_FACTOR}x too high ranks last")
     bad = step(f"train sft (LR {BAD_LR_FACTOR}x)", lambda: train_sft(ws, bad_cfg))
     result.runs.append({"kind": "sft", "dataset": bad_cfg.dataset, "control": "lr-too-high", **bad.to_json()})
