@@ -261,7 +261,7 @@ def sections(ws: Workspace, g: dict[str, Any], L: Lineage, story: dict[str, Any]
     if g["boards"]:
         b = g["boards"][-1]
         names = (story or {}).get("names", {})
-        rows = [(e.rank, names.get(e.label, e.label) + (" (base)" if e.is_base else ""), f"{e.score:.3f}",
+        rows = [(e.rank, names.get(e.label, e.label) + (" (base)" if e.is_base and names.get(e.label) != "base" else ""), f"{e.score:.3f}",
                  f"[{e.lo:.3f}, {e.hi:.3f}]", f"{e.p_best:.2f}", _p(e.p_adj),
                  *[f"{e.slices.get(s, float('nan')):.3f}" for s in b.slices],
                  "—" if e.loglik_per_token is None else f"{e.loglik_per_token:.3f}")

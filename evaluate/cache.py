@@ -217,6 +217,10 @@ def aliases(ws: Workspace, digests: Sequence[str]) -> dict[str, list[dict[str, A
                            "ORDER BY updated_at").fetchall()
     for d, label, path, is_base, meta in rows:
         if d in out:
+            # The same checkpoint registered again is one name, its latest: a label
+            # gains the run id once a second run of its kind appears.
+            if path and Path(path).exists():
+                out[d] = [a for a in out[d] if a["path"] != path]
             out[d].append({"label": label, "path": path, "is_base": bool(is_base), "meta": json.loads(meta or "{}")})
     return out
 

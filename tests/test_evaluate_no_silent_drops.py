@@ -50,6 +50,18 @@ def test_identical_weights_are_one_row_naming_every_label(ts):
     assert shared.aliases == ["base:tiny", "run1@10"] and shared.is_base
 
 
+def test_one_checkpoint_under_a_newer_label_is_one_name(ts, tmp_path):
+    """A label gains the run id once a second run of its kind appears; the same
+    checkpoint evaluated again under that label is not an "identical weights" pair."""
+    ws = ts
+    ckpt = tmp_path / "runs" / "r1" / "checkpoint-12"
+    ckpt.mkdir(parents=True)
+    _eval(ws, "r1 sft step 12", RIGHT, digest="w", path=str(ckpt))
+    _eval(ws, "r1 sft step 12 (abc12345)", RIGHT, digest="w", path=str(ckpt))
+    board = build_leaderboard(ws, "ts@v1", n_boot=200)
+    assert [e.label for e in board.entries] == ["r1 sft step 12 (abc12345)"]
+
+
 def test_interrupted_evaluation_is_listed_not_dropped(ts, tmp_path):
     ws = ts
     _eval(ws, "done", RIGHT)
