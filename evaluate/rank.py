@@ -144,10 +144,6 @@ class Leaderboard:
         """The sole best checkpoint, or None when several cannot be told apart."""
         return self.leader if len(self.best_set) == 1 else None
 
-    @property
-    def excluded(self) -> list[dict[str, Any]]:  # name kept for callers of the first version
-        return self.not_ranked
-
     def to_json(self, with_items: bool = False) -> dict[str, Any]:
         rows = []
         for e in self.entries:

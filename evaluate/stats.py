@@ -291,10 +291,6 @@ class Ranking:
         """The sole best model, or None when several cannot be told apart."""
         return self.best_set[0] if len(self.best_set) == 1 else None
 
-    @property
-    def p_holm(self) -> np.ndarray:  # name kept for callers of the first version
-        return self.p_adj
-
 
 def rank_models(scores: np.ndarray, n_boot: int = DEFAULT_B, seed: int = 0,
                 level: float = 0.95, alpha: float = ALPHA) -> Ranking:
