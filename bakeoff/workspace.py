@@ -415,7 +415,13 @@ class VersionWriter:
     published atomically (``Workspace._publish``). Memory is bounded by a batch:
     rows and quarantine stream into Parquet, and the digest is computed by DuckDB
     over the written file (its sort spills to disk past ``DIGEST_MEMORY``).
-    Leaving the ``with`` block without ``commit`` removes the temp folder."""
+    Leaving the ``with`` block without ``commit`` removes the temp folder.
+
+    Ids must be unique across batches. A writer whose batches were numbered by
+    ``schema.with_ids`` one batch at a time (ingest) commits with
+    ``renumber_repeats=True``: content repeated in another batch is then numbered
+    as ``with_ids`` numbers the whole version (see ``_renumber_repeats``), so no
+    table of every id seen is kept in memory."""
 
     def __init__(self, ws: Workspace, name: str) -> None:
         self.ws, self.name = ws, validate_name(name)
@@ -480,14 +486,24 @@ class VersionWriter:
         self._quarantine.write_table(table)
         self.quarantined += quarantine.height
 
-    def digest(self) -> str:
-        """``schema.version_digest`` of the written rows, without loading them."""
-        return _streamed_digest(self.tmp / "rows.parquet", self.tmp / ".spill")
+    def digest(self, renumber_repeats: bool = False) -> str:
+        """``schema.version_digest`` of the written rows, without loading them.
+        A repeated id is an error, or with ``renumber_repeats`` content that
+        ``with_ids`` numbered in separate batches, renumbered here first."""
+        rows_path, spill = self.tmp / "rows.parquet", self.tmp / ".spill"
+        digest, repeated = _streamed_digest(rows_path, spill)
+        if repeated and renumber_repeats:
+            _renumber_repeats(rows_path, spill)
+            digest, repeated = _streamed_digest(rows_path, spill)
+        if repeated:
+            raise ValueError("row ids must be unique within a version")
+        return digest
 
     def commit(self, *, operation: str, params: dict[str, Any] | None = None, parents: list[str] | None = None,
                report: dict[str, Any] | None = None, counts: dict[str, Any] | None = None,
-               digest: str | None = None) -> Version:
-        """Publish the version; ``counts`` defaults to kinds and quarantined."""
+               digest: str | None = None, renumber_repeats: bool = False) -> Version:
+        """Publish the version; ``counts`` defaults to kinds and quarantined.
+        ``renumber_repeats``: see the class docstring."""
         if self._rows is None:
             self.write_rows(pl.DataFrame())
         for attr in ("_rows", "_quarantine"):
@@ -495,7 +511,7 @@ class VersionWriter:
                 getattr(self, attr).close()
                 setattr(self, attr, None)
         if digest is None:
-            digest = self.digest()
+            digest = self.digest(renumber_repeats)
         if (self.tmp / ".spill").exists():
             shutil.rmtree(self.tmp / ".spill", ignore_errors=True)
         if report is not None:
@@ -515,10 +531,21 @@ class VersionWriter:
 DIGEST_MEMORY = "256MB"
 
 
-def _streamed_digest(rows_path: Path, spill: Path) -> str:
-    """SHA-256 over the canonical rows, exactly as ``schema.version_digest`` (the
-    same columns in the same order, rows sorted by id, NDJSON written by polars),
-    with the sort done by DuckDB out of core and the rows hashed batch by batch."""
+def _spilling_duckdb(spill: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that sorts and groups out of core past DIGEST_MEMORY."""
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    con.execute(f"SET memory_limit = '{DIGEST_MEMORY}'")
+    con.execute(f"SET temp_directory = '{str(spill).replace(chr(39), chr(39) * 2)}'")
+    return con
+
+
+def _streamed_digest(rows_path: Path, spill: Path) -> tuple[str, bool]:
+    """(SHA-256 over the canonical rows exactly as ``schema.version_digest``: the
+    same columns in the same order, rows sorted by id, NDJSON written by polars;
+    whether some id occurs more than once). The sort is done by DuckDB out of
+    core and the rows hashed batch by batch; a repeated id shows as two equal
+    neighbours in that order, so finding one costs nothing extra."""
     import hashlib
     import io
 
@@ -527,24 +554,86 @@ def _streamed_digest(rows_path: Path, spill: Path) -> str:
     names = pq.read_schema(rows_path).names
     skip = {"source_file", "source_line", "messages", "chosen", "rejected"}
     cols = sorted(c for c in names if c not in skip)
-    con = duckdb.connect()
+    con = _spilling_duckdb(spill)
     try:
-        con.execute("SET enable_progress_bar = false")
-        con.execute(f"SET memory_limit = '{DIGEST_MEMORY}'")
-        con.execute(f"SET temp_directory = '{str(spill).replace(chr(39), chr(39) * 2)}'")
         select = ", ".join('"' + c.replace('"', '""') + '"' for c in cols)
         path = str(rows_path).replace("'", "''")
         reader = con.sql(f"SELECT {select} FROM read_parquet('{path}') ORDER BY id").to_arrow_reader(100_000)
         sha = hashlib.sha256()
         buf = io.BytesIO()
+        last: str | None = None
+        repeated = False
         for batch in reader:
+            frame = pl.from_arrow(batch)
+            if frame.height:
+                ids = frame["id"]
+                repeated = repeated or ids[0] == last or bool((ids.slice(1) == ids.slice(0, len(ids) - 1)).any())
+                last = ids[-1]
             buf.seek(0)
             buf.truncate()
-            pl.from_arrow(batch).write_ndjson(buf)
+            frame.write_ndjson(buf)
             sha.update(buf.getbuffer())
-        return sha.hexdigest()
+        return sha.hexdigest(), repeated
     finally:
         con.close()
+
+
+def _renumber_repeats(rows_path: Path, spill: Path) -> None:
+    """Number content repeated across batches as ``schema.with_ids`` numbers one
+    frame: in file order, the first copy keeps ``<hash>``, later ones get
+    ``<hash>~2``, ``<hash>~3``... Each batch was numbered on its own, so every
+    batch holding a content has a row with the bare ``<hash>``: the repeated ids
+    name exactly the contents to renumber. DuckDB finds them and their new ids
+    out of core (in row order), and the file is rewritten row group by row group
+    with those ids, so memory stays bounded by a row group, not by the number of
+    distinct contents (the reason this is not a table of every id seen)."""
+    import pyarrow.parquet as pq
+
+    path = str(rows_path).replace("'", "''")
+    con = _spilling_duckdb(spill)
+    out = rows_path.with_name(".rows.renumbered.parquet")
+    try:
+        reader = con.sql(f"""
+            WITH r AS (SELECT file_row_number AS rn, id, split_part(id, '~', 1) AS base
+                       FROM read_parquet('{path}', file_row_number = true)),
+                 repeated AS (SELECT DISTINCT split_part(id, '~', 1) AS base FROM r GROUP BY id
+                              HAVING count(*) > 1),
+                 copies AS (SELECT rn, id, base, row_number() OVER (PARTITION BY base ORDER BY rn) AS occ
+                            FROM r SEMI JOIN repeated USING (base)),
+                 renamed AS (SELECT rn, id, CASE WHEN occ > 1 THEN base || '~' || occ ELSE base END AS new_id
+                             FROM copies)
+            SELECT rn, new_id FROM renamed WHERE new_id <> id ORDER BY rn
+        """).to_arrow_reader(100_000)
+        pending = pl.DataFrame(schema={"rn": pl.Int64, "new_id": pl.String})
+        more = True
+        source = pq.ParquetFile(rows_path)
+        writer = pq.ParquetWriter(out, source.schema_arrow, compression="lz4", write_statistics=False)
+        try:
+            row0 = 0
+            for g in range(source.num_row_groups):
+                table = source.read_row_group(g)
+                row1 = row0 + table.num_rows
+                # the fixes are in row order: pull them until past this row group
+                while more and (not pending.height or pending["rn"][-1] < row1):
+                    batch = next(reader, None)
+                    if batch is None:
+                        more = False
+                    else:
+                        pending = pl.concat([pending, pl.from_arrow(batch).cast({"rn": pl.Int64})])
+                here = pending.filter(pl.col("rn") < row1)
+                pending = pending.filter(pl.col("rn") >= row1)
+                if here.height:
+                    ids = pl.from_arrow(table.column("id")).scatter(here["rn"] - row0, here["new_id"])
+                    table = table.set_column(table.schema.get_field_index("id"), "id",
+                                             ids.to_arrow().cast(table.schema.field("id").type))
+                writer.write_table(table)
+                row0 = row1
+        finally:
+            writer.close()
+        os.replace(out, rows_path)
+    finally:
+        con.close()
+        out.unlink(missing_ok=True)
 
 
 #: Threads of one process share DuckDB's database instance (its file lock does

@@ -110,7 +110,6 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
     per_file: list[dict[str, Any]] = []
     reasons: Counter[str] = Counter()
     first_bad: dict[str, Any] | None = None
-    occurrences = _Occurrences()
     nan_rows = 0
     with ws.version_writer(name) as writer, progress() as bar:
         task = bar.add_task("ingest", total=len(files))
@@ -159,7 +158,9 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
                                else pl.DataFrame())
                 rows, n_nan = _nan_to_null(rows)
                 nan_rows += n_nan
-                rows = occurrences.number(with_ids(_stamp_meta(rows, meta)))
+                # ids numbered within the batch; content repeated in another batch is
+                # renumbered at commit (VersionWriter, renumber_repeats)
+                rows = with_ids(_stamp_meta(rows, meta))
                 writer.write_rows(rows)
                 writer.write_quarantine(q)
                 reasons.update(_reason_key(r) for r in q["reason"].to_list())
@@ -206,6 +207,7 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
             report={"files": per_file, "quarantine_reasons": reasons_by_count},
             counts={"kind": dict(writer.kinds), "ledger": 0, "quarantined": quarantined,
                     "rows_in": rows_in, "accepted": accepted},
+            renumber_repeats=True,
         )
     return IngestResult(version=version, rows_in=rows_in, accepted=accepted, quarantined=quarantined,
                         detected=detected, files=per_file, reasons=reasons_by_count)
@@ -247,34 +249,6 @@ def _nan_to_null(rows: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     fixed = [fix(t) for t in rows["extra"].gather(idx).to_list()]
     extra = rows["extra"].scatter(idx, pl.Series(fixed, dtype=pl.String))
     return rows.with_columns(extra.alias("extra")), changed
-
-
-class _Occurrences:
-    """Numbers repeated content across batches exactly as ``schema.with_ids`` does
-    within one frame: the first copy keeps ``<hash>``, later ones get ``<hash>~2``,
-    ``<hash>~3``... It remembers every content hash seen as two UInt64 (16 bytes a
-    row plus a count), so memory grows by ~24 bytes per row, not per row's text."""
-
-    def __init__(self) -> None:
-        self.seen = pl.DataFrame(schema={"hi": pl.UInt64, "lo": pl.UInt64, "n": pl.Int64})
-
-    def number(self, rows: pl.DataFrame) -> pl.DataFrame:
-        if not rows.height:
-            return rows
-        base = pl.col("id").str.slice(0, 32)
-        keys = rows.select(hi=base.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64),
-                           lo=base.str.slice(16, 16).str.to_integer(base=16, dtype=pl.UInt64))
-        prev = keys.join(self.seen, on=["hi", "lo"], how="left", maintain_order="left")["n"].fill_null(0)
-        counts = keys.group_by("hi", "lo").len(name="n").cast({"n": pl.Int64})
-        if prev.max() == 0:  # no content seen in an earlier batch: with_ids' numbering stands
-            self.seen = pl.concat([self.seen, counts]).rechunk() if self.seen.height < 1 << 16 \
-                else pl.concat([self.seen, counts])
-            return rows
-        self.seen = pl.concat([self.seen, counts]).group_by("hi", "lo").agg(pl.col("n").sum())
-        within = pl.int_range(pl.len()).over("hi", "lo") + 1
-        occurrence = keys.select(within.alias("k"))["k"].cast(pl.Int64) + prev
-        return rows.with_columns(
-            pl.when(occurrence > 1).then(base + "~" + occurrence.cast(pl.String)).otherwise(base).alias("id"))
 
 
 def _stamp_meta(rows: pl.DataFrame, meta: dict[str, Any]) -> pl.DataFrame:

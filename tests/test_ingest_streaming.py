@@ -40,7 +40,7 @@ def _write_fixture(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.mark.parametrize("batch_bytes", [None, 1_500, 40_000])
+@pytest.mark.parametrize("batch_bytes", [None, 6_000, 40_000])
 def test_digest_is_pinned_whatever_the_batch(ws, tmp_path, monkeypatch, batch_bytes):
     src = tmp_path / "fixture.jsonl"
     _write_fixture(src)
