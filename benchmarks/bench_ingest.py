@@ -37,11 +37,14 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def generate(path: Path, n: int, bad_fraction: float, seed: int = 0, clean: Path | None = None) -> int:
+def generate(path: Path, n: int, bad_fraction: float, seed: int = 0, clean: Path | None = None,
+             gz_mb: float | None = None) -> tuple[int, int]:
     """Realistic short chat rows (system/user/assistant, ~400 bytes) with a share
-    of bad lines mixed in; returns the number of bad lines. Built with polars
+    of bad lines mixed in; returns (rows written, bad lines among them). Built with polars
     (vectorized) so a million rows take seconds, not minutes. ``clean``: also
-    write the good lines alone there (polars' reader stops at the first bad line)."""
+    write the good lines alone there (polars' reader stops at the first bad line).
+    ``gz_mb``: write a gzip (level 6) of ``n`` rows or, if it comes first, of
+    ``gz_mb`` MB, whichever comes first."""
     import numpy as np
     import polars as pl
 
@@ -52,10 +55,13 @@ def generate(path: Path, n: int, bad_fraction: float, seed: int = 0, clean: Path
              for lo, hi in ((8, 31), (3, 26))}
     bad_text = np.array(['{"messages": [', '{"messages": "x"}',
                          json.dumps({"messages": [{"role": "user", "content": "q"}]})])
-    n_bad = 0
+    n_bad = written = 0
     chunk = 500_000  # rows per write: a 6M-row file does not need 6M rows in memory
-    with open(path, "w") as out, open(clean, "w") if clean is not None else open(os.devnull, "w") as out_clean:
+    opener = (lambda: gzip.open(path, "wt", compresslevel=6)) if gz_mb else (lambda: open(path, "w"))
+    with opener() as out, open(clean, "w") if clean is not None else open(os.devnull, "w") as out_clean:
         for start in range(0, n, chunk):
+            if gz_mb and out.buffer.fileobj.tell() >= gz_mb * 1e6:  # compressed bytes so far
+                break
             m = min(chunk, n - start)
 
             def sentences(lo: int, hi: int) -> pl.Series:
@@ -79,7 +85,8 @@ def generate(path: Path, n: int, bad_fraction: float, seed: int = 0, clean: Path
             lines = pl.select(pl.when(pl.Series(bad)).then(pl.Series(bad_text[rng.integers(0, 3, m)]))
                               .otherwise(lines).alias("l"))["l"]
             out.write("\n".join(lines.to_list()) + "\n")
-    return n_bad
+            written += m
+    return written, n_bad
 
 
 INGEST_CHILD = """

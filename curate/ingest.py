@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import polars as pl
 
@@ -111,49 +114,20 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
     reasons: Counter[str] = Counter()
     first_bad: dict[str, Any] | None = None
     nan_rows = 0
-    with ws.version_writer(name) as writer, progress() as bar:
+    # The files' content digests (params, for reuse) are read alongside the ingest.
+    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-digest")
+    digests = hashing.submit(file_digests, files)
+    with hashing, ws.version_writer(name) as writer, progress() as bar:
         task = bar.add_task("ingest", total=len(files))
         for path in files:
             source = os.path.abspath(path)
             n_in = accepted = quarantined = 0
             plan = None
             file_type = readers.file_type_of(path)[0] if path.is_file() else "?"
-            for recs in readers.iter_records(source):
+            # Reading and converting (DuckDB, most of the work, GIL released) run one
+            # batch ahead in a thread while this one numbers and writes the last.
+            for recs, good, q, plan in _prefetch(_convert_batches(source, path, fmt, mapping)):
                 file_type = recs.file_type
-                con = readers.connect()
-                try:
-                    con.register("recs", recs.table)
-                    n, stats, n_dup = formats.key_census(con)
-                    dup_q = None
-                    if n_dup:
-                        dup_q, table = formats.split_bad_keys(con, mapping.get("meta", "meta"))
-                        if dup_q.height:
-                            con.register("recs", table)
-                            n -= dup_q.height
-                        dup_q = dup_q.select(pl.lit(source).alias("source_file"), "source_line", "reason",
-                                             pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT))
-                    if plan is None and n:
-                        # The format is decided on the first batch with records
-                        # (BATCH_BYTES of input); later batches only add their keys.
-                        file_fmt = formats.detect(str(path), mapping, n, stats) if fmt == "auto" else fmt
-                        plan = formats.plan_for(con, file_fmt, mapping, n, stats)
-                    if n:
-                        good, rejected = formats.convert(con, replace(plan, keys=sorted(stats)))
-                    else:
-                        good, rejected = pl.DataFrame(), pl.DataFrame(
-                            schema={"source_line": pl.Int64, "reason": pl.String, "raw": pl.String})
-                finally:
-                    con.close()
-                q = pl.concat([
-                    recs.quarantine,
-                    *([dup_q] if dup_q is not None else []),
-                    rejected.select(pl.lit(source).alias("source_file"), "source_line", "reason",
-                                    pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT)),
-                ], how="vertical_relaxed").cast(QUARANTINE_SCHEMA).sort("source_line")  # type: ignore[arg-type]
-                # Nothing disappears: every record of the batch is a row or a quarantine entry.
-                if recs.rows_in != good.height + q.height:
-                    raise AssertionError(f"{path}: {recs.rows_in} records in != {good.height} accepted "
-                                         f"+ {q.height} quarantined")
                 rows = conform(good.with_columns(pl.lit(source).alias("source_file")) if good.width
                                else pl.DataFrame())
                 rows, n_nan = _nan_to_null(rows)
@@ -201,7 +175,7 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
 
         params = {"paths": [str(p) for p in files], "format": fmt, "detected": detected,
                   "map": mapping, "meta": meta, "strict": strict,
-                  "file_digests": file_digests(files)}  # lets a re-run of the loop reuse this version
+                  "file_digests": digests.result()}  # lets a re-run of the loop reuse this version
         version = writer.commit(
             operation="ingest", params=params, parents=[],
             report={"files": per_file, "quarantine_reasons": reasons_by_count},
@@ -211,6 +185,97 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
         )
     return IngestResult(version=version, rows_in=rows_in, accepted=accepted, quarantined=quarantined,
                         detected=detected, files=per_file, reasons=reasons_by_count)
+
+
+def _convert_batches(source: str, path: Path, fmt: str, mapping: dict[str, str]
+                     ) -> Iterator[tuple[readers.Records, pl.DataFrame, pl.DataFrame, formats.Plan | None]]:
+    """Each batch of one file as (records, converted rows without ids, quarantine,
+    the file's plan). One DuckDB connection serves every batch of the file."""
+    plan = None
+    con = readers.connect()
+    try:
+        for recs in readers.iter_records(source):
+            con.register("recs", recs.table)
+            n, stats, n_dup = formats.key_census(con)
+            dup_q = None
+            if n_dup:
+                dup_q, table = formats.split_bad_keys(con, mapping.get("meta", "meta"))
+                if dup_q.height:
+                    con.register("recs", table)
+                    n -= dup_q.height
+                dup_q = dup_q.select(pl.lit(source).alias("source_file"), "source_line", "reason",
+                                     pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT))
+            if plan is None and n:
+                # The format is decided on the first batch with records
+                # (BATCH_BYTES of input); later batches only add their keys.
+                file_fmt = formats.detect(str(path), mapping, n, stats) if fmt == "auto" else fmt
+                plan = formats.plan_for(con, file_fmt, mapping, n, stats)
+            if n:
+                good, rejected = formats.convert(con, replace(plan, keys=sorted(stats)))
+            else:
+                good, rejected = pl.DataFrame(), pl.DataFrame(
+                    schema={"source_line": pl.Int64, "reason": pl.String, "raw": pl.String})
+            con.unregister("recs")  # the batch's Arrow table is not kept alive
+            q = pl.concat([
+                recs.quarantine,
+                *([dup_q] if dup_q is not None else []),
+                rejected.select(pl.lit(source).alias("source_file"), "source_line", "reason",
+                                pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT)),
+            ], how="vertical_relaxed").cast(QUARANTINE_SCHEMA).sort("source_line")  # type: ignore[arg-type]
+            # Nothing disappears: every record of the batch is a row or a quarantine entry.
+            if recs.rows_in != good.height + q.height:
+                raise AssertionError(f"{path}: {recs.rows_in} records in != {good.height} accepted "
+                                     f"+ {q.height} quarantined")
+            yield recs, good, q, plan
+    finally:
+        con.close()
+
+
+_DONE = object()
+
+
+def _prefetch(items: Iterable[Any], depth: int = 1) -> Iterator[Any]:
+    """``items`` produced in a background thread, at most ``depth`` ahead of the
+    consumer (so memory holds ``depth + 2`` items at most); an exception there
+    is raised here, and leaving the loop early stops the thread."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((None, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a generator's own clean-up runs here, not at garbage collection
+
+    worker = threading.Thread(target=produce, name="ingest-read", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = slots.get()
+            if exc is not None:
+                raise exc
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 _NON_FINITE = re.compile(r"NaN|Infinity")

@@ -210,8 +210,9 @@ def connect() -> duckdb.DuckDBPyConnection:
 
 
 #: Rows per Arrow record batch handed to DuckDB: it scans an Arrow table one batch
-#: per thread, so a single 1M-row batch would run every query on one core.
-BATCH_ROWS = 122_880
+#: per thread, so a batch in one piece (a 32 MB batch is ~90k chat rows) would run
+#: every query on one core.
+BATCH_ROWS = 16_384
 
 
 def _chunked(table: pa.Table) -> pa.Table:
@@ -263,35 +264,41 @@ def _iter_jsonl(name: str, fh: BinaryIO, batch_bytes: int,
     line0 = 0          # lines before the current batch
     carry = first      # an incomplete last line, finished by the next read
     start = True
-    while True:
-        chunk = fh.read(batch_bytes)
-        data = carry + chunk if carry else chunk
-        carry = b""
-        if chunk:
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:  # no line end yet
-                if len(data) <= MAX_RECORD_BYTES:
-                    carry = data
+    con: duckdb.DuckDBPyConnection | None = None  # one for every batch of the file
+    try:
+        while True:
+            chunk = fh.read(batch_bytes)
+            data = carry + chunk if carry else chunk
+            carry = b""
+            if chunk:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:  # no line end yet
+                    if len(data) <= MAX_RECORD_BYTES:
+                        carry = data
+                        continue
+                    rest, skipped = _skip_line(fh, batch_bytes)
+                    yield _empty_table(), quarantine_frame(
+                        name, [line0 + 1], [f"record longer than {MAX_RECORD_BYTES >> 20} MB (not read)"],
+                        [data[:RAW_LIMIT].decode("utf-8", "backslashreplace")])
+                    line0 += 1
+                    carry = rest
+                    if not skipped:
+                        break
                     continue
-                rest, skipped = _skip_line(fh, batch_bytes)
-                yield _empty_table(), quarantine_frame(
-                    name, [line0 + 1], [f"record longer than {MAX_RECORD_BYTES >> 20} MB (not read)"],
-                    [data[:RAW_LIMIT].decode("utf-8", "backslashreplace")])
-                line0 += 1
-                carry = rest
-                if not skipped:
-                    break
-                continue
-            data, carry = data[:cut], data[cut:]
-        if data:
-            if start and data.startswith(codecs.BOM_UTF8):
-                data = b"   " + data[3:]  # keep offsets; blanks are skipped like whitespace
-            start = False
-            table, q, n_lines = _read_jsonl(name, data, line0)
-            line0 += n_lines
-            yield table, q
-        if not chunk:
-            break
+                data, carry = data[:cut], data[cut:]
+            if data:
+                if start and data.startswith(codecs.BOM_UTF8):
+                    data = b"   " + data[3:]  # keep offsets; blanks are skipped like whitespace
+                start = False
+                con = con or connect()
+                table, q, n_lines = _read_jsonl(name, data, line0, con)
+                line0 += n_lines
+                yield table, q
+            if not chunk:
+                break
+    finally:
+        if con is not None:
+            con.close()
 
 
 def _skip_line(fh: BinaryIO, batch_bytes: int) -> tuple[bytes, bool]:
@@ -306,9 +313,11 @@ def _skip_line(fh: BinaryIO, batch_bytes: int) -> tuple[bytes, bool]:
             return chunk[nl + 1:], True
 
 
-def _read_jsonl(name: str, data: bytes, line0: int = 0) -> tuple[pa.Table, pl.DataFrame, int]:
+def _read_jsonl(name: str, data: bytes, line0: int = 0,
+                con: duckdb.DuckDBPyConnection | None = None) -> tuple[pa.Table, pl.DataFrame, int]:
     """One batch of whole lines; ``line0`` lines came before it. Returns the
-    records, the quarantine and the number of lines in ``data``."""
+    records, the quarantine and the number of lines in ``data``. ``con``: a
+    DuckDB connection to use (else one for this batch)."""
     offsets = _line_offsets(data)
     n_lines = len(offsets) - 1
     q_lines: list[int] = []
@@ -330,7 +339,8 @@ def _read_jsonl(name: str, data: bytes, line0: int = 0) -> tuple[pa.Table, pl.Da
                                "raw": lines}))
     # One vectorized pass finds the lines that are not records (blank) or bad
     # (malformed, not an object); only those come back to Python.
-    con = connect()
+    own = con is None
+    con = con or connect()
     try:
         con.register("lines", table)
         flagged = con.sql(
@@ -350,7 +360,9 @@ def _read_jsonl(name: str, data: bytes, line0: int = 0) -> tuple[pa.Table, pl.Da
             """
         ).fetchall()
     finally:
-        con.close()
+        con.unregister("lines")
+        if own:
+            con.close()
     drop = np.zeros(n_lines, dtype=bool)
     for line, raw, reason in flagged:
         if reason is None:
