@@ -13,7 +13,7 @@ import pytest
 from bakeoff.curate import ingest as ingest_mod
 from bakeoff.curate import readers
 from bakeoff.curate.ingest import ingest
-from bakeoff.schema import version_digest, with_ids
+from bakeoff.schema import conform, version_digest, with_ids
 
 #: The digest of ``_write_fixture``'s file as ingested before streaming was tuned
 #: (the whole-file numbering of ``schema.with_ids``); it must never change.
@@ -53,3 +53,114 @@ def test_digest_is_pinned_whatever_the_batch(ws, tmp_path, monkeypatch, batch_by
     # ids are what schema.with_ids gives the whole file at once
     whole = with_ids(rows.sort("source_line").drop("id"))
     assert rows.sort("source_line")["id"].to_list() == whole["id"].to_list()
+
+
+def test_copies_in_later_batches_are_numbered_in_file_order(ws, tmp_path, monkeypatch):
+    src = tmp_path / "copies.jsonl"
+    same = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    other = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+             for i in range(40)]
+    # the same content at lines 1, 15, 16 and 40: four batches of ~10 lines
+    lines = [json.dumps(r) for r in other]
+    for at in (0, 14, 15, 39):
+        lines[at] = json.dumps(same)
+    src.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(readers, "BATCH_BYTES", 800)
+    res = ingest(ws, [src], "copies")
+    rows = ws.load(res.version).sort("source_line")
+    base = with_ids(rows.head(1).drop("id"))["id"][0]
+    ids = dict(zip(rows["source_line"].to_list(), rows["id"].to_list()))
+    assert [ids[n] for n in (1, 15, 16, 40)] == [base, f"{base}~2", f"{base}~3", f"{base}~4"]
+    assert rows["id"].n_unique() == rows.height == 40
+    assert res.version.digest == version_digest(rows)
+
+
+def test_a_writer_refuses_repeated_ids_unless_asked_to_renumber(ws):
+    rows = with_ids(conform(pl.DataFrame({"kind": ["sft"], "messages": [[{"role": "user", "content": "q"},
+                                                                          {"role": "assistant", "content": "a"}]]})))
+    with ws.version_writer("twice") as w:
+        w.write_rows(rows)
+        w.write_rows(rows)
+        with pytest.raises(ValueError, match="unique"):
+            w.commit(operation="test")
+    with ws.version_writer("twice") as w:
+        w.write_rows(rows)
+        w.write_rows(rows)
+        v = w.commit(operation="test", renumber_repeats=True)
+    assert sorted(ws.load(v)["id"]) == [rows["id"][0], rows["id"][0] + "~2"]
+
+
+def test_memory_is_bounded_by_a_few_batches(ws, tmp_path, monkeypatch):
+    """However long the file, at most a few batches are alive at once (the one
+    being read ahead, the one queued, the one being written): no batch, and no
+    per-row state, outlives its turn."""
+    import weakref
+
+    src = tmp_path / "long.jsonl"
+    _write_fixture(src)
+    seen: list[weakref.ref] = []
+    most = [0]
+    real = readers.iter_records
+
+    def counted(path, batch_bytes=None):
+        for recs in real(path, batch_bytes):
+            seen.append(weakref.ref(recs))
+            most[0] = max(most[0], sum(r() is not None for r in seen))
+            yield recs
+
+    monkeypatch.setattr(readers, "BATCH_BYTES", 3_000)  # ~30 batches
+    monkeypatch.setattr(readers, "iter_records", counted)
+    res = ingest(ws, [src], "bounded")
+    assert res.rows_in == 600
+    assert 2 <= most[0] <= 4, most[0]
+
+
+def test_prefetch_raises_the_producers_error_and_stops_early():
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    got = []
+    with pytest.raises(ValueError, match="bad batch"):
+        for item in ingest_mod._prefetch(failing()):
+            got.append(item)
+    assert got == [1]
+
+    made = []
+
+    def endless():
+        i = 0
+        while True:
+            made.append(i)
+            yield i
+            i += 1
+
+    for item in ingest_mod._prefetch(endless()):
+        if item == 3:
+            break
+    assert len(made) <= 3 + 3  # read ahead by at most depth + 1, then stopped
+
+
+@pytest.mark.slow
+def test_peak_rss_stays_flat_as_the_file_grows(tmp_path):
+    """Peak RSS of an ingest (fresh process) of 150k and of 600k rows, in batches
+    of 1 MB: four times the rows, about the same peak."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bakeoff.curate.ingest import ingest; from bakeoff.workspace import Workspace; "
+            "ingest(Workspace(sys.argv[1]), [sys.argv[2]], 'big'); "
+            "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
+    one = json.dumps({"messages": [{"role": "user", "content": "question %d " + "x" * 200},
+                                   {"role": "assistant", "content": "answer"}]})
+    peaks = {}
+    for n in (150_000, 600_000):
+        src = tmp_path / f"{n}.jsonl"
+        with open(src, "w") as fh:
+            for start in range(0, n, 50_000):
+                fh.write("\n".join(one % i for i in range(start, start + 50_000)) + "\n")
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"ws{n}"), str(src)], check=True,
+                             capture_output=True, text=True,
+                             env={**__import__("os").environ, "BAKEOFF_BATCH_BYTES": str(1 << 20)})
+        peaks[n] = int(out.stdout.strip().splitlines()[-1]) / 1024
+    assert peaks[600_000] < peaks[150_000] + 60, peaks  # MB; the old id table alone grew ~80 MB here
