@@ -126,8 +126,7 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
             file_type = readers.file_type_of(path)[0] if path.is_file() else "?"
             # Reading and converting (DuckDB, most of the work, GIL released) run one
             # batch ahead in a thread while this one numbers and writes the last.
-            for recs, good, q, plan in _prefetch(_convert_batches(source, path, fmt, mapping)):
-                file_type = recs.file_type
+            for file_type, batch_in, good, q, plan in _prefetch(_convert_batches(source, path, fmt, mapping)):
                 rows = conform(good.with_columns(pl.lit(source).alias("source_file")) if good.width
                                else pl.DataFrame())
                 rows, n_nan = _nan_to_null(rows)
@@ -140,7 +139,7 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
                 reasons.update(_reason_key(r) for r in q["reason"].to_list())
                 if q.height and first_bad is None:
                     first_bad = q.row(0, named=True)
-                n_in += recs.rows_in
+                n_in += batch_in
                 accepted += rows.height
                 quarantined += q.height
                 bar.update(task, description=f"ingest {path.name}: {n_in:,} records")
@@ -188,16 +187,17 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
 
 
 def _convert_batches(source: str, path: Path, fmt: str, mapping: dict[str, str]
-                     ) -> Iterator[tuple[readers.Records, pl.DataFrame, pl.DataFrame, formats.Plan | None]]:
-    """Each batch of one file as (records, converted rows without ids, quarantine,
-    the file's plan). One DuckDB connection serves every batch of the file."""
+                     ) -> Iterator[tuple[str, int, pl.DataFrame, pl.DataFrame, formats.Plan | None]]:
+    """Each batch of one file as (file type, records in, converted rows without
+    ids, quarantine, the file's plan); the batch's text is dropped here. One
+    DuckDB connection serves every batch of the file."""
     plan = None
     con = readers.connect()
     try:
         for recs in readers.iter_records(source):
             con.register("recs", recs.table)
             n, stats, n_dup = formats.key_census(con)
-            dup_q = None
+            dup_q = table = None
             if n_dup:
                 dup_q, table = formats.split_bad_keys(con, mapping.get("meta", "meta"))
                 if dup_q.height:
@@ -226,7 +226,9 @@ def _convert_batches(source: str, path: Path, fmt: str, mapping: dict[str, str]
             if recs.rows_in != good.height + q.height:
                 raise AssertionError(f"{path}: {recs.rows_in} records in != {good.height} accepted "
                                      f"+ {q.height} quarantined")
-            yield recs, good, q, plan
+            file_type, rows_in = recs.file_type, recs.rows_in
+            del recs, table  # not held while this batch waits in the queue
+            yield file_type, rows_in, good, q, plan
     finally:
         con.close()
 
