@@ -527,8 +527,9 @@ class VersionWriter:
             params=params or {}, counts=all_counts))
 
 
-#: Memory DuckDB may use to sort a version's ids for its digest before spilling.
-DIGEST_MEMORY = "256MB"
+#: Memory DuckDB may use to sort a version's ids for its digest before spilling
+#: (env BAKEOFF_DIGEST_MEMORY): with the batch, what bounds an ingest's memory.
+DIGEST_MEMORY = os.environ.get("BAKEOFF_DIGEST_MEMORY") or "256MB"
 
 
 def _spilling_duckdb(spill: Path) -> duckdb.DuckDBPyConnection:
