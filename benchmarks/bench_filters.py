@@ -175,13 +175,16 @@ def against_old(sizes: list[int], repeat: int) -> None:
     else:
         bases["real: TAT-QA + Alpaca + DPO"] = real
 
-    def best(fn) -> tuple[float, float]:
-        runs = []
+    def side_by_side(old_fn, new_fn) -> tuple[tuple[float, float], tuple[float, float]]:
+        """(wall, CPU) seconds of the fastest of --repeat runs of each, the two
+        run in turn (a change in the machine's load hits both alike)."""
+        runs: list[list[tuple[float, float]]] = [[], []]
         for _ in range(repeat):
-            c0, t0 = time.process_time(), time.perf_counter()
-            fn()
-            runs.append((time.perf_counter() - t0, time.process_time() - c0))
-        return min(runs)
+            for k, fn in enumerate((old_fn, new_fn)):
+                c0, t0 = time.process_time(), time.perf_counter()
+                fn()
+                runs[k].append((time.perf_counter() - t0, time.process_time() - c0))
+        return min(runs[0]), min(runs[1])
 
     for label, base in bases.items():
         for n in sizes:
@@ -198,11 +201,10 @@ def against_old(sizes: list[int], repeat: int) -> None:
                     continue
                 oc = old.FilterSuiteConfig.from_dict({"only": [name]})
                 nc = F.FilterSuiteConfig.from_dict({"only": [name]})
-                ow, oc_s = best(lambda: old.detect(df, oc, show_progress=False))
-                nw, nc_s = best(lambda: F.detect(df, nc, show_progress=False))
+                (ow, oc_s), (nw, nc_s) = side_by_side(lambda: old.detect(df, oc, show_progress=False),
+                                                      lambda: F.detect(df, nc, show_progress=False))
                 print(f"{name:26}{ow:9.2f}{nw:9.2f}{oc_s:9.2f}{nc_s:9.2f}{nc_s / max(oc_s, 1e-9):11.2f}x")
-            ow, oc_s = best(lambda: old.filter_rows(df))
-            nw, nc_s = best(lambda: F.filter_rows(df))
+            (ow, oc_s), (nw, nc_s) = side_by_side(lambda: old.filter_rows(df), lambda: F.filter_rows(df))
             on = [k for k, c in old.FilterSuiteConfig().filters.items() if c.enabled]
             nn = [k for k, c in F.FilterSuiteConfig().filters.items() if c.enabled]
             print(f"{'default suite (filter_rows)':26}{ow:9.2f}{nw:9.2f}{oc_s:9.2f}{nc_s:9.2f}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from .base import Filter, FilterConfig, register
+from .base import WB, Filter, FilterConfig, register
 
 # words a sentence does not end on
 _DANGLING = ("the|a|an|of|to|and|or|in|for|with|by|from|at|on|as|is|was|were|are|be|been|that|which|than|its|"
@@ -58,7 +58,7 @@ class TruncatedFilter(Filter):
         sentences = t.str.contains(r"^[\s\"“'(*#]*[\p{Lu}\p{N}]") | t.str.contains(_SENTENCE_END)
         # ends on a word or a mark no sentence ends on: "... of the", "... as follows:"
         # (a comma ends many lists of spans: judged on longer texts only)
-        dangling = sentences & ((t.str.contains(r"(?i)\b(?:" + _DANGLING + r")$") & (words >= 5))
+        dangling = sentences & ((t.str.contains(r"(?i)" + WB + r"(?:" + _DANGLING + r")$") & (words >= 5))
                                 | (t.str.contains(r"[,;:\-–]$") & (words >= 12)))
         # ends mid-sentence: written in sentences, the last one has no end mark
         mid_sentence = (t.str.contains(r"\p{Ll}$") & sentences & t.str.contains(_SENTENCE_END)
