@@ -104,22 +104,24 @@ class LanguageFilter(Filter):
         c: LanguageConfig = self.config  # type: ignore[assignment]
         cands = []
         for side in self.sides:
-            w = pl.col("_w")
-            letters = w.str.count_matches(r"\p{L}")
-            cjk = w.str.count_matches(_CJK)
-            words = w.str.count_matches(r"\S+")
+            # in steps, each on the rows the last one left (most candidates are
+            # short answers with too few letters once their numbers are gone)
+            t, w, n, k = pl.col("t"), pl.col("w"), pl.col("n"), pl.col("k")
+            sub = (frame.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i"), pl.col(side).alias("t"))
+                   .filter(frame[self.col(f"c{side}")])
+                   .with_columns(words_only(t).alias("w"))
+                   .with_columns(w.str.count_matches(r"\p{L}").alias("n"), w.str.count_matches(_CJK).alias("k"))
+                   .filter(((n - k) >= c.min_chars) | (k >= c.min_cjk)))
             # structured answers (JSON, "field: value" lines) are not prose
-            structured = pl.col(side).str.contains(r"^\s*[\[{]") | (
-                pl.col(side).str.count_matches(": ", literal=True) * 2 >= pl.col(side).str.count_matches("\n", literal=True) + 1)
+            structured = t.str.contains(r"^\s*[\[{]") | (
+                t.str.count_matches(": ", literal=True) * 2 >= t.str.count_matches("\n", literal=True) + 1)
             # ("a" and "in" are French, Italian, Dutch words too: two at least)
-            english = (w.str.count_matches(_STOP_RE) >= pl.max_horizontal(c.stopword_ratio * words, pl.lit(2))) \
+            english = (w.str.count_matches(_STOP_RE) >= pl.max_horizontal(c.stopword_ratio * w.str.count_matches(r"\S+"),
+                                                                          pl.lit(2))) \
                 if c.expected == ["en"] \
                 else pl.lit(False)
-            judge = (((letters - cjk) >= c.min_chars) | (cjk >= c.min_cjk)) & (~english | (cjk >= c.min_cjk)) & ~structured
-            sub = (frame.with_row_index("_i").filter(pl.col(self.col(f"c{side}")))
-                   .with_columns(words_only(pl.col(side)).alias("_w")))
-            cands.append(sub.select("_i", pl.lit(side).alias("side"), judge.fill_null(False).alias("j"),
-                                    letters.alias("n"), cjk.alias("k"), w.alias("w")).filter(pl.col("j")))
+            judge = (~english | (k >= c.min_cjk)) & ~structured
+            cands.append(sub.filter(judge.fill_null(False)).select("_i", pl.lit(side).alias("side"), "n", "k", "w"))
         hit = [False] * frame.height
         score = [0.0] * frame.height
         detail: list[str | None] = [None] * frame.height
