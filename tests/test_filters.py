@@ -274,6 +274,51 @@ def test_language():
     assert hits(df, "language", expected=["de"])[:2] == [False, True]
 
 
+def test_may_rewrite_lets_through_every_turn_a_rewrite_changes(demo):
+    """A rewrite (repair, redact) runs only on the turns its filter's may_rewrite
+    lets through: on every turn of the demo corpus (planted mojibake, control
+    characters, PII) and a few edge cases, no turn it holds back would change."""
+    ws, ref, _ = demo
+    turns = ws.load(ref).select(pl.col("messages").list.eval(pl.element().struct.field("content"))
+                                .explode().drop_nulls().unique())["messages"]
+    turns = pl.concat([turns, pl.Series(["Ring é020 7946 0958 now", "IBAN: GB82 WEST 1234 5698 7654 32.",
+                                         "Café naïve déjà vu", "cafÃ© and naÃ¯ve", "a\u200bb", "x@y.io"])])
+    for name, cls in F.FILTERS.items():
+        if cls.rewrite_action is None:
+            continue
+        f = cls()
+        fn = f.rewriter()
+        held_back = turns.filter(~turns.to_frame("t").select(f.may_rewrite(pl.col("t")).fill_null(True)).to_series())
+        changed = [t for t in held_back.to_list() if fn(t) != t]
+        assert not changed, (name, changed[:3])
+
+
+def test_language_batch_classifier_is_langid():
+    """classify_batch (one numba pass) gives langid.classify's language and
+    probability for every text: the filter's sample sentences, a long text (cut
+    at 1,000 characters as the filter cuts it), an empty one, and the turns of
+    the real files where present."""
+    from pathlib import Path
+
+    from bakeoff.curate.filters.language import LanguageConfig, classify_batch
+
+    texts = ["Der Umsatz belief sich auf 1.234 Millionen Euro und stieg damit deutlich.",
+             "Le chiffre d'affaires était de 41 millions d'euros.", "这是一个中文句子，用来测试语言识别。",
+             "Hyvää päivää, mitä kuuluu? Tämä on suomea.", "current assets less current liabilities.",
+             "El ingreso fue de 12 millones de dólares en el año.", "", "ok", "Ünïcödé … ✓ " * 200]
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"
+    if data.exists():  # real text, not ours
+        texts += [r[k] for r in json.loads(data.read_text(encoding="utf-8"))[:300] for k in ("instruction", "output")]
+    langs = sorted(set(LanguageConfig().candidates))
+    got_lang, got_prob = classify_batch(pl.Series(texts, dtype=pl.String), langs)
+    ident = F.langid_identifier()
+    ident.set_languages(langs)
+    for text, lang, prob in zip(texts, got_lang, got_prob):
+        want_lang, want_prob = ident.classify(text[:1000])
+        assert (lang, prob) == (want_lang, pytest.approx(want_prob, abs=1e-9)), text[:80]
+    assert got_lang[:4] == ["de", "fr", "zh", "fi"]
+
+
 # --- configuration ---------------------------------------------------------------------------
 
 def test_config_file_and_errors(tmp_path):

@@ -26,10 +26,13 @@ plant and check it.
 Speed: ``detect`` builds the prompt/response texts once and runs every
 text-level filter once per distinct (kind, prompt, response) -- corpora repeat
 rows and turns a lot -- and gathers the results back. Detection is one batch of
-polars expressions (the Rust regex engine) plus two numba kernels (``scan.py``);
-Python runs only on the few candidate rows of the checks that need a library
-(ftfy, langid, a tokenizer) and, once per distinct turn, to rewrite hit rows.
-``benchmarks/bench_filters.py`` measures rows/s.
+polars expressions (the Rust regex engine) plus numba kernels (``scan.py``, and
+langid's model over all candidate texts at once in ``language.py``); Python runs
+only on the few candidate rows of the checks that need a library (ftfy, a
+tokenizer) and, once per distinct turn that a rewrite could change
+(``Filter.may_rewrite``), to rewrite hit rows. ``benchmarks/bench_filters.py``
+measures rows/s, and with ``--against-old`` the ratio to the single-module suite
+this package replaced.
 """
 
 from __future__ import annotations

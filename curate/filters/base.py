@@ -108,6 +108,13 @@ class Filter:
         """``text -> text`` for the rewrite action (called once per distinct turn)."""
         raise NotImplementedError(f"filter {self.name} has no rewrite action")
 
+    def may_rewrite(self, text: pl.Expr) -> pl.Expr:
+        """Whether ``rewriter()`` could change a turn: a vectorized necessary
+        condition, so the Python rewrite runs only on the turns that pass it
+        (most turns of a hit row, a long table beside a garbled answer, need
+        nothing). Default: every turn."""
+        return pl.lit(True)
+
     def example_text(self, text: str) -> str:
         """What a report may show of a hit text (PII shows it redacted)."""
         return text

@@ -38,3 +38,6 @@ class ControlFilter(Filter):
     def rewriter(self) -> Callable[[str], str]:
         pattern = re.compile(CONTROL_RE)
         return lambda t: pattern.sub("", t)
+
+    def may_rewrite(self, text: pl.Expr) -> pl.Expr:
+        return text.str.contains(CONTROL_RE)

@@ -48,38 +48,43 @@ class EchoFilter(Filter):
             "Alpaca file 0 of its 5 hits were wrong answers -- they were editing tasks whose answer is the input)")
 
     def exprs(self) -> list[pl.Expr]:
-        # a cheap candidate test on raw lengths (normalising changes a length by
-        # its punctuation and spaces only); normalising and the copy tests run on
-        # the candidates only (post)
+        # on every row only what costs nothing: an answer of min_words words or more
         c: EchoConfig = self.config  # type: ignore[assignment]
         r = pl.col("_r").str.strip_chars()
-        rl = r.str.len_chars()
-        ql = _question(pl.col("_p")).str.len_chars()
-        pl_ = pl.col("_p").str.len_chars()
-        lo = c.min_share * 0.7
-
-        def close(a: pl.Expr, b: pl.Expr) -> pl.Expr:
-            return (b > 0) & (a >= lo * b) & (b >= lo * a)
-
-        cand = ((r.str.count_matches(" ", literal=True) >= c.min_words - 1) & (pl.col("kind") != "prompt")
-                & (close(rl, ql) | close(rl, pl_))).fill_null(False)
+        cand = ((r.str.count_matches(" ", literal=True) >= c.min_words - 1) & (pl.col("kind") != "prompt")).fill_null(False)
         return [cand.alias(self.col("hit"))]
 
     def post(self, frame: pl.DataFrame) -> pl.DataFrame:
         c: EchoConfig = self.config  # type: ignore[assignment]
-        idx = frame[self.col("hit")].arg_true()
         hit = pl.Series([False] * frame.height, dtype=pl.Boolean)
         score = pl.Series([0.0] * frame.height, dtype=pl.Float64)
+        idx = frame[self.col("hit")].arg_true()
         if idx.len():
+            # a cheap test on raw lengths (normalising changes a length by its
+            # punctuation and spaces only), each length computed once (in one
+            # expression polars would evaluate a repeated sub-expression again)
+            lo = c.min_share * 0.7
+
+            def close(a: str, b: str) -> pl.Expr:
+                return (pl.col(b) > 0) & (pl.col(a) >= lo * pl.col(b)) & (pl.col(b) >= lo * pl.col(a))
+
+            lens = frame[idx].select(pl.col("_r").str.strip_chars().str.len_chars().alias("rl"),
+                                     _question(pl.col("_p")).str.len_chars().alias("ql"),
+                                     pl.col("_p").str.len_chars().alias("pl"))
+            idx = idx.filter(lens.select((close("rl", "ql") | close("rl", "pl")).fill_null(False)).to_series())
+        if idx.len():
+            # normalising and the copy tests on those candidates only
             sub = frame[idx].select(r=_norm(pl.col("_r")), q=_norm(_question(pl.col("_p"))), p=_norm(pl.col("_p")))
-            rl, ql, pl_ = (pl.col(x).str.len_chars() for x in ("r", "q", "p"))
+            sub = sub.with_columns(rl=pl.col("r").str.len_chars(), ql=pl.col("q").str.len_chars(),
+                                   pl=pl.col("p").str.len_chars())
+            rl = pl.col("rl")
 
             def copy_of(whole: str, wl: pl.Expr) -> pl.Expr:
                 return ((pl.col(whole).str.contains(pl.col("r"), literal=True) & (rl >= c.min_share * wl))
                         | (pl.col("r").str.contains(pl.col(whole), literal=True) & (wl >= c.min_share * rl) & (wl > 0)))
 
-            got = sub.select((copy_of("q", ql) | copy_of("p", pl_)).fill_null(False).alias("h"),
-                             (rl / pl.max_horizontal(ql, pl.lit(1))).cast(pl.Float64).alias("s"))
+            got = sub.select((copy_of("q", pl.col("ql")) | copy_of("p", pl.col("pl"))).fill_null(False).alias("h"),
+                             (rl / pl.max_horizontal(pl.col("ql"), pl.lit(1))).cast(pl.Float64).alias("s"))
             hit = hit.scatter(idx, got["h"])
             score = score.scatter(idx, pl.select(pl.when(got["h"]).then(got["s"]).otherwise(0.0)).to_series())
         return frame.with_columns(

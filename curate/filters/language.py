@@ -65,6 +65,9 @@ ASKS_FOR_LANGUAGE = (r"(?i)\btranslat|\btraduc|übersetz|\b(?:in|into|to) (?:spa
                      r"dutch|swedish|danish|norwegian|finnish|polish|czech|romanian|turkish|russian|chinese|mandarin|"
                      r"japanese|korean|arabic|hindi|indonesian|greek|hebrew|vietnamese|thai)\b|\b(?:spanish|french|german|"
                      r"italian|portuguese|chinese|japanese) (?:phrase|word|sentence|saying|proverb|version)|\b(?:using|with) (?:spanish|french|german|italian|portuguese|chinese|japanese|russian)\b")
+# with ASCII word boundaries (base.WB): over long prompts the Unicode \b made this
+# one regex cost ~50x more (7 CPU-s per 50k real rows), more than the whole filter
+_ASKS_RE = ASKS_FOR_LANGUAGE.replace(r"\b", WB)
 
 
 def words_only(text: pl.Expr) -> pl.Expr:
@@ -99,38 +102,49 @@ class LanguageFilter(Filter):
 
     def post(self, frame: pl.DataFrame) -> pl.DataFrame:
         c: LanguageConfig = self.config  # type: ignore[assignment]
+        cands = []
+        for side in self.sides:
+            # in steps, each on the rows the last one left (most candidates are
+            # short answers with too few letters once their numbers are gone)
+            t, w, n, k = pl.col("t"), pl.col("w"), pl.col("n"), pl.col("k")
+            sub = (frame.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i"), pl.col(side).alias("t"))
+                   .filter(frame[self.col(f"c{side}")])
+                   .with_columns(words_only(t).alias("w"))
+                   .with_columns(w.str.count_matches(r"\p{L}").alias("n"), w.str.count_matches(_CJK).alias("k"))
+                   .filter(((n - k) >= c.min_chars) | (k >= c.min_cjk)))
+            # structured answers (JSON, "field: value" lines) are not prose
+            structured = t.str.contains(r"^\s*[\[{]") | (
+                t.str.count_matches(": ", literal=True) * 2 >= t.str.count_matches("\n", literal=True) + 1)
+            # ("a" and "in" are French, Italian, Dutch words too: two at least)
+            english = (w.str.count_matches(_STOP_RE) >= pl.max_horizontal(c.stopword_ratio * w.str.count_matches(r"\S+"),
+                                                                          pl.lit(2))) \
+                if c.expected == ["en"] \
+                else pl.lit(False)
+            judge = (~english | (k >= c.min_cjk)) & ~structured
+            cands.append(sub.filter(judge.fill_null(False)).select("_i", pl.lit(side).alias("side"), "n", "k", "w"))
         hit = [False] * frame.height
         score = [0.0] * frame.height
         detail: list[str | None] = [None] * frame.height
-        cands = []
-        for side in self.sides:
-            w = pl.col("_w")
-            letters = w.str.count_matches(r"\p{L}")
-            cjk = w.str.count_matches(_CJK)
-            words = w.str.count_matches(r"\S+")
-            # structured answers (JSON, "field: value" lines) are not prose
-            structured = pl.col(side).str.contains(r"^\s*[\[{]") | (
-                pl.col(side).str.count_matches(": ", literal=True) * 2 >= pl.col(side).str.count_matches("\n", literal=True) + 1)
-            # ("a" and "in" are French, Italian, Dutch words too: two at least)
-            english = (w.str.count_matches(_STOP_RE) >= pl.max_horizontal(c.stopword_ratio * words, pl.lit(2))) \
-                if c.expected == ["en"] \
-                else pl.lit(False)
-            judge = (((letters - cjk) >= c.min_chars) | (cjk >= c.min_cjk)) & (~english | (cjk >= c.min_cjk)) & ~structured
-            if side == "_r":  # a translation (or "say it in Spanish") is meant to be in another language
-                judge = judge & ~pl.col("_p").str.contains(ASKS_FOR_LANGUAGE).fill_null(False)
-            sub = (frame.with_row_index("_i").filter(pl.col(self.col(f"c{side}")))
-                   .with_columns(words_only(pl.col(side)).alias("_w")))
-            cands.append(sub.select("_i", judge.fill_null(False).alias("j"), letters.alias("n"), cjk.alias("k"),
-                                    w.alias("w")).filter(pl.col("j")))
         todo = pl.concat(cands) if cands else None
         if todo is not None and todo.height:
-            ident = langid_identifier()
-            ident.set_languages(sorted(set(c.candidates) | set(c.expected)))
-            for i, text, n_letters, n_cjk in todo.select("_i", "w", "n", "k").iter_rows():
-                if hit[i]:
-                    continue
-                lang, prob = ident.classify(text[:1000])  # cost grows with length
-                if lang in c.expected or prob < c.min_confidence:
+            # langid once per distinct text (answers that differ only in their
+            # numbers are one text once the numbers are gone), in one batch
+            texts = todo["w"].unique()
+            langs, probs = classify_batch(texts, sorted(set(c.candidates) | set(c.expected)))
+            verdict = pl.DataFrame({"w": texts, "lang": langs, "prob": probs})
+            todo = todo.join(verdict, on="w", how="left").filter(
+                ~pl.col("lang").is_in(c.expected) & (pl.col("prob") >= c.min_confidence))
+            asks: set[int] = set()
+            if "_r" in self.sides and todo.height:
+                # a translation (or "say it in Spanish") is meant to be in another
+                # language: its answer is not judged (checked on the prompts of the
+                # few would-be hits only -- this regex costs more than langid)
+                ri = todo.filter(pl.col("side") == "_r")["_i"].unique()
+                p = frame["_p"].gather(ri).str.contains(_ASKS_RE).fill_null(False)
+                asks = set(ri.filter(p).to_list())
+            for i, side, text, n_letters, n_cjk, lang, prob in todo.sort("_i", "side").select(
+                    "_i", "side", "w", "n", "k", "lang", "prob").iter_rows():
+                if hit[i] or (side == "_r" and i in asks):
                     continue
                 if lang not in ("zh", "ja", "ko") and n_letters - n_cjk < c.short_chars:
                     fw = FUNCTION_WORDS.get(lang)
@@ -194,3 +208,80 @@ def langid_identifier() -> Any:
         pass
     _LANGID = ident
     return _LANGID
+
+
+# --- langid over a batch of texts --------------------------------------------------------------
+#
+# langid's ``classify`` walks each text's bytes through its n-gram automaton in
+# a Python loop (``instance2fv``), then takes a dot product with the model: ~0.2-0.5
+# ms per text, the whole cost of this filter on corpora whose answers are not
+# plain English prose. ``classify_batch`` runs the same automaton and the same
+# naive-Bayes sum over all texts in one numba kernel, and langid's
+# normalisation (``norm_probs``) vectorised; the model arrays are langid's own.
+
+def _langid_kernel_py(data, offs, nextmove, out_offs, out_feats, ptc, pc, scores):  # pragma: no cover - numba
+    """scores[i] = pc + sum over the n-grams the automaton emits on text i of ptc[n-gram]
+    (langid's ``nb_classprobs(instance2fv(text))``: a count times a row of ptc is
+    the same as adding the row once per occurrence)."""
+    for i in _prange(offs.shape[0] - 1):
+        for k in range(pc.shape[0]):
+            scores[i, k] = pc[k]
+        state = 0
+        for j in range(offs[i], offs[i + 1]):
+            state = nextmove[(state << 8) + data[j]]
+            for f in range(out_offs[state], out_offs[state + 1]):
+                feat = out_feats[f]
+                for k in range(pc.shape[0]):
+                    scores[i, k] += ptc[feat, k]
+
+
+_LANGID_KERNEL: Any = None
+_LANGID_ARRAYS: dict[tuple[str, ...], tuple] = {}
+
+
+def classify_batch(texts: pl.Series, languages: list[str]) -> tuple[list[str], list[float]]:
+    """(language, probability) per text, as ``langid.classify(text[:1000])`` with
+    the identifier restricted to ``languages`` gives them (the first 1,000
+    characters: langid's cost grows with length)."""
+    global _LANGID_KERNEL
+    import numpy as np
+
+    if _LANGID_KERNEL is None:
+        import numba
+
+        global _prange
+        _prange = numba.prange
+        _LANGID_KERNEL = numba.njit(cache=True, parallel=True)(_langid_kernel_py)
+    from bakeoff.curate.minhash import _buffers, _threads_for
+
+    key = tuple(sorted(languages))
+    if key not in _LANGID_ARRAYS:
+        ident = langid_identifier()
+        ident.set_languages(list(key))
+        # the automaton's output table (state -> n-gram ids) as CSR arrays
+        nextmove = np.asarray(ident.tk_nextmove, dtype=np.int64)
+        outputs = dict(ident.tk_output)
+        n_states = max(len(nextmove) // 256, int(nextmove.max()) + 1, max(outputs, default=0) + 1)
+        counts = np.array([len(outputs.get(s, ())) for s in range(n_states)], dtype=np.int64)
+        out_offs = np.zeros(n_states + 1, np.int64)
+        np.cumsum(counts, out=out_offs[1:])
+        out_feats = np.array([f for s in range(n_states) for f in outputs.get(s, ())], dtype=np.int64)
+        _LANGID_ARRAYS[key] = (nextmove, out_offs, out_feats, np.ascontiguousarray(ident.nb_ptc, dtype=np.float64),
+                               np.asarray(ident.nb_pc, dtype=np.float64), list(ident.nb_classes))
+    nextmove, out_offs, out_feats, ptc, pc, classes = _LANGID_ARRAYS[key]
+    data, offs = _buffers(texts.str.slice(0, 1000))
+    scores = np.zeros((texts.len(), pc.shape[0]), np.float64)
+    if texts.len():
+        with _threads_for(texts.len()):
+            _LANGID_KERNEL(data, offs, nextmove, out_offs, out_feats, ptc, pc, scores)
+    langs: list[str] = []
+    confs: list[float] = []
+    for a in range(0, texts.len(), 4096):  # (rows x classes x classes) floats at a time
+        s = scores[a:a + 4096]
+        # langid's norm_probs, per row: p_k = 1 / sum_j exp(s_j - s_k)
+        with np.errstate(over="ignore"):
+            probs = 1.0 / np.exp(s[:, None, :] - s[:, :, None]).sum(2)
+        best = probs.argmax(1)
+        langs += [classes[b] for b in best]
+        confs += probs[np.arange(s.shape[0]), best].tolist()
+    return langs, confs

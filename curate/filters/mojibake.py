@@ -94,3 +94,7 @@ class MojibakeFilter(Filter):
         # uncurl quotes, unescape HTML, ...: not this filter's business); it
         # returns good text unchanged
         return ftfy.fix_encoding
+
+    def may_rewrite(self, text: pl.Expr) -> pl.Expr:
+        # fix_encoding returns a text its own badness test does not flag unchanged
+        return text.str.contains(ftfy_badness_re())

@@ -151,20 +151,22 @@ class PiiFilter(Filter):
         if bad:
             raise BakeoffError(f"filter pii: unknown kinds {sorted(bad)}; expected {list(self.KINDS)}")
 
+    def candidate(self, s: pl.Expr) -> pl.Expr:
+        """A text that may hold PII: one simple test per kind, OR-ed (one big
+        alternation is much slower)."""
+        kinds = self.config.kinds  # type: ignore[attr-defined]
+        tests = []
+        if "email" in kinds:
+            tests.append(s.str.contains("@", literal=True))
+        if "phone" in kinds or "card" in kinds:
+            tests.append(s.str.contains(NUMBER_RE))
+        if "iban" in kinds:
+            tests.append(s.str.contains(IBAN_RE))
+        return pl.any_horizontal(tests) if tests else pl.lit(False)
+
     def exprs(self) -> list[pl.Expr]:
         # cheap candidate test; exact validation (Luhn, mod 97, phone shape) in post()
-        kinds = self.config.kinds  # type: ignore[attr-defined]
-        def candidate(s: pl.Expr) -> pl.Expr:
-            # one simple test per kind, OR-ed (one big alternation is much slower)
-            tests = []
-            if "email" in kinds:
-                tests.append(s.str.contains("@", literal=True))
-            if "phone" in kinds or "card" in kinds:
-                tests.append(s.str.contains(NUMBER_RE))
-            if "iban" in kinds:
-                tests.append(s.str.contains(IBAN_RE))
-            return pl.any_horizontal(tests) if tests else pl.lit(False)
-        return self._on_sides(candidate)
+        return self._on_sides(self.candidate)
 
     def post(self, frame: pl.DataFrame) -> pl.DataFrame:
         # validation on the candidate rows only, vectorized: per kind, one bool
@@ -221,6 +223,12 @@ class PiiFilter(Filter):
     def rewriter(self) -> Callable[[str], str]:
         kinds = tuple(self.config.kinds)  # type: ignore[attr-defined]
         return lambda t: redact_pii(t, kinds)
+
+    def may_rewrite(self, text: pl.Expr) -> pl.Expr:
+        # redact_pii replaces matches of EMAIL_RE (which has an "@"), _NUMBER_PY and
+        # _IBAN_PY; their Rust twins here use ASCII word boundaries, which match
+        # wherever Python's Unicode ones do (and more): a superset, so no miss
+        return self.candidate(text)
 
     def example_text(self, text: str) -> str:
         # centred on the (redacted) match, so the report does not spread it

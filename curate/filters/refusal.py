@@ -70,8 +70,13 @@ class RefusalFilter(Filter):
         return self._on_sides(lambda s: s.str.contains(pattern))
 
     def post(self, frame: pl.DataFrame) -> pl.DataFrame:
-        # the phrase that matched, for the ledger (hit rows only)
+        # the phrase that matched, for the ledger: extracted on the hit rows only
+        # (a when/then over all rows would run the extract on every row)
         pattern = self.pattern()
-        detail = pl.coalesce([pl.col(s).str.extract(f"({pattern})", 1) for s in self.sides])
-        return frame.with_columns(pl.when(pl.col(self.col("hit"))).then(pl.lit("says: ") + detail)
-                                  .alias(self.col("detail")))
+        idx = frame[self.col("hit")].arg_true()
+        detail = pl.Series(self.col("detail"), [None] * frame.height, dtype=pl.String)
+        if idx.len():
+            said = frame[idx].select(pl.lit("says: ") + pl.coalesce(
+                [pl.col(s).str.extract(f"({pattern})", 1) for s in self.sides])).to_series()
+            detail = detail.scatter(idx, said)
+        return frame.with_columns(detail)

@@ -188,11 +188,12 @@ class _nullcontext:
         return None
 
 
-def _map_contents(df: pl.DataFrame, mask: pl.Series, fn) -> pl.DataFrame:
+def _map_contents(df: pl.DataFrame, mask: pl.Series, fn, may_change=None) -> pl.DataFrame:
     """Apply ``fn(str) -> str`` to every non-empty turn of the masked rows.
 
     ``fn`` (ftfy, a Python regex) runs once per *distinct* content of those rows --
-    hit rows are often copies of each other -- and the results go back in with a
+    hit rows are often copies of each other -- that ``may_change`` (a vectorized
+    test, ``Filter.may_rewrite``) lets through, and the results go back in with a
     vectorized replace; the other rows are not touched and the row order is kept."""
     if not bool(mask.any()):
         return df
@@ -203,6 +204,9 @@ def _map_contents(df: pl.DataFrame, mask: pl.Series, fn) -> pl.DataFrame:
         contents = sub.select(pl.col(col).list.eval(pl.element().struct.field("content"))
                               .explode().drop_nulls().unique().alias("c"))["c"]
         contents = contents.filter(contents != "")
+        if may_change is not None and contents.len():
+            contents = contents.filter(contents.to_frame().select(may_change(pl.col("c")).fill_null(True))
+                                       .to_series())
         if not contents.len():
             continue
         mapped = pl.Series([fn(t) for t in contents.to_list()], dtype=pl.String)
@@ -306,7 +310,7 @@ def filter_rows(df: pl.DataFrame, config: FilterSuiteConfig | dict | None = None
             flags.append(f.name)
         else:  # the filter's rewrite action (repair, redact): rewrite each turn of the hit rows
             todo = hit & ~drop
-            rows = _map_contents(rows, todo, f.rewriter())
+            rows = _map_contents(rows, todo, f.rewriter(), f.may_rewrite)
             idx = todo.arg_true()
             still = pl.Series([False] * n, dtype=pl.Boolean)
             if f.recheck and idx.len():  # a row the rewrite could not fix is dropped

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from .base import Filter, FilterConfig, register
+from .base import WB, Filter, FilterConfig, register
 
 # words a sentence does not end on
 _DANGLING = ("the|a|an|of|to|and|or|in|for|with|by|from|at|on|as|is|was|were|are|be|been|that|which|than|its|"
@@ -58,7 +58,7 @@ class TruncatedFilter(Filter):
         sentences = t.str.contains(r"^[\s\"“'(*#]*[\p{Lu}\p{N}]") | t.str.contains(_SENTENCE_END)
         # ends on a word or a mark no sentence ends on: "... of the", "... as follows:"
         # (a comma ends many lists of spans: judged on longer texts only)
-        dangling = sentences & ((t.str.contains(r"(?i)\b(?:" + _DANGLING + r")$") & (words >= 5))
+        dangling = sentences & ((t.str.contains(r"(?i)" + WB + r"(?:" + _DANGLING + r")$") & (words >= 5))
                                 | (t.str.contains(r"[,;:\-–]$") & (words >= 12)))
         # ends mid-sentence: written in sentences, the last one has no end mark
         mid_sentence = (t.str.contains(r"\p{Ll}$") & sentences & t.str.contains(_SENTENCE_END)
@@ -81,8 +81,13 @@ class TruncatedFilter(Filter):
             idx = frame[self.col(f"end{side}")].arg_true()
             cut = pl.Series([False] * frame.height, dtype=pl.Boolean)
             mid = cut.clone()
+            if idx.len():  # every rule needs min_words words: the rest are never judged
+                texts = frame.select(side)[idx]
+                enough = texts.select(pl.col(side).str.strip_chars_end().str.count_matches(" ", literal=True) + 1
+                                      >= self.config.min_words).to_series().fill_null(False)
+                idx, texts = idx.filter(enough), texts.filter(enough)
             if idx.len():
-                rules = frame[idx].select(*[e.alias(n) for e, n in zip(self._rules(side), ("cut", "mid"))])
+                rules = texts.select(*[e.alias(n) for e, n in zip(self._rules(side), ("cut", "mid"))])
                 cut, mid = cut.scatter(idx, rules["cut"]), mid.scatter(idx, rules["mid"])
             hit = cut | (sc["```"] % 2 == 1)
             # mid-sentence: unless the answer's last word is a whole word of the
@@ -91,10 +96,13 @@ class TruncatedFilter(Filter):
             # ("... reported in the annual fil") is not in the prompt
             idx = mid.arg_true()
             if idx.len():
-                sub = frame[idx].select(
-                    pl.col(side).str.strip_chars_end().str.extract(r"(\p{L}+)$", 1).alias("w"), pl.col("_p"))
-                in_prompt = sub.select(pl.col("_p").str.contains(
-                    pl.lit(r"(?i)(?:^|\W)") + pl.col("w") + pl.lit(r"(?:\W|$)")).fill_null(False))["_p"]
+                # (a whole word of the prompt: one of its maximal \w runs, compared in
+                # lower case -- one regex per row, built from the word, cost more
+                # than the rest of this filter)
+                sub = frame.select(side, "_p")[idx].select(
+                    pl.col(side).str.strip_chars_end().str.extract(r"(\p{L}+)$", 1).str.to_lowercase().alias("w"),
+                    pl.col("_p").str.to_lowercase().str.extract_all(r"\w+").alias("p"))
+                in_prompt = sub.select(pl.col("p").list.contains(pl.col("w")).fill_null(False))["p"]
                 hit = hit | pl.Series([False] * frame.height, dtype=pl.Boolean).scatter(idx, ~in_prompt) \
                     if side == "_r" else hit | mid
             hits.append(hit)
