@@ -118,18 +118,21 @@ class EvalWorker:
             torch.cuda.empty_cache()
 
 
-def actor_layout(resources: dict[str, float], n_shards: int, actors: int | None = None) -> tuple[int, dict[str, Any]]:
+def actor_layout(resources: dict[str, float], n_shards: int, actors: int | None = None,
+                 node_cpus: int | None = None) -> tuple[int, dict[str, Any]]:
     """(number of actors, Ray options of each) for a cluster's ``resources``:
     one actor per GPU when there are GPUs, else one per CPU; never more than
     there are shards; ``actors`` overrides the count (e.g. fewer copies of a big
-    model on a CPU-only cluster). Each actor reserves ``threads`` CPUs and runs
-    that many torch threads."""
+    model on a CPU-only cluster). Each actor runs ``threads`` torch threads and
+    reserves as many CPUs (one on a GPU), never more than the largest node has
+    (``node_cpus``), or it could not be placed."""
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
     n = max(1, min(actors or gpus or cpus, n_shards))
     if gpus:
         n = min(n, gpus)
-        return n, {"num_gpus": 1, "num_cpus": 1, "threads": max(1, cpus // n)}
-    threads = max(1, cpus // n)
+    threads = max(1, min(cpus // n, node_cpus or cpus))
+    if gpus:
+        return n, {"num_gpus": 1, "num_cpus": 1, "threads": threads}
     return n, {"num_gpus": 0, "num_cpus": threads, "threads": threads}
 
 
@@ -179,7 +182,9 @@ def evaluate_on_ray(ws: Workspace, version: Version, items: pl.DataFrame, specs:
     with ray_session(executor) as ray, progress() as bar, ExitStack() as writers:
         from ray.util import ActorPool
 
-        n, options = actor_layout(ray.cluster_resources(), len(shards), actors)
+        node_cpus = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")),
+                        default=None)
+        n, options = actor_layout(ray.cluster_resources(), len(shards), actors, node_cpus)
         threads = options.pop("threads")
         worker = ray.remote(EvalWorker).options(**options, max_restarts=1, max_task_retries=1)
         pool = ActorPool([worker.remote(threads) for _ in range(n)])

@@ -161,6 +161,8 @@ def test_actor_layout():
     assert actor_layout({"CPU": 8.0}, 10, actors=2) == (2, {"num_gpus": 0, "num_cpus": 4, "threads": 4})
     assert actor_layout({"CPU": 32.0, "GPU": 4.0}, 100) == (4, {"num_gpus": 1, "num_cpus": 1, "threads": 8})
     assert actor_layout({"CPU": 32.0, "GPU": 4.0}, 2)[0] == 2
+    # 4 nodes of 16 CPUs, 2 shards: an actor of 32 CPUs would never be placed
+    assert actor_layout({"CPU": 64.0}, 2, node_cpus=16) == (2, {"num_gpus": 0, "num_cpus": 16, "threads": 16})
 
 
 def test_devices_and_ray_together_are_refused(tmp_path):
