@@ -151,7 +151,7 @@ def evaluate_on_ray(ws: Workspace, version: Version, items: pl.DataFrame, specs:
                     loglik: bool = True, actors: int | None = None, flush_seconds: float = 1.0) -> list[EvalResult]:
     """Evaluate ``specs`` with generation on Ray actors (see the module docstring).
     Results are in the order of ``specs``, as from the local executor."""
-    from bakeoff.console import log
+    from bakeoff.console import log, progress
 
     plans: list[ModelPlan] = []
     planned: set[tuple[str, str]] = set()
@@ -176,8 +176,6 @@ def evaluate_on_ray(ws: Workspace, version: Version, items: pl.DataFrame, specs:
         """Score and record, in the order given, every model whose shards are all in."""
         while len(results) < len(plans) and left[len(results)] == 0:
             results.append(finish_model(ws, version, items, plans[len(results)], settings, reward, loglik))
-
-    from bakeoff.console import progress
 
     with ray_session(executor) as ray, progress() as bar, ExitStack() as writers:
         from ray.util import ActorPool
