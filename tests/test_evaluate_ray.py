@@ -190,3 +190,57 @@ print("ray" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_a_killed_driver_keeps_the_shards_it_stored_and_a_rerun_completes(tmp_path):
+    """SIGKILL the driver process mid-run: the outputs it stored stay, and a rerun
+    on Ray generates only the rest (nothing twice)."""
+    import os
+    import signal
+    import time
+
+    ws, version, items = _testset(tmp_path / "ws")
+    code = f"""
+import time
+import ray
+from bakeoff.evaluate.fakes import ScriptedGenerator
+from bakeoff.evaluate.generate import GenerationSettings
+from bakeoff.evaluate.items import load_items
+from bakeoff.evaluate.on_ray import evaluate_on_ray
+from bakeoff.evaluate.runner import ModelSpec
+from bakeoff.executor import Executor
+from bakeoff.workspace import Workspace
+
+class Slow(ScriptedGenerator):
+    def generate(self, prompts):
+        time.sleep(0.7)
+        return super().generate(prompts)
+
+ray.init(address={ray.get_runtime_context().gcs_address!r}, log_to_driver=False, logging_level="ERROR")
+ws = Workspace({str(ws.root)!r})
+version, items = load_items(ws, "ts@v1")
+spec = ModelSpec("A", digest="digest-A", template_id="scripted-v1", generator_factory=lambda s, d: Slow({{}}))
+evaluate_on_ray(ws, version, items, [spec], GenerationSettings(batch_size=1, max_new_tokens=6),
+                Executor("ray"), loglik=False, flush_seconds=0)
+"""
+    settings = GenerationSettings(batch_size=1, max_new_tokens=6)
+    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        stored: set[str] = set()
+        while len(stored) < 3 and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.3)
+            stored = cache.stored_prompts(ws, "digest-A", "scripted-v1", settings.digest())
+        assert driver.poll() is None, "the driver finished before it could be killed"
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait()
+    stored = cache.stored_prompts(ws, "digest-A", "scripted-v1", settings.digest())
+    assert 3 <= len(stored) < len(ITEMS)
+    answers = {it["question"]: it["reference"] for it in ITEMS}
+    spec = ModelSpec("A", digest="digest-A", template_id="scripted-v1",
+                     generator_factory=lambda s, d: ScriptedGenerator(answers))
+    res = evaluate_models(ws, version, items, [spec], settings, loglik=False, executor=RAY)
+    assert res[0].generated == len(ITEMS) - len(stored) and res[0].reused == len(stored)
