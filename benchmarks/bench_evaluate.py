@@ -5,7 +5,11 @@
 2. Incremental re-ranking: evaluating N checkpoints from scratch vs adding one
    checkpoint to an evaluated set (re-run over all N+1 through the cache, then
    rank). The increment should cost about one checkpoint's evaluation.
-3. Ranking claims (``--ranking``): with equally good checkpoints on 150 binary
+3. Ray (``--ray``): the same checkpoints evaluated from scratch with the local
+   executor and on a local Ray instance (2 actors of 1 CPU, and 1 actor of 2),
+   in one run: seconds, the overhead ratio Ray / local, and whether the cached
+   outputs are identical.
+4. Ranking claims (``--ranking``): with equally good checkpoints on 150 binary
    items, how often each procedure calls one "significantly worse" — the first
    version (Holm over tests against the observed leader) beside the current one
    (max-statistic over all pairs) — and what ranking costs in seconds.
@@ -14,6 +18,7 @@ Usage:
     .venv/bin/python benchmarks/bench_evaluate.py                 # random small Llama (CPU-friendly)
     .venv/bin/python benchmarks/bench_evaluate.py --model smollm2 # SmolLM2-135M-Instruct
     .venv/bin/python benchmarks/bench_evaluate.py --items 64 --checkpoints 4 --batch-size 16
+    .venv/bin/python benchmarks/bench_evaluate.py --ray --items 64 --checkpoints 2  # local vs Ray
 """
 
 from __future__ import annotations
@@ -120,6 +125,76 @@ def bench_incremental(n_ckpt: int, n_items: int, batch_size: int, max_new_tokens
           f"incremental / full: {t_inc / t_full:.2f}x   ({len(board.entries)} models ranked)")
 
 
+def bench_ray(n_ckpt: int, n_items: int, batch_size: int, max_new_tokens: int, hidden: int) -> None:
+    import ray
+
+    from bakeoff.console import err
+    from bakeoff.evaluate import cache
+    from bakeoff.evaluate.fakes import commit_testset, save_tiny_causal_lm
+    from bakeoff.evaluate.generate import GenerationSettings
+    from bakeoff.evaluate.items import load_items
+    from bakeoff.evaluate.on_ray import evaluate_on_ray
+    from bakeoff.evaluate.runner import ModelSpec, evaluate_models
+    from bakeoff.executor import Executor
+    from bakeoff.workspace import Workspace
+
+    err.quiet = True
+    tmp = Path(tempfile.mkdtemp(prefix="bench-eval-ray-"))
+    items = [dict(question=p[-1]["content"], reference=str(1000 + i), scoring={"method": "numeric", "scale": 1000})
+             for i, p in enumerate(_prompts(n_items))]
+    specs = [ModelSpec(f"ckpt-{k}", str(save_tiny_causal_lm(tmp / f"m{k}", seed=k, hidden=hidden, layers=4)))
+             for k in range(n_ckpt)]
+    settings = GenerationSettings(batch_size=batch_size, max_new_tokens=max_new_tokens)
+    cpus = os.cpu_count() or 1
+
+    def fresh(name: str):
+        ws = Workspace(tmp / name)
+        commit_testset(ws, "bench", items)
+        return (ws, *load_items(ws, "bench@v1"))
+
+    def outputs(ws: Workspace) -> list[tuple]:
+        with cache.connect(ws) as con:
+            return con.execute("SELECT weights_digest, prompt_digest, output, env FROM eval_outputs "
+                               "ORDER BY ALL").fetchall()
+
+    rows, stored = [], {}
+    try:
+        import torch
+
+        default_threads = torch.get_num_threads()
+        for threads in sorted({default_threads, 1}, reverse=True):
+            torch.set_num_threads(threads)
+            ws, version, frame = fresh(f"local{threads}")
+            t = time.perf_counter()
+            evaluate_models(ws, version, frame, specs, settings)
+            rows.append((f"local ({threads} torch thread(s))", time.perf_counter() - t))
+            stored[rows[-1][0]] = outputs(ws)
+        torch.set_num_threads(default_threads)
+
+        t = time.perf_counter()
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        t_start = time.perf_counter() - t
+        for actors in (cpus, 1):
+            ws, version, frame = fresh(f"ray{actors}")
+            t = time.perf_counter()
+            evaluate_on_ray(ws, version, frame, specs, settings, Executor("ray"), actors=actors)
+            rows.append((f"ray, {actors} actor(s) x {cpus // actors} thread(s)", time.perf_counter() - t))
+            stored[rows[-1][0]] = outputs(ws)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        err.quiet = False
+        shutil.rmtree(tmp, ignore_errors=True)
+    work = n_ckpt * n_items * 2  # an answer and a reference log-likelihood per item
+    print(f"\n== local vs Ray: {n_ckpt} checkpoints x {n_items} items from scratch, batch {batch_size}, "
+          f"{max_new_tokens} new tokens (random Llama, hidden {hidden}), {cpus} CPUs ==")
+    print(f"{'executor':<34}{'seconds':>10}{'items/s':>10}{'vs local':>10}{'same outputs':>14}")
+    for name, sec in rows:
+        same = stored[name] == stored[rows[0][0]]
+        print(f"{name:<34}{sec:>10.2f}{work / sec:>10.1f}{sec / rows[0][1]:>9.2f}x{str(same):>14}")
+    print(f"Ray instance start (once per command, not counted above): {t_start:.2f} s")
+
+
 def bench_ranking(experiments: int = 300) -> None:
     import numpy as np
 
@@ -164,9 +239,13 @@ def main() -> None:
     ap.add_argument("--skip-generation", action="store_true")
     ap.add_argument("--skip-incremental", action="store_true")
     ap.add_argument("--ranking", action="store_true", help="Only the ranking-claims benchmark.")
+    ap.add_argument("--ray", action="store_true", help="Only local vs Ray (needs the 'ray' extra).")
     args = ap.parse_args()
     if args.ranking:
         bench_ranking()
+        return
+    if args.ray:
+        bench_ray(args.checkpoints, args.items, args.batch_size, args.max_new_tokens, hidden=64)
         return
 
     if not args.skip_generation:

@@ -14,16 +14,19 @@ from typing import Any
 from bakeoff.evaluate.generate import GenerationSettings
 from bakeoff.evaluate.rank import Leaderboard
 from bakeoff.evaluate.runner import EvalResult
+from bakeoff.executor import Executor
 from bakeoff.workspace import BakeoffError, Workspace
 
 
 def evaluate_checkpoints(ws: Workspace, testset: str, checkpoints: list[str] | None = None,
                          experiment: str | None = None, base_model: str | None = None,
                          settings: GenerationSettings | None = None, devices: list[str] | None = None,
-                         reward_model: str | None = None, loglik: bool = True) -> list[EvalResult]:
+                         reward_model: str | None = None, loglik: bool = True,
+                         executor: Executor | None = None) -> list[EvalResult]:
     """Evaluate every checkpoint named by ``checkpoints`` (dirs, run ids,
     experiment names, models) and/or of ``experiment``, plus the base model(s)
-    as a baseline, on every item of ``testset``, through the cache."""
+    as a baseline, on every item of ``testset``, through the cache; generation
+    runs on Ray actors when ``executor`` says so."""
     from bakeoff.console import log
     from bakeoff.evaluate.discover import base_models, find_checkpoints
     from bakeoff.evaluate.items import load_items
@@ -41,7 +44,7 @@ def evaluate_checkpoints(ws: Workspace, testset: str, checkpoints: list[str] | N
     version, items = load_items(ws, testset, reward.digest if reward else None)
     log(f"evaluating {len(specs)} models on {version.ref} ({items.height} items)")
     return evaluate_models(ws, version, items, specs, settings or GenerationSettings(), devices=devices,
-                           reward=reward, loglik=loglik)
+                           reward=reward, loglik=loglik, executor=executor)
 
 
 def rank_checkpoints(ws: Workspace, testset: str, experiment: str | None = None,

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from bakeoff.context import get_workspace, json_option
+from bakeoff.executor import executor_options
 
 
 @click.group()
@@ -62,12 +63,14 @@ def default_testset(ws: Any, testset: str | None) -> str:
               help="Print the leaderboard afterwards.")
 @click.option("--allow-mixed", is_flag=True,
               help="Rank models generated under different settings/environments together (with a warning).")
+@executor_options
 @click.argument("extra_checkpoints", nargs=-1)
 @json_option
 def run_cmd(testset: str, checkpoints: tuple[str, ...], experiment: str | None, base_model: str | None,
             devices: str | None, batch_size: int, max_new_tokens: int, sample: bool, temperature: float,
             seed: int, reward_model: str | None, no_loglik: bool, then_rank: bool, allow_mixed: bool,
-            extra_checkpoints: tuple[str, ...], as_json: bool) -> None:
+            executor_kind: str | None, ray_address: str | None, extra_checkpoints: tuple[str, ...],
+            as_json: bool) -> None:
     """Evaluate checkpoints and their base model on every item of a test set.
 
     Outputs and scores are cached per (weights digest, item, prompt template,
@@ -75,15 +78,22 @@ def run_cmd(testset: str, checkpoints: tuple[str, ...], experiment: str | None, 
     checkpoint's evaluation, an interrupted run resumes, a changed scorer
     re-scores stored outputs without generating.
 
+    With --executor ray, one Ray actor per GPU (or CPU slot) generates for
+    batches of items and this process alone writes the cache; the outputs are
+    the local run's.
+
     \b
     Example:
       bakeoff evaluate run --testset fin-test@v1 --checkpoints runs/fin/abc123 --batch-size 16
       bakeoff evaluate run --testset fin-test@v1 --experiment fin --base-model smollm2
+      bakeoff evaluate run --testset fin-test@v1 --experiment fin --executor ray --ray-address auto
     """
     from bakeoff.console import emit
     from bakeoff.evaluate.api import evaluate_checkpoints
     from bakeoff.evaluate.generate import GenerationSettings
+    from bakeoff.executor import resolve_executor
 
+    executor = resolve_executor(executor_kind, ray_address=ray_address)
     ws = get_workspace()
     testset = default_testset(ws, testset)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature,
@@ -91,7 +101,7 @@ def run_cmd(testset: str, checkpoints: tuple[str, ...], experiment: str | None, 
     results = evaluate_checkpoints(
         ws, testset, [t for c in (*checkpoints, *extra_checkpoints) for t in c.split()], experiment,
         base_model, settings, devices=[d.strip() for d in devices.split(",")] if devices else None,
-        reward_model=reward_model, loglik=not no_loglik)
+        reward_model=reward_model, loglik=not no_loglik, executor=executor)
     version = ws.resolve(testset)
     result = {"testset": version.ref, "models": [r.to_dict() for r in results]}
     board = None
