@@ -33,20 +33,21 @@ import pyarrow as pa
 #: fixed cost (~10 ms) is small beside its work, small enough that every core
 #: gets several blocks.
 ROWS_PER_BLOCK = 50_000
-#: Test-only: a path; the first map batch that sees no file there creates it and
-#: kills its worker (``os._exit``), as a machine lost mid-step would.
-KILL_ENV = "BAKEOFF_TEST_RAY_KILL_ONCE"
+#: Test-only: a folder. A map batch that finds a file ``kill-once`` there
+#: deletes it and kills its worker (``os._exit``), as a machine lost mid-step
+#: would; Ray retries the batch elsewhere. (A folder the test arms, because the
+#: workers' environment is fixed when the Ray instance starts.)
+KILL_ENV = "BAKEOFF_TEST_RAY_KILL_DIR"
 
 
 def maybe_die() -> None:
     """The test hook of :data:`KILL_ENV` (a no-op unless the variable is set)."""
-    path = os.environ.get(KILL_ENV)
-    if path:
+    folder = os.environ.get(KILL_ENV)
+    if folder:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+            os.remove(os.path.join(folder, "kill-once"))  # only one worker wins the file
+        except FileNotFoundError:
             return
-        os.close(fd)
         os._exit(17)
 
 
