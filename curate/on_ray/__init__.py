@@ -78,10 +78,16 @@ def use_task_shuffle(ray: Any) -> None:
     """Shuffle with tasks (Ray Data's pull-based sort shuffle) rather than its
     default hash shuffle, whose aggregator actors cost ~10 s to start per
     shuffle on a 2-core machine -- more than our shuffles' work up to ~1M
-    rows. (The groups are the same either way.)"""
+    rows. (The groups are the same either way.) And keep Ray Data's per-
+    dataset progress logs off the terminal: the step shows its own."""
+    import logging
+
     from ray.data.context import DataContext, ShuffleStrategy
 
-    DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    ctx = DataContext.get_current()
+    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    ctx.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def collect(ds: Any, sort_by: str | None = None) -> pa.Table:

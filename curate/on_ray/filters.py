@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from bakeoff.executor import Executor, ray_session
 
-from . import collect, dataset_from_table, map_options, maybe_die
+from . import collect, dataset_from_table, map_options, maybe_die, use_task_shuffle
 
 _INPUT = ["kind", "messages", "chosen", "rejected"]
 
@@ -44,6 +44,7 @@ def detect_on_ray(df: pl.DataFrame, config: Any, executor: Executor) -> tuple[pl
 
         return detect(df, config, show_progress=False)
     with ray_session(executor) as ray:
+        use_task_shuffle(ray)
         table = df.select(_INPUT).with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64)).to_arrow()
         ds = dataset_from_table(ray, table).map_batches(_detect_block, fn_kwargs={"config": config},
                                                         **map_options())

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from bakeoff.executor import Executor, ray_session
 
-from . import collect, dataset_from_table, maybe_die, parallelism
+from . import collect, dataset_from_table, maybe_die, parallelism, use_task_shuffle
 
 
 class _Embed:
@@ -65,6 +65,7 @@ def embed_on_ray(texts: pl.Series, model: str, batch_size: int | None, executor:
     frame = pl.DataFrame({"text": texts})
     distinct = frame.unique(subset="text", keep="first", maintain_order=True).with_row_index("i")
     with ray_session(executor) as ray:
+        use_task_shuffle(ray)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         actors = gpus or parallelism(ray)
         table = distinct.with_columns(pl.col("i").cast(pl.Int64)).to_arrow()
