@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/bench_ray.py --rows 1000000            # local vs ray, one run
     .venv/bin/python benchmarks/bench_ray.py --rows 10000000 --executors ray --steps filter,dedup
 
-Rows: the demo corpus (finance chat rows with planted noise and duplicates)
-tiled to ``--rows``; copies 2k and 2k+1 have every number bumped by k (so
-half the rows are exact copies of another, and copies of different k share
-words but not numbers -- the shape check keeps them apart, as it keeps apart
-"revenue in 2018" and "revenue in 2019"). The version is written once; each
+Rows: the demo corpus (finance chat rows and pool items, with planted noise
+and near-duplicates) tiled as ``bench_filters.py`` tiles it (copy k has k's
+digits appended to the first number of every turn: copies share words but not
+numbers, and the shape check keeps them apart, as it keeps apart "revenue in
+2018" and "revenue in 2019"), for half of ``--rows``, then all of it once
+more: half the rows are exact copies. The version is written once; each
 executor then runs the recipe (``curate/default_recipe.yaml``, ``--steps``
 keeps some of its steps) in its own subprocess, which also writes the result
 as a version -- the digests must be equal.
@@ -42,32 +43,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def build_rows(n: int):
-    """The demo corpus tiled to ``n`` rows (see the module doc)."""
-    import shutil
-
+    """The filter benchmark's rows (the demo corpus tiled, numbers bumped per
+    copy) for half of ``n``, then each of them once more: half the rows are
+    exact copies of another."""
     import polars as pl
 
-    from bakeoff.demo_data import make_demo_workspace
-    from bakeoff.workspace import Workspace
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_filters import build_rows as tiled
 
-    tmp = tempfile.mkdtemp(prefix="bench-ray-")
-    try:
-        ws = Workspace(tmp)
-        res = make_demo_workspace(ws, seed=0, scale=1.0)
-        base = ws.load(res["datasets"]["fin-train"])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    reps = -(-n // base.height)
-
-    def bump(col: str, k: int) -> pl.Expr:
-        return pl.col(col).list.eval(pl.struct(
-            pl.element().struct.field("role"),
-            pl.element().struct.field("content").str.replace_all(r"(\d+)", "${1}" + str(k)).alias("content")))
-
-    parts = [base.with_columns(*(bump(c, k // 2) for c in ("messages", "chosen", "rejected"))) if k // 2
-             else base for k in range(reps)]
-    tiled = pl.concat(parts).head(n)
-    return tiled.with_columns(pl.int_range(pl.len()).cast(pl.String).alias("id"))
+    half = tiled(-(-n // 2), perturb=True)
+    rows = pl.concat([half, half]).head(n)
+    return rows.with_columns(pl.int_range(pl.len()).cast(pl.String).alias("id"))
 
 
 def _ray_memory(stop: threading.Event, peak: dict[str, float]) -> None:
