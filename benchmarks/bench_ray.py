@@ -17,7 +17,8 @@ Embedder: ``hashing`` for the semantic and coverage steps (set here): the
 offline all-MiniLM-L6-v2 embeds ~100 texts/s on this CPU, i.e. hours for a
 million rows, on either executor.
 
-Per executor: wall time, CPU seconds, the driver's peak RSS (ru_maxrss of the
+Per executor: wall time, CPU seconds (the driver's; for Ray also the Ray
+processes', sampled), the driver's peak RSS (ru_maxrss of the
 subprocess), and for Ray the peak summed RSS of the Ray processes (raylet,
 GCS, workers; psutil, sampled every 0.5 s; shared object-store pages count in
 each process that maps them, so the sum over-counts) and the largest single
@@ -57,26 +58,28 @@ def build_rows(n: int):
 
 
 def _ray_memory(stop: threading.Event, peak: dict[str, float]) -> None:
-    """Peak summed RSS of the Ray processes, and of the largest worker."""
+    """Peak summed RSS of the Ray processes, of the largest worker, and the
+    CPU seconds the Ray processes used (per process, its last sample)."""
     import psutil
 
-    me = os.getpid()
+    me = psutil.Process()
+    cpu: dict[int, float] = {}
     while not stop.wait(0.5):
         total = largest = 0
-        for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        for p in me.children(recursive=True):  # the Ray instance this run started, not others'
             try:
-                cmd = " ".join(p.info["cmdline"] or [])
-                if p.info["pid"] == me or not ("ray" in (p.info["name"] or "") or "ray/" in cmd
-                                               or "raylet" in cmd or "gcs_server" in cmd):
-                    continue
+                cmd = " ".join(p.cmdline())
                 rss = p.memory_info().rss
+                times = p.cpu_times()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
+            cpu[p.pid] = times.user + times.system
             total += rss
-            if "default_worker" in cmd or "ray::" in (p.info["name"] or ""):
+            if "default_worker" in cmd or p.name().startswith("ray::"):
                 largest = max(largest, rss)
         peak["ray_total_gb"] = max(peak.get("ray_total_gb", 0), total / 2**30)
         peak["worker_max_gb"] = max(peak.get("worker_max_gb", 0), largest / 2**30)
+        peak["ray_cpu_s"] = sum(cpu.values())
 
 
 def run_one(workspace: str, ref: str, executor: str, steps: list[str], out: str) -> None:
@@ -145,7 +148,10 @@ def main() -> None:
         print(json.dumps(results[ex]), flush=True)
     if "local" in results and "ray" in results:
         lo, ra = results["local"], results["ray"]
-        print(f"\nray / local wall time: {ra['wall_s'] / lo['wall_s']:.2f}x (goal <= 1.5x); "
+        ray_cpu = ra["driver_cpu_s"] + ra.get("ray_cpu_s", 0)
+        print(f"\nray / local CPU seconds: {ray_cpu / lo['driver_cpu_s']:.2f}x ({ray_cpu:.0f} s driver + Ray "
+              f"processes vs {lo['driver_cpu_s']:.0f} s); what the shared machine's load does not distort")
+        print(f"ray / local wall time: {ra['wall_s'] / lo['wall_s']:.2f}x (goal <= 1.5x); "
               f"same digest: {ra['digest'] == lo['digest']}; driver peak {lo['driver_peak_gb']} GB local, "
               f"{ra['driver_peak_gb']} GB ray; Ray processes peak {ra.get('ray_total_gb')} GB summed, "
               f"largest worker {ra.get('worker_max_gb')} GB")
