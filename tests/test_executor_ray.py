@@ -210,3 +210,22 @@ def test_local_default_never_imports_ray(demo, tmp_path):
                          cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ok" in out.stdout
+
+
+def test_dedup_file_mode_on_ray(ray_instance, tmp_path):
+    """``curate dedup FILE --executor ray``: the same ledger of removed lines."""
+    import json
+
+    from bakeoff.curate.dedup import DedupConfig
+    from bakeoff.curate.dedup_cmd import dedup_file
+
+    words = [f"term{i}" for i in range(30)]
+    lines = [" ".join(words), " ".join(words[:28] + ["other", "end"]), "unrelated text " * 5,
+             " ".join(words).upper(), ""]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    local = dedup_file(path, ledger_path=tmp_path / "local.parquet", config=DedupConfig())
+    on_ray = dedup_file(path, ledger_path=tmp_path / "ray.parquet", config=DedupConfig(), executor=RAY)
+    assert local["removed"] == 2
+    assert pl.read_parquet(tmp_path / "ray.parquet").equals(pl.read_parquet(tmp_path / "local.parquet"))
+    assert (on_ray["removed_exact"], on_ray["removed_near"]) == (local["removed_exact"], local["removed_near"])
