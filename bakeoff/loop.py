@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bakeoff.console import err, log
+from bakeoff.executor import Executor, resolve_executor
 from bakeoff.logs import ensure_library_logs, library_output
 from bakeoff.workspace import BakeoffError, Workspace, parse_ref
 
@@ -65,6 +66,8 @@ class LoopConfig:
     generation: dict[str, Any] = field(default_factory=dict)        # -> GenerationSettings
     loglik: bool = True                          # also score the reference's log-likelihood
     hypothesis: str | None = None
+    # where curation and evaluation batches run (bakeoff.executor); None: $BAKEOFF_EXECUTOR or local
+    executor: Executor | None = None
 
 
 def _build(cls: type, options: dict[str, Any], section: str, **fixed: Any) -> Any:
@@ -179,7 +182,7 @@ def ingest_sources(ws: Workspace, sources: list[Source], result: LoopResult, ste
 
 def curate(ws: Workspace, raw_ref: str | None, recipe: str | None, step: _Steps,
            reports: dict[str, str] | None = None, experiment: str = "bakeoff",
-           round_number: int = 1) -> str | None:
+           round_number: int = 1, executor: Executor | None = None) -> str | None:
     """Run the curation recipe on ``raw_ref`` (or reuse the version the same recipe
     made from the same rows); returns the curated version's ref. A coverage
     step's report is also written as HTML (its path goes to ``reports``)."""
@@ -193,7 +196,7 @@ def curate(ws: Workspace, raw_ref: str | None, recipe: str | None, step: _Steps,
         "rows": ws.resolve(raw_ref).digest, "recipe": file_digest(recipe),
         "embedder": os.environ.get("BAKEOFF_EMBEDDING_MODEL") or "default"}
     done = step.reuse_or_run("curate", "curate", experiment, round_number, inputs,
-                             lambda: _curate_now(ws, raw_ref, recipe))
+                             lambda: _curate_now(ws, raw_ref, recipe, executor))
     if done is None:
         return None
     if reports is not None:
@@ -201,12 +204,13 @@ def curate(ws: Workspace, raw_ref: str | None, recipe: str | None, step: _Steps,
     return done["version"]
 
 
-def _curate_now(ws: Workspace, raw_ref: str, recipe: str) -> dict[str, Any]:
+def _curate_now(ws: Workspace, raw_ref: str, recipe: str, executor: Executor | None = None) -> dict[str, Any]:
     from bakeoff.curate.coverage import write_html
     from bakeoff.curate.recipe import load_recipe, run_recipe
     from bakeoff.html import report_name
 
-    res = run_recipe(ws, raw_ref, load_recipe(recipe))
+    # the executor is not among the reuse inputs: Ray writes the same version as local
+    res = run_recipe(ws, raw_ref, load_recipe(recipe), executor=executor)
     for s in res.steps:
         log(f"  {s.get('step', '?'):<10} {s.get('rows_in', '')} → {s.get('rows_out', '')} rows "
             f"({s.get('seconds', 0):.1f} s)")
@@ -427,8 +431,10 @@ def evaluate_and_rank(ws: Workspace, cfg: LoopConfig, testset_ref: str, result: 
     step.note("rank", "run", f"every round on {testset_ref or 'the new test set'}")
     if step.dry_run:
         return None
+    executor = cfg.executor or resolve_executor()
+    on_ray = {"executor": executor} if executor.is_ray else {}  # local: the call as before
     step("evaluate", lambda: evaluate_checkpoints(ws, testset_ref, experiment=cfg.experiment,
-                                                  settings=settings, loglik=cfg.loglik))
+                                                  settings=settings, loglik=cfg.loglik, **on_ray))
     board, info = step("rank", lambda: rank_checkpoints(ws, testset_ref, experiment=cfg.experiment,
                                                         to_mlflow=True))
     result.leaderboard = board.to_json()
@@ -470,7 +476,8 @@ def run_loop(ws: Workspace, cfg: LoopConfig, result: LoopResult | None = None,
 
     # Every round curates the ingested version, so rounds differ only by what changed.
     raw_ref = _ref(ws, cfg, result, cfg.train_dataset)
-    train_ref = curate(ws, raw_ref, cfg.recipe, step, result.reports, cfg.experiment, round_number)
+    executor = cfg.executor or resolve_executor()
+    train_ref = curate(ws, raw_ref, cfg.recipe, step, result.reports, cfg.experiment, round_number, executor)
     pools = [_ref(ws, cfg, result, p) for p in cfg.pools]
     if not pools:
         raise BakeoffError("a test set needs at least one pool dataset (pools: [...])")
@@ -485,7 +492,7 @@ def run_loop(ws: Workspace, cfg: LoopConfig, result: LoopResult | None = None,
     if second_round_recipe:
         step2 = _Steps(ws, result, prefix=f"round {round_number + 1}: ", dry_run=dry_run)
         train_ref2 = curate(ws, raw_ref, second_round_recipe, step2, result.reports, cfg.experiment,
-                            round_number + 1)
+                            round_number + 1, executor)
         train_ref2 = held_out_training(ws, cfg, train_ref2, testset_ref, result, step2, round_number + 1)
         if train_ref2 is not None:
             result.versions[f"curated (round {round_number + 1})"] = train_ref2

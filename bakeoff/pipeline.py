@@ -24,10 +24,11 @@ from typing import Any
 import click
 
 from bakeoff.context import get_workspace, json_option
+from bakeoff.executor import executor_options, resolve_executor
 from bakeoff.loop import LoopConfig, Source, resolve_recipe
 from bakeoff.workspace import BakeoffError
 
-_SECTIONS = {"experiment", "hypothesis", "datasets", "curate", "testset", "train", "evaluate"}
+_SECTIONS = {"experiment", "hypothesis", "datasets", "curate", "testset", "train", "evaluate", "executor"}
 _DATASET_KEYS = {"paths", "path", "format", "meta", "map"}
 _CURATE_KEYS = {"dataset", "recipe"}
 _TESTSET_KEYS = {"name", "pools", "rebuild", "overlap"}     # besides testsets BuildConfig's options
@@ -237,6 +238,15 @@ def load_pipeline(path: str | Path) -> LoopConfig:
     if not isinstance(loglik, bool):
         problems.append(f"evaluate.loglik: expected true or false, got {loglik!r}")
 
+    executor = None  # executor: local | ray -- where curation and evaluation batches run
+    try:
+        value = spec.get("executor")
+        if value is not None and not isinstance(value, str):
+            raise BakeoffError(f"expected local or ray, got {value!r}")
+        executor = resolve_executor(pipeline=value)
+    except BakeoffError as exc:
+        problems.append(f"executor: {exc}")
+
     if problems:
         raise BakeoffError(f"{path}: {len(problems)} problem(s), nothing was run:\n  "
                            + "\n  ".join(problems))
@@ -261,6 +271,7 @@ def load_pipeline(path: str | Path) -> LoopConfig:
         ppo=ppo,
         generation=generation,
         loglik=loglik,
+        executor=executor,
     )
 
 
@@ -281,8 +292,10 @@ def pipeline() -> None:
 @click.argument("pipeline_file", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True,
               help="Check the file and print the plan (which steps run, which are reused); run nothing.")
+@executor_options
 @json_option
-def run_cmd(pipeline_file: str, dry_run: bool, as_json: bool) -> None:
+def run_cmd(pipeline_file: str, dry_run: bool, executor_kind: str | None, ray_address: str | None,
+            as_json: bool) -> None:
     """Ingest, curate, build the test set, train, evaluate and rank, as PIPELINE_FILE says.
 
     The whole file is checked first. Every step writes versions and MLflow runs
@@ -295,11 +308,15 @@ def run_cmd(pipeline_file: str, dry_run: bool, as_json: bool) -> None:
     Example:
       bakeoff --workspace ws pipeline run pipeline.yaml --dry-run
       bakeoff --workspace ws pipeline run pipeline.yaml --json > summary.json
+      bakeoff --workspace ws pipeline run pipeline.yaml --executor ray   # beats `executor:` in the file
     """
     from bakeoff.console import emit
     from bakeoff.loop import run_loop
 
     cfg = load_pipeline(pipeline_file)
+    if executor_kind or ray_address:
+        cfg.executor = resolve_executor(executor_kind, pipeline=cfg.executor.kind if cfg.executor else None,
+                                        ray_address=ray_address)
     result = run_loop(get_workspace(), cfg, dry_run=dry_run)
     emit(result.to_json(), as_json, render_plan if dry_run else lambda r: render_run(r, cfg.experiment))
 

@@ -168,11 +168,16 @@ def dedup_texts(texts: Sequence[str] | pl.Series, config: DedupConfig | None = N
         numba.set_num_threads(old)
 
 
-def _row_fingerprints(seg_fp: np.ndarray, offsets: np.ndarray, shape: np.ndarray) -> np.ndarray:
+def _row_fingerprints(seg_fp: np.ndarray, offsets: np.ndarray, shape: np.ndarray,
+                      fold: bool | None = None) -> np.ndarray:
     """One 128-bit fingerprint per row from its segments' fingerprints, in
-    order, and its shape (a row of one segment keeps that segment's)."""
+    order, and its shape (a row of one segment keeps that segment's).
+    ``fold``: fold even plain rows (None: only when some row is not plain; a
+    batch of a larger table must follow the table's choice)."""
     n = offsets.size - 1
-    if n == 0 or (np.diff(offsets) == 1).all() and not shape.any():
+    if fold is None:
+        fold = not (n == 0 or (np.diff(offsets) == 1).all() and not shape.any())
+    if not fold:
         return seg_fp[offsets[:-1]] if n else np.zeros((0, 2), np.uint64)
     # fold with position so that [a, b] and [b, a] differ: h = h * K + fp, per lane
     out = np.zeros((n, 2), np.uint64)
@@ -184,6 +189,35 @@ def _row_fingerprints(seg_fp: np.ndarray, offsets: np.ndarray, shape: np.ndarray
             out[rows] = out[rows] * np.uint64(0x9E3779B97F4A7C15) + seg_fp[offsets[rows] + t]
             out[rows] ^= out[rows] >> np.uint64(29)
     return out
+
+
+def exact_representatives(fp: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact groups of rows with equal 128-bit fingerprints ``fp`` (k, 2): the
+    positions of every member but the best-ranked one, and of the member each
+    copies (its group's best-ranked). Shared by the local and the Ray paths."""
+    srt = np.lexsort((rank, fp[:, 1], fp[:, 0]))
+    ds = fp[srt]
+    new_group = np.ones(srt.size, bool)
+    new_group[1:] = (ds[1:] != ds[:-1]).any(axis=1)
+    rep = srt[np.flatnonzero(new_group)[np.cumsum(new_group) - 1]]
+    return srt[~new_group], rep[~new_group]
+
+
+def merge_near(partner: np.ndarray, similarity: np.ndarray, stage: np.ndarray, rows: np.ndarray,
+               kept: np.ndarray, sims: np.ndarray) -> None:
+    """Record the MinHash stage's removals (``rows`` duplicate ``kept`` with
+    Jaccard ``sims``) in place. Shared by the local and the Ray paths."""
+    partner[rows] = kept
+    similarity[rows] = sims
+    stage[rows] = NEAR
+    # An exact group's representative may itself be a near-duplicate of an
+    # earlier kept row: its copies then point at that kept row, with the
+    # same verified Jaccard (identical normalised text, identical shingles).
+    moved = (stage == EXACT) & (stage[np.maximum(partner, 0)] == NEAR)
+    rep = partner[moved]
+    partner[moved] = partner[rep]
+    similarity[moved] = similarity[rep]
+    stage[moved] = NEAR
 
 
 def _dedup_texts(seg: Segments, cfg: DedupConfig, order: np.ndarray | None,
@@ -228,14 +262,9 @@ def _dedup_texts(seg: Segments, cfg: DedupConfig, order: np.ndarray | None,
         if cfg.exact:
             fp = _row_fingerprints(corpus.fingerprint, offsets, seg.shape)
             idx = np.flatnonzero(active)
-            d = fp[idx]
-            srt = idx[np.lexsort((rank[idx], d[:, 1], d[:, 0]))]
-            ds = fp[srt]
-            new_group = np.ones(srt.size, bool)
-            new_group[1:] = (ds[1:] != ds[:-1]).any(axis=1)
-            rep = srt[np.flatnonzero(new_group)[np.cumsum(new_group) - 1]]
-            dup = srt[~new_group]
-            partner[dup] = rep[~new_group]
+            dup_pos, rep_pos = exact_representatives(fp[idx], rank[idx])
+            dup = idx[dup_pos]
+            partner[dup] = idx[rep_pos]
             similarity[dup] = 1.0
             stage[dup] = EXACT
             active[dup] = False
@@ -269,18 +298,7 @@ def _dedup_texts(seg: Segments, cfg: DedupConfig, order: np.ndarray | None,
             segments=None if plain else sub_offsets, shape=None if plain else seg.shape[survivors])
         t4 = time.perf_counter()
         hit = np.flatnonzero(near_partner >= 0)
-        rows = survivors[hit]
-        partner[rows] = survivors[near_partner[hit]]
-        similarity[rows] = near_sim[hit]
-        stage[rows] = NEAR
-        # An exact group's representative may itself be a near-duplicate of an
-        # earlier kept row: its copies then point at that kept row, with the
-        # same verified Jaccard (identical normalised text, identical shingles).
-        moved = (stage == EXACT) & (stage[np.maximum(partner, 0)] == NEAR)
-        rep = partner[moved]
-        partner[moved] = partner[rep]
-        similarity[moved] = similarity[rep]
-        stage[moved] = NEAR
+        merge_near(partner, similarity, stage, survivors[hit], survivors[near_partner[hit]], near_sim[hit])
         stats.update(lsh_stats)
         stats["shingles"] = int(sk.hashes.size)
     # counted at the end: exact copies of a near-removed row moved to NEAR above
@@ -296,9 +314,10 @@ def _dedup_texts(seg: Segments, cfg: DedupConfig, order: np.ndarray | None,
 LOUD_SHARE = 0.25
 
 
-def dedup_rows(df: pl.DataFrame, config: DedupConfig | None = None) -> StepOutput:
+def dedup_rows(df: pl.DataFrame, config: DedupConfig | None = None, executor: Any = None) -> StepOutput:
     """The dedup step: rows -> StepOutput (kept rows, ledger of removed rows
-    naming the row each duplicates and why, report)."""
+    naming the row each duplicates and why, report). ``executor``
+    (:class:`bakeoff.executor.Executor`): where the batches run (default: here)."""
     cfg = (config or DedupConfig()).validate()
     key = cfg.key or SCOPE_KEYS[cfg.scope]
     seg = segments(df, key)
@@ -314,7 +333,12 @@ def dedup_rows(df: pl.DataFrame, config: DedupConfig | None = None) -> StepOutpu
             raise BakeoffError(f"quality column {cfg.quality_column!r} is not numeric: {exc}") from None
     lengths = texts.str.len_chars().to_numpy() if cfg.keep == "longest" else None
     order = keep_order(df.height, cfg.keep, lengths=lengths, quality=quality)
-    res = dedup_texts(None, cfg, order=order, show_progress=df.height >= 20000, segments=seg)
+    if executor is not None and executor.is_ray:
+        from .on_ray.minhash import dedup_segments_on_ray
+
+        res = dedup_segments_on_ray(seg, cfg, order, executor)
+    else:
+        res = dedup_texts(None, cfg, order=order, show_progress=df.height >= 20000, segments=seg)
 
     removed = np.flatnonzero(res.removed)
     ids = df["id"]

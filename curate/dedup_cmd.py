@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from bakeoff.context import get_workspace, json_option
+from bakeoff.executor import executor_options, resolve_executor
 from bakeoff.workspace import BakeoffError
 
 FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
@@ -55,10 +56,10 @@ def read_text_file(path: Path, text_field: str, quality_field: str | None = None
 
 
 def dedup_file(path: str | Path, text_field: str = "text", ledger_path: str | Path | None = None,
-               config=None, quality_field: str | None = None) -> dict[str, Any]:
+               config=None, quality_field: str | None = None, executor=None) -> dict[str, Any]:
     """Dedup the texts of a file; write the ledger (``row``, ``kept_row``,
     ``jaccard``, ``stage``: one row per removed line) and return counts and
-    timings."""
+    timings. ``executor``: where the batches run (default: here)."""
     import numpy as np
     import polars as pl
 
@@ -75,7 +76,16 @@ def dedup_file(path: str | Path, text_field: str = "text", ledger_path: str | Pa
     t_read = time.perf_counter() - t0
     lengths = texts.str.len_chars().to_numpy() if cfg.keep == "longest" else None
     order = keep_order(texts.len(), cfg.keep, lengths=lengths, quality=quality)
-    res = dedup_texts(texts, cfg, order=order, show_progress=texts.len() >= 20000)
+    if executor is not None and executor.is_ray:
+        from bakeoff.curate.dedup_key import Segments
+        from bakeoff.curate.on_ray.minhash import dedup_segments_on_ray
+
+        n = texts.len()
+        plain = Segments(texts.cast(pl.String), pl.Series([], dtype=pl.String), np.arange(n + 1, dtype=np.int64),
+                         np.zeros(n, np.int64))
+        res = dedup_segments_on_ray(plain, cfg, order, executor)
+    else:
+        res = dedup_texts(texts, cfg, order=order, show_progress=texts.len() >= 20000)
     removed = np.flatnonzero(res.removed)
     ledger = pl.DataFrame({
         "row": removed.astype(np.int64),
@@ -166,10 +176,12 @@ def render_warning(warning: dict[str, Any] | None) -> None:
                    "response, last_user, system, chosen, rejected, or a label column such as meta.group.")
 @click.option("--name", default=None, help="Dataset mode: write the result under this dataset name.")
 @click.option("--dry-run", is_flag=True, help="Dataset mode: report what would be removed; write no version.")
+@executor_options
 @json_option
 def command(source: str, text_field: str, scope: str, threshold: float, num_perm: int, ngram: int, unit: str,
             keep: str, quality_field: str, seed: int, no_exact: bool, no_near: bool, ledger_path: str | None,
-            key: tuple[str, ...], name: str | None, dry_run: bool, as_json: bool) -> None:
+            key: tuple[str, ...], name: str | None, dry_run: bool, executor_kind: str | None,
+            ray_address: str | None, as_json: bool) -> None:
     """Remove exact and near-duplicate rows (MinHash LSH, every pair verified).
 
     SOURCE is a dataset version NAME@vN (writes the next version; removed rows
@@ -188,6 +200,7 @@ def command(source: str, text_field: str, scope: str, threshold: float, num_perm
       bakeoff curate dedup tatqa@v1 --key meta.group --key last_user --dry-run
       bakeoff curate dedup docs.jsonl --text-field text --threshold 0.8 \\
           --ledger removed.parquet --json
+      bakeoff curate dedup fin-train@v2 --executor ray   # the same result, batches on Ray
     """
     from bakeoff.console import emit
     from bakeoff.curate.dedup import DedupConfig
@@ -195,12 +208,13 @@ def command(source: str, text_field: str, scope: str, threshold: float, num_perm
     cfg = DedupConfig(scope=scope, exact=not no_exact, near=not no_near, threshold=threshold,
                       num_perm=num_perm, ngram=ngram, unit=unit, seed=seed, keep=keep,
                       quality_column=quality_field, key=list(key) or None).validate()
+    executor = resolve_executor(executor_kind, ray_address=ray_address)
     path = Path(source)
     if path.suffix.lower() in FILE_SUFFIXES or path.is_file():
         if not path.is_file():
             raise BakeoffError(f"no such file: {source}")
         result = dedup_file(path, text_field=text_field, ledger_path=ledger_path, config=cfg,
-                            quality_field=quality_field if keep == "quality" else None)
+                            quality_field=quality_field if keep == "quality" else None, executor=executor)
         emit(result, as_json, _render)
         return
 
@@ -210,7 +224,7 @@ def command(source: str, text_field: str, scope: str, threshold: float, num_perm
     ws = get_workspace()
     parent = ws.resolve(source)
     t0 = time.perf_counter()
-    output = dedup_rows(ws.load(parent), cfg)
+    output = dedup_rows(ws.load(parent), cfg, executor=executor)
     version = None if dry_run else commit_step(ws, parent, "dedup", cfg.to_dict(), output, name=name)
     rep = output.report
     result = {

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from bakeoff.context import get_workspace, json_option
+from bakeoff.executor import executor_options, resolve_executor
 
 
 def render_filter_report(rep: dict[str, Any], title: str = "filters") -> None:
@@ -43,8 +44,10 @@ def render_filter_report(rep: dict[str, Any], title: str = "filters") -> None:
 @click.option("--dry-run", is_flag=True, help="Report how many rows each filter hits; write no version.")
 @click.option("--examples", "n_examples", type=int, default=3, show_default=True,
               help="Hit rows to show per filter.")
+@executor_options
 @json_option
-def command(ref: str, config_path: str | None, dry_run: bool, n_examples: int, as_json: bool) -> None:
+def command(ref: str, config_path: str | None, dry_run: bool, n_examples: int, executor_kind: str | None,
+            ray_address: str | None, as_json: bool) -> None:
     """Run the noise filters on NAME@vN and write the next version.
 
     Filters (in the order they run): structure, empty, length, mojibake,
@@ -58,6 +61,7 @@ def command(ref: str, config_path: str | None, dry_run: bool, n_examples: int, a
     Example:
       bakeoff curate filter fin-train@v1 --dry-run --examples 10
       bakeoff curate filter fin-train@v1 --config filters.yaml --json
+      bakeoff curate filter fin-train@v1 --executor ray --ray-address ray://head:10001
 
     \b
     filters.yaml:
@@ -74,7 +78,13 @@ def command(ref: str, config_path: str | None, dry_run: bool, n_examples: int, a
     parent = ws.resolve(ref)
     config = FilterSuiteConfig(filters=load_filter_config(config_path), examples=max(0, n_examples))
     log(f"filtering {parent.ref} ({parent.rows} rows)")
-    output = filter_rows(ws.load(parent), config)
+    executor = resolve_executor(executor_kind, ray_address=ray_address)
+    if executor.is_ray:
+        from .on_ray.filters import filter_rows_on_ray
+
+        output = filter_rows_on_ray(ws.load(parent), config, executor)
+    else:
+        output = filter_rows(ws.load(parent), config)
     rep = output.report["filter"]
     result: dict[str, Any] = {"parent": parent.ref, "dry_run": dry_run, **rep}
     if not dry_run:

@@ -38,6 +38,7 @@ import yaml
 from bakeoff.console import log
 from bakeoff.steps import StepOutput
 from bakeoff.curate import find_config_file
+from bakeoff.executor import Executor
 from bakeoff.workspace import LEDGER_SCHEMA, BakeoffError, Version, Workspace
 
 
@@ -50,7 +51,7 @@ class StepKind:
     changes_rows: bool          # False: a report-only step (rows pass through)
     doc: str
     configure: Callable[[Any, dict[str, Any], Path], Any]
-    run: Callable[[Any, pl.DataFrame, Any, Workspace], Any]
+    run: Callable[[Any, pl.DataFrame, Any, Workspace, Executor | None], Any]  # executor: where batches run
 
 
 def _check_options(step: str, cls: type, opts: dict[str, Any]) -> None:
@@ -108,7 +109,16 @@ def _configure_coverage(mod: Any, opts: dict[str, Any], base: Path) -> Any:
     return cfg
 
 
-def _run_coverage(mod: Any, df: pl.DataFrame, cfg: dict[str, Any], ws: Workspace) -> dict[str, Any]:
+def _run_filter(mod: Any, df: pl.DataFrame, cfg: Any, ws: Workspace, executor: Executor | None) -> Any:
+    if executor is not None and executor.is_ray:
+        from bakeoff.curate.on_ray.filters import filter_rows_on_ray
+
+        return filter_rows_on_ray(df, cfg, executor)
+    return mod.filter_rows(df, cfg)
+
+
+def _run_coverage(mod: Any, df: pl.DataFrame, cfg: dict[str, Any], ws: Workspace,
+                  executor: Executor | None = None) -> dict[str, Any]:
     kwargs = {k: cfg[k] for k in ("model", "diversity", "examples") if k in cfg}
     report = mod.coverage_report(df, cfg["objectives"], ws=ws, **kwargs)
     if cfg.get("html"):
@@ -119,11 +129,11 @@ def _run_coverage(mod: Any, df: pl.DataFrame, cfg: dict[str, Any], ws: Workspace
 #: The steps a recipe may use, by name.
 STEPS: dict[str, StepKind] = {s.name: s for s in (
     StepKind("filter", "filters", True, "noise filters (flag, drop, repair, redact)",
-             _configure_filter, lambda m, df, c, ws: m.filter_rows(df, c)),
+             _configure_filter, _run_filter),
     StepKind("dedup", "dedup", True, "exact + MinHash near-duplicate removal",
-             _configure_dedup, lambda m, df, c, ws: m.dedup_rows(df, c)),
+             _configure_dedup, lambda m, df, c, ws, ex: m.dedup_rows(df, c, executor=ex)),
     StepKind("semantic", "semantic", True, "embedding (semantic) near-duplicate removal",
-             _configure_semantic, lambda m, df, c, ws: m.semantic_dedup_rows(df, c, ws)),
+             _configure_semantic, lambda m, df, c, ws, ex: m.semantic_dedup_rows(df, c, ws, executor=ex)),
     StepKind("coverage", "coverage", False, "objective-coverage report (rows unchanged)",
              _configure_coverage, _run_coverage),
 )}
@@ -224,14 +234,27 @@ def _empty_ledger() -> pl.DataFrame:
 
 
 def run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: bool = False,
-               name: str | None = None) -> RecipeResult:
+               name: str | None = None, executor: Executor | None = None) -> RecipeResult:
     """Run ``recipe`` on ``ref`` and write the result as a new version.
 
     Without ``intermediate``: one version, parent ``ref``, ledger = union of the
     steps' ledgers. With it: one version per row-changing step, each with its own
     ledger and parent the previous one (report-only steps attach to the next
     version written, the last one at the latest).
+
+    ``executor``: where the steps' batches run (default: this process); with
+    Ray, one session serves every step, and only this process writes versions.
     """
+    if executor is not None and executor.is_ray:
+        from bakeoff.executor import ray_session
+
+        with ray_session(executor):
+            return _run_recipe(ws, ref, recipe, intermediate, name, executor)
+    return _run_recipe(ws, ref, recipe, intermediate, name, None)
+
+
+def _run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: bool,
+                name: str | None, executor: Executor | None) -> RecipeResult:
     parent = ws.resolve(ref) if isinstance(ref, str) else ref
     out_name = name or recipe.output or parent.name
     rows = ws.load(parent)
@@ -248,7 +271,7 @@ def run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: 
         key = f"{i + 1}:{step.kind.name}"
         log(f"[{i + 1}/{len(recipe.steps)}] {step.kind.name} ({rows.height:,} rows)")
         t0 = time.perf_counter()
-        result = step.kind.run(step.module, rows, step.config, ws)
+        result = step.kind.run(step.module, rows, step.config, ws, executor)
         seconds = time.perf_counter() - t0
         rows_in = rows.height
         entry: dict[str, Any] = {"step": step.kind.name, "rows_in": rows_in}

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from bakeoff.context import get_workspace, json_option
+from bakeoff.executor import executor_options, resolve_executor
 
 
 @click.command("run")
@@ -15,8 +16,10 @@ from bakeoff.context import get_workspace, json_option
 @click.option("--intermediate", is_flag=True, help="Also write a version after each row-changing step.")
 @click.option("--name", "out_name", default=None, help="Dataset name of the result (default: recipe `output`, "
               "else the input's name).")
+@executor_options
 @json_option
-def command(ref: str, recipe_path: str, intermediate: bool, out_name: str | None, as_json: bool) -> None:
+def command(ref: str, recipe_path: str, intermediate: bool, out_name: str | None, executor_kind: str | None,
+            ray_address: str | None, as_json: bool) -> None:
     """Run the steps of RECIPE.yaml on NAME@vN in order and write one new version.
 
     Steps: filter, dedup, semantic, coverage (report only). The version's ledger
@@ -27,6 +30,7 @@ def command(ref: str, recipe_path: str, intermediate: bool, out_name: str | None
     Example:
       bakeoff curate run fin-train@v1 curate/default_recipe.yaml
       bakeoff curate run fin-train@v1 recipe.yaml --intermediate --json
+      bakeoff curate run fin-train@v1 recipe.yaml --executor ray --ray-address ray://head:10001
 
     \b
     recipe.yaml:
@@ -42,7 +46,8 @@ def command(ref: str, recipe_path: str, intermediate: bool, out_name: str | None
 
     ws = get_workspace()
     recipe = load_recipe(recipe_path)  # checked in full before any step runs
-    result = run_recipe(ws, ref, recipe, intermediate=intermediate, name=out_name)
+    executor = resolve_executor(executor_kind, ray_address=ray_address)
+    result = run_recipe(ws, ref, recipe, intermediate=intermediate, name=out_name, executor=executor)
     doc: dict[str, Any] = {"parent": ws.resolve(ref).ref, **result.to_dict()}
     emit(doc, as_json, _render)
 

@@ -281,8 +281,11 @@ def _best_partner(q: np.ndarray, cand: np.ndarray, cos: np.ndarray, rank: np.nda
 # --- the step ----------------------------------------------------------------------
 
 def semantic_dedup_rows(df: pl.DataFrame, config: SemanticDedupConfig | None = None,
-                        ws: Workspace | None = None, show_progress: bool = True) -> StepOutput:
-    """Remove semantic duplicates from ``df`` (a version's rows); see the module doc."""
+                        ws: Workspace | None = None, show_progress: bool = True,
+                        executor: Any = None) -> StepOutput:
+    """Remove semantic duplicates from ``df`` (a version's rows); see the module doc.
+    ``executor`` (:class:`bakeoff.executor.Executor`): with Ray, the embeddings
+    come from an actor pool (:mod:`bakeoff.curate.on_ray.semantic`)."""
     from bakeoff.curate import embeddings as emb
     from bakeoff.curate.dedup import loud_warning
     from bakeoff.curate.dedup_key import SCOPE_KEYS, segments
@@ -309,11 +312,25 @@ def semantic_dedup_rows(df: pl.DataFrame, config: SemanticDedupConfig | None = N
     long_rows = 0
     if len(active) > 1:
         t_embed = time.perf_counter()
-        seg_vecs, long_stats = embed_long_texts(seg.texts.to_list(), ws=ws, model=model,
-                                                batch_size=cfg.embed_batch_size, show_progress=show_progress)
-        embed_stats = {**asdict(emb.last_stats), "seconds": round(time.perf_counter() - t_embed, 3),
-                       "window_tokens": long_stats.window, "chunks": long_stats.chunks,
-                       "segments_longer_than_window": long_stats.longer_than_window}
+        if executor is not None and executor.is_ray:
+            from bakeoff.curate.on_ray.semantic import embed_on_ray
+
+            seg_vecs, ray_stats = embed_on_ray(seg.texts, model, cfg.embed_batch_size, executor)
+            window, _ = emb.model_window(model)
+            long_stats = emb.LongTextStats(texts=seg.texts.len(), window=window)
+            if window is not None:  # which segments the model could not read whole (counted here)
+                _, tok = emb.model_window(model)
+                n_tok = np.asarray([len(x) for x in tok(seg.texts.to_list(), add_special_tokens=False)["input_ids"]])
+                long_stats.longer_than_window = int((n_tok > max(8, window - 2)).sum())
+            embed_stats = {**ray_stats, "seconds": round(time.perf_counter() - t_embed, 3),
+                           "window_tokens": long_stats.window,
+                           "segments_longer_than_window": long_stats.longer_than_window}
+        else:
+            seg_vecs, long_stats = embed_long_texts(seg.texts.to_list(), ws=ws, model=model,
+                                                    batch_size=cfg.embed_batch_size, show_progress=show_progress)
+            embed_stats = {**asdict(emb.last_stats), "seconds": round(time.perf_counter() - t_embed, 3),
+                           "window_tokens": long_stats.window, "chunks": long_stats.chunks,
+                           "segments_longer_than_window": long_stats.longer_than_window}
         if long_stats.longer_than_window:
             window, tok = emb.model_window(model)
             n_tok = np.asarray([len(x) for x in tok(seg.texts.to_list(), add_special_tokens=False)["input_ids"]])

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from bakeoff.context import get_workspace, json_option
+from bakeoff.executor import executor_options, resolve_executor
 
 
 def _render(result: dict[str, Any]) -> None:
@@ -57,10 +58,11 @@ def _render(result: dict[str, Any]) -> None:
               help="Texts per embedding-model call (default 64).")
 @click.option("--name", default=None, help="Write the result under this dataset name.")
 @click.option("--dry-run", is_flag=True, help="Report what would be removed; write no version.")
+@executor_options
 @json_option
 def command(ref: str, threshold: float, scope: str, keep: str, quality_column: str, model: str | None,
             index: str, nprobe: int, embed_batch_size: int | None, name: str | None, dry_run: bool,
-            as_json: bool) -> None:
+            executor_kind: str | None, ray_address: str | None, as_json: bool) -> None:
     """Remove semantic duplicates: rows whose embeddings have cosine >= --threshold.
 
     Rows are embedded (cached in the workspace, so reruns and later steps reuse
@@ -72,6 +74,7 @@ def command(ref: str, threshold: float, scope: str, keep: str, quality_column: s
     Examples:
       bakeoff curate semantic fin-train@v3 --threshold 0.95
       bakeoff curate semantic pool@v1 --scope prompt --keep longest --dry-run --json
+      bakeoff curate semantic fin-train@v3 --executor ray   # embeddings by a Ray actor pool
     """
     from bakeoff.console import emit
     from bakeoff.curate.semantic import SemanticDedupConfig, semantic_dedup_rows
@@ -85,7 +88,8 @@ def command(ref: str, threshold: float, scope: str, keep: str, quality_column: s
     ws = get_workspace()
     parent = ws.resolve(ref)
     t0 = time.perf_counter()
-    output = semantic_dedup_rows(ws.load(parent), cfg, ws=ws)
+    executor = resolve_executor(executor_kind, ray_address=ray_address)
+    output = semantic_dedup_rows(ws.load(parent), cfg, ws=ws, executor=executor)
     version = None
     if not dry_run:
         params = {k: v for k, v in vars(cfg).items()}

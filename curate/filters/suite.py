@@ -279,13 +279,15 @@ def _examples(f: Filter, frame: pl.DataFrame, ids: pl.Series, k: int) -> list[di
     return out
 
 
-def filter_rows(df: pl.DataFrame, config: FilterSuiteConfig | dict | None = None) -> StepOutput:
+def filter_rows(df: pl.DataFrame, config: FilterSuiteConfig | dict | None = None,
+                detect_rows=None) -> StepOutput:
     """Run the filter suite on a version's rows: drop, flag, repair or redact as
-    configured. Rows in = rows kept + ledger rows."""
+    configured. Rows in = rows kept + ledger rows. ``detect_rows``: what runs
+    :func:`detect` on all rows (the Ray executor's batch map; default: here)."""
     t0 = time.perf_counter()
     if not isinstance(config, FilterSuiteConfig):
         config = FilterSuiteConfig.from_dict(config)
-    frame, active = detect(df, config)
+    frame, active = (detect_rows or detect)(df, config)
     names = [f.name for f in active]
     hit_cols = [f"{n}.hit" for n in names]
     n = df.height

@@ -1,0 +1,231 @@
+"""The executor switch and curation on Ray: the same versions (content digest)
+and the same ledgers as the local path, a worker killed mid-dedup, and a local
+default that never imports Ray.
+
+One local Ray instance (2 CPUs, no dashboard) serves the module; without the
+``ray`` extra the Ray tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from bakeoff.executor import Executor, resolve_executor
+from bakeoff.workspace import BakeoffError, Workspace
+
+RAY = Executor("ray", num_cpus=2)
+
+
+@pytest.fixture(scope="module")
+def ray_instance(tmp_path_factory):
+    """One local Ray for the module; the kill hook's folder is set before it
+    starts (workers inherit the environment of the instance)."""
+    ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed (pip install 'bakeoff[ray]')")
+    from bakeoff.curate.on_ray import KILL_ENV
+
+    kill_dir = tmp_path_factory.mktemp("kill")
+    old = os.environ.get(KILL_ENV)
+    os.environ[KILL_ENV] = str(kill_dir)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             configure_logging=True)
+    try:
+        yield kill_dir
+    finally:
+        ray.shutdown()
+        if old is None:
+            os.environ.pop(KILL_ENV, None)
+        else:
+            os.environ[KILL_ENV] = old
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo's finance training file (with planted noise and duplicates), ingested."""
+    from bakeoff.curate.ingest import ingest
+    from bakeoff.demo_data import generate
+
+    root = tmp_path_factory.mktemp("rayws")
+    paths = generate(root / "raw", seed=0, scale=0.5)
+    ws = Workspace(root / "ws")
+    ref = ingest(ws, [paths["fin-train"]], "fin-train").version.ref
+    return ws, ref
+
+
+def _ledger(ws: Workspace, ref: str) -> pl.DataFrame:
+    cols = ["row_id", "stage", "rule", "score", "kept_row_id", "similarity", "cluster_id", "detail"]
+    return ws.ledger(ref).select(cols).sort(["stage", "row_id"])
+
+
+def test_default_recipe_local_and_ray_write_the_same_version(ray_instance, demo):
+    from bakeoff.curate.recipe import default_recipe_path, load_recipe, run_recipe
+
+    ws, ref = demo
+    recipe = load_recipe(default_recipe_path())
+    local = run_recipe(ws, ref, recipe, name="local")
+    on_ray = run_recipe(ws, ref, recipe, name="ray", executor=RAY)
+    assert local.version.rows < ws.resolve(ref).rows  # the recipe removed rows (the test has teeth)
+    assert {s["step"]: s["removed"] > 0 for s in local.steps if s["step"] in ("filter", "dedup")} == \
+        {"filter": True, "dedup": True}
+    assert on_ray.version.digest == local.version.digest
+    assert _ledger(ws, on_ray.version.ref).equals(_ledger(ws, local.version.ref))
+    assert [s["removed"] for s in on_ray.steps] == [s["removed"] for s in local.steps]
+
+
+@pytest.mark.parametrize("options", [{"keep": "longest"}, {"scope": "prompt", "threshold": 0.6}])
+def test_dedup_on_ray_equals_local(ray_instance, demo, options):
+    from bakeoff.curate.dedup import DedupConfig, dedup_rows
+
+    ws, ref = demo
+    df = ws.load(ref)
+    cfg = DedupConfig(**options)
+    local, on_ray = dedup_rows(df, cfg), dedup_rows(df, cfg, executor=RAY)
+    assert local.ledger.height > 0
+    assert on_ray.ledger.equals(local.ledger)
+    assert on_ray.rows.equals(local.rows)
+
+
+def test_dedup_plain_texts_chains_like_local(ray_instance):
+    """A~B, B~C, A!~C: the greedy keeps A and C (C's only partner was removed);
+    connected components would remove C. Ray must do what local does."""
+    from bakeoff.curate.dedup import DedupConfig, dedup_texts
+    from bakeoff.curate.dedup_key import Segments
+    from bakeoff.curate.on_ray.minhash import dedup_segments_on_ray
+
+    base = [f"w{i}" for i in range(40)]
+    a = " ".join(base)
+    b = " ".join(base[:36] + ["x1", "x2", "x3", "x4"])
+    c = " ".join(base[:32] + ["x1", "x2", "x3", "x4"] + ["y1", "y2", "y3", "y4"])
+    texts = pl.Series("text", [a, b, c, "something else entirely here", a.upper()])
+    cfg = DedupConfig(threshold=0.75)
+    local = dedup_texts(texts, cfg)
+    seg = Segments(texts, pl.Series([], dtype=pl.String), np.arange(6, dtype=np.int64), np.zeros(5, np.int64))
+    on_ray = dedup_segments_on_ray(seg, cfg, np.arange(5), RAY)
+    assert local.partner.tolist() == [-1, 0, -1, -1, 0]  # C kept; the upper-case copy is exact
+    assert on_ray.partner.tolist() == local.partner.tolist()
+    assert on_ray.stage.tolist() == local.stage.tolist()
+    assert np.allclose(on_ray.similarity, local.similarity)
+
+
+def test_worker_killed_mid_dedup_leaves_the_workspace_consistent(ray_instance, demo):
+    from bakeoff.curate.dedup import DedupConfig, dedup_rows
+    from bakeoff.steps import commit_step
+
+    ws, ref = demo
+    df = ws.load(ref)
+    expected = dedup_rows(df, DedupConfig())
+    before = [v.ref for v in ws.versions()]
+    (ray_instance / "kill-once").touch()  # the first batch that sees it kills its worker
+    try:
+        output = dedup_rows(df, DedupConfig(), executor=RAY)
+    except Exception:  # noqa: BLE001 - a lost worker may fail the step: nothing may be written then
+        assert [v.ref for v in ws.versions()] == before
+        output = dedup_rows(df, DedupConfig(), executor=RAY)  # the rerun completes
+    assert not (ray_instance / "kill-once").exists()  # the worker did die
+    assert [v.ref for v in ws.versions()] == before
+    version = commit_step(ws, ref, "dedup", {}, output, name="after-kill")
+    assert output.ledger.equals(expected.ledger)
+    assert ws.load(version).height == expected.rows.height
+    assert ws.ledger(version).height == expected.ledger.height
+
+
+def test_filter_and_semantic_cli_on_ray(ray_instance, demo):
+    from click.testing import CliRunner
+
+    from bakeoff.cli import cli
+
+    ws, ref = demo
+    env = {"BAKEOFF_WORKSPACE": str(ws.root)}
+    runner = CliRunner()
+    refs = {}
+    for kind in ("local", "ray"):
+        res = runner.invoke(cli, ["curate", "filter", ref, "--executor", kind, "--json"], env=env)
+        assert res.exit_code == 0, res.output
+        filtered = ws.versions("fin-train")[-1]
+        res = runner.invoke(cli, ["curate", "semantic", filtered.ref, "--executor", kind, "--threshold", "0.9",
+                                   "--model", "hashing", "--name", f"sem-{kind}", "--json"], env=env)
+        assert res.exit_code == 0, res.output
+        refs[kind] = (filtered, ws.versions(f"sem-{kind}")[-1])
+    assert refs["ray"][0].digest == refs["local"][0].digest
+    assert refs["ray"][1].digest == refs["local"][1].digest
+    assert _ledger(ws, refs["ray"][1].ref).equals(_ledger(ws, refs["local"][1].ref))
+    assert ws.ledger(refs["local"][1].ref).height > 0
+
+
+def test_resolve_executor_order(monkeypatch):
+    monkeypatch.delenv("BAKEOFF_EXECUTOR", raising=False)
+    assert resolve_executor().kind == "local"
+    monkeypatch.setenv("BAKEOFF_EXECUTOR", "ray")
+    assert resolve_executor().is_ray
+    assert resolve_executor(pipeline="local").kind == "local"   # the pipeline file beats the environment
+    assert resolve_executor("local", pipeline="ray").kind == "local"  # the command line beats both
+    with pytest.raises(BakeoffError, match="unknown executor"):
+        resolve_executor("spark")
+
+
+def test_pipeline_file_executor_key(tmp_path, monkeypatch):
+    from bakeoff.pipeline import load_pipeline
+
+    monkeypatch.delenv("BAKEOFF_EXECUTOR", raising=False)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"instruction": "q", "output": "a"}\n')
+    spec = tmp_path / "pipeline.yaml"
+    body = f"datasets:\n  train: {{paths: [{data}]}}\ncurate: {{dataset: train}}\ntestset: {{pools: [train]}}\n"
+    spec.write_text(body + "executor: ray\n")
+    assert load_pipeline(spec).executor.is_ray
+    spec.write_text(body)
+    assert load_pipeline(spec).executor.kind == "local"
+    monkeypatch.setenv("BAKEOFF_EXECUTOR", "ray")
+    assert load_pipeline(spec).executor.is_ray
+    spec.write_text(body + "executor: local\n")
+    assert load_pipeline(spec).executor.kind == "local"  # the file beats the environment
+    spec.write_text(body + "executor: spark\n")
+    with pytest.raises(BakeoffError, match="executor: unknown executor 'spark'"):
+        load_pipeline(spec)
+
+
+def test_local_default_never_imports_ray(demo, tmp_path):
+    """``curate run`` without --executor (and with --executor local) runs the
+    default recipe without importing ray."""
+    ws, ref = demo
+    code = (
+        "import sys, os\n"
+        "from click.testing import CliRunner\n"
+        "from bakeoff.cli import cli\n"
+        "for extra in ([], ['--executor', 'local']):\n"
+        "    r = CliRunner().invoke(cli, ['curate', 'run', sys.argv[1], 'default_recipe.yaml', '--name', 'noray',"
+        " '--json', *extra])\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+        "print('ok')\n")
+    env = {**os.environ, "BAKEOFF_WORKSPACE": str(ws.root), "BAKEOFF_EMBEDDING_MODEL": "hashing"}
+    env.pop("BAKEOFF_EXECUTOR", None)
+    out = subprocess.run([sys.executable, "-c", code, ref], env=env, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ok" in out.stdout
+
+
+def test_dedup_file_mode_on_ray(ray_instance, tmp_path):
+    """``curate dedup FILE --executor ray``: the same ledger of removed lines."""
+    import json
+
+    from bakeoff.curate.dedup import DedupConfig
+    from bakeoff.curate.dedup_cmd import dedup_file
+
+    words = [f"term{i}" for i in range(30)]
+    lines = [" ".join(words), " ".join(words[:28] + ["other", "end"]), "unrelated text " * 5,
+             " ".join(words).upper(), ""]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    local = dedup_file(path, ledger_path=tmp_path / "local.parquet", config=DedupConfig())
+    on_ray = dedup_file(path, ledger_path=tmp_path / "ray.parquet", config=DedupConfig(), executor=RAY)
+    assert local["removed"] == 2
+    assert pl.read_parquet(tmp_path / "ray.parquet").equals(pl.read_parquet(tmp_path / "local.parquet"))
+    assert (on_ray["removed_exact"], on_ray["removed_near"]) == (local["removed_exact"], local["removed_near"])
