@@ -432,9 +432,8 @@ def evaluate_and_rank(ws: Workspace, cfg: LoopConfig, testset_ref: str, result: 
     if step.dry_run:
         return None
     executor = cfg.executor or resolve_executor()
-    on_ray = {"executor": executor} if executor.is_ray else {}  # local: the call as before
     step("evaluate", lambda: evaluate_checkpoints(ws, testset_ref, experiment=cfg.experiment,
-                                                  settings=settings, loglik=cfg.loglik, **on_ray))
+                                                  settings=settings, loglik=cfg.loglik, executor=executor))
     board, info = step("rank", lambda: rank_checkpoints(ws, testset_ref, experiment=cfg.experiment,
                                                         to_mlflow=True))
     result.leaderboard = board.to_json()

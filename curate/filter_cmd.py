@@ -61,7 +61,7 @@ def command(ref: str, config_path: str | None, dry_run: bool, n_examples: int, e
     Example:
       bakeoff curate filter fin-train@v1 --dry-run --examples 10
       bakeoff curate filter fin-train@v1 --config filters.yaml --json
-      bakeoff curate filter fin-train@v1 --executor ray --ray-address ray://head:10001
+      bakeoff curate filter fin-train@v1 --executor ray --ray-address ray://<head-node>:10001
 
     \b
     filters.yaml:

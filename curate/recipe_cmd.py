@@ -30,7 +30,7 @@ def command(ref: str, recipe_path: str, intermediate: bool, out_name: str | None
     Example:
       bakeoff curate run fin-train@v1 curate/default_recipe.yaml
       bakeoff curate run fin-train@v1 recipe.yaml --intermediate --json
-      bakeoff curate run fin-train@v1 recipe.yaml --executor ray --ray-address ray://head:10001
+      bakeoff curate run fin-train@v1 recipe.yaml --executor ray --ray-address ray://<head-node>:10001
 
     \b
     recipe.yaml:
