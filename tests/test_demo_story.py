@@ -38,6 +38,19 @@ def test_conclusion_is_written_from_the_ranking():
     assert "ranks 4 of 4 (last)" in lines[2] and "loss monitor: spike" in lines[2]
 
 
+def test_conclusion_reports_the_other_metric_in_domain():
+    table, names = _table(gain_in=2.0, gain_adj=0.0)
+    rng = np.random.default_rng(1)
+    answers = np.column_stack([np.zeros(60), rng.random(60) < 0.3, rng.random(60) < 0.3, np.zeros(60)])
+    other = rank_table("score (exact/numeric/fields)", table.labels, answers.astype(float),
+                       list(table.item_slices))
+    lines = conclusion(table, names, [], other)
+    assert len(lines) == 3
+    best = "s1" if "SFT round 1" in lines[0] else "s2"
+    mean = other.column(best, "in-domain").mean()
+    assert f"On score (exact/numeric/fields): {mean:.3f} vs 0.000 (unadjusted p = " in lines[0]
+
+
 def test_a_smaller_significant_adjacent_gain_carries_over_in_part():
     table, names = _table(gain_in=2.0, gain_adj=0.5)
     assert "carries over only in part" in conclusion(table, names, [])[1]
