@@ -80,13 +80,15 @@ class PlainProgress(Progress):
     """A progress display for a stderr that is not a terminal (a log file, a pipe,
     CI): rich's live bar draws nothing there until it stops, so a logged run would
     show no progress for minutes. This one prints a plain line per task instead:
-    description, done/total, rate and ETA, at most every ``every`` seconds or each
-    ``step`` of the total, and once when the task finishes."""
+    description, done/total, rate and ETA, every ``every`` seconds or each ``step``
+    of the total (but not within ``min_gap`` seconds of the last line: a task of a
+    few seconds prints only its end), and once when the task finishes."""
 
-    def __init__(self, *columns: Any, every: float = 10.0, step: float = 0.1, **kwargs: Any):
+    def __init__(self, *columns: Any, every: float = 10.0, step: float = 0.1, min_gap: float = 5.0,
+                 **kwargs: Any):
         kwargs.pop("transient", None)
         super().__init__(*columns, disable=True, **kwargs)
-        self.every, self.step = every, step
+        self.every, self.step, self.min_gap = every, step, min_gap
         self._said: dict[Any, tuple[float, float]] = {}   # task id -> (time, fraction) last printed
 
     def add_task(self, description: str, *args: Any, **kwargs: Any) -> Any:
@@ -115,7 +117,8 @@ class PlainProgress(Progress):
         fraction = task.completed / task.total if task.total else 0.0
         now = self.get_time()
         due = (force or (task.total is not None and fraction >= 1.0)
-               or now - said_at >= self.every or fraction - said_fraction >= self.step)
+               or now - said_at >= self.every
+               or (fraction - said_fraction >= self.step and now - said_at >= self.min_gap))
         if not due or (said_fraction >= 1.0 and not force):
             return
         self._said[task_id] = (now, fraction)

@@ -57,6 +57,17 @@ def test_slow_task_prints_every_ten_seconds(monkeypatch):
     assert "s/it" not in lines[0] and "1.0 it/s" in lines[0] and "ETA 16:30" in lines[0]
 
 
+def test_a_task_of_a_few_seconds_prints_only_its_end(monkeypatch):
+    buf, clock = _not_a_terminal(monkeypatch)
+    with console.progress() as p:
+        task = p.add_task("embedding", total=50)
+        for _ in range(50):
+            clock.now += 0.06
+            p.advance(task)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("embedding: 50/50 (100 %)") and lines[0].endswith("done")
+
+
 def test_terminal_keeps_the_rich_bar(monkeypatch):
     monkeypatch.setattr(console, "err", Console(file=io.StringIO(), force_terminal=True))
     with console.progress() as p:
