@@ -129,15 +129,17 @@ def plain_line(task: Task) -> str:
     """``description: done/total (pct), rate, elapsed, ETA`` for a log line."""
     done = f"{task.completed:g}"
     parts = [f"{done}/{task.total:g} ({100 * task.completed / task.total:.0f} %)" if task.total else done]
-    speed = task.finished_speed or task.speed
+    # rich estimates speed over its last 30 s; slower steps than that leave it
+    # empty, and the average since the start stands in.
+    speed = task.finished_speed or task.speed or (task.completed / task.elapsed if task.elapsed else None)
     if speed:
         parts.append(f"{speed:.1f} it/s" if speed >= 1 else f"{1 / speed:.1f} s/it")
     if task.elapsed is not None:
         parts.append(f"elapsed {_clock(task.elapsed)}")
     if task.total and task.completed >= task.total:
         parts.append("done")
-    elif task.time_remaining is not None:
-        parts.append(f"ETA {_clock(task.time_remaining)}")
+    elif task.total and speed:
+        parts.append(f"ETA {_clock((task.total - task.completed) / speed)}")
     if task.fields.get("loss") not in (None, "", "–"):
         parts.append(f"loss {task.fields['loss']}")
     return f"{Text.from_markup(task.description).plain.strip()}: {', '.join(parts)}"

@@ -57,6 +57,17 @@ def test_slow_task_prints_every_ten_seconds(monkeypatch):
     assert "s/it" not in lines[0] and "1.0 it/s" in lines[0] and "ETA 16:30" in lines[0]
 
 
+def test_steps_slower_than_rich_speed_window_still_show_rate_and_eta(monkeypatch):
+    buf, clock = _not_a_terminal(monkeypatch)
+    with console.progress() as p:
+        task = p.add_task("train", total=12)
+        for step in range(1, 4):
+            clock.now += 40.0           # one step every 40 s: rich's 30 s window holds one sample
+            p.update(task, completed=step)
+    first = buf.getvalue().splitlines()[0]
+    assert first == "train: 1/12 (8 %), 40.0 s/it, elapsed 0:40, ETA 7:20"
+
+
 def test_a_task_of_a_few_seconds_prints_only_its_end(monkeypatch):
     buf, clock = _not_a_terminal(monkeypatch)
     with console.progress() as p:
