@@ -152,6 +152,8 @@ def rich_trainer_progress() -> type:
     training run: steps done of total, steps/s, the latest loss, elapsed and ETA."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
+
+    from bakeoff.console import progress_display
     from transformers import TrainerCallback
 
     class RichTrainerProgress(TrainerCallback):
@@ -162,10 +164,12 @@ def rich_trainer_progress() -> type:
         def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
             if not state.is_world_process_zero:
                 return
-            self.bar = Progress(TextColumn("  [bold]training[/]"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[speed_text]}"), TextColumn("loss {task.fields[loss]}"),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                console=err, transient=False)
+            # Plain periodic lines where stderr is not a terminal (see console.PlainProgress).
+            self.bar = progress_display(TextColumn("  [bold]training[/]"), BarColumn(), MofNCompleteColumn(),
+                                        TextColumn("{task.fields[speed_text]}"),
+                                        TextColumn("loss {task.fields[loss]}"),
+                                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                        console=err, transient=False)
             self.bar.start()
             self.task = self.bar.add_task("train", total=state.max_steps, loss="–", speed_text="")
             self.bar.update(self.task, completed=state.global_step)

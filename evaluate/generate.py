@@ -241,10 +241,14 @@ class HFGenerator:
                 mask[row, width - len(full):] = 1
                 target[row, width - len(r_ids):] = True
             ids, mask, target = ids.to(self.device), mask.to(self.device), target.to(self.device)
+            # References sit at the end (left padding): only the last k + 1 positions'
+            # logits are needed, and the vocabulary-wide softmax over every prompt
+            # position was most of the cost of a short reference.
+            k = min(width - 1, max(1, max(len(seqs[i][1]) for i in idx)))
             with torch.inference_mode():
-                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-            tgt = target[:, 1:]
+                logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=k + 1).logits.float()
+            logp = torch.log_softmax(logits[:, -(k + 1):-1], dim=-1).gather(-1, ids[:, -k:, None])[..., 0]
+            tgt = target[:, -k:]
             sums = (logp * tgt).sum(dim=1).cpu().tolist()
             counts = tgt.sum(dim=1).cpu().tolist()
             for row, i in enumerate(idx):

@@ -38,6 +38,19 @@ def test_conclusion_is_written_from_the_ranking():
     assert "ranks 4 of 4 (last)" in lines[2] and "loss monitor: spike" in lines[2]
 
 
+def test_conclusion_reports_the_other_metric_in_domain():
+    table, names = _table(gain_in=2.0, gain_adj=0.0)
+    rng = np.random.default_rng(1)
+    answers = np.column_stack([np.zeros(60), rng.random(60) < 0.3, rng.random(60) < 0.3, np.zeros(60)])
+    other = rank_table("score (exact/numeric/fields)", table.labels, answers.astype(float),
+                       list(table.item_slices))
+    lines = conclusion(table, names, [], other)
+    assert len(lines) == 3
+    best = "s1" if "SFT round 1" in lines[0] else "s2"
+    mean = other.column(best, "in-domain").mean()
+    assert f"On score (exact/numeric/fields): {mean:.3f} vs 0.000 (unadjusted p = " in lines[0]
+
+
 def test_a_smaller_significant_adjacent_gain_carries_over_in_part():
     table, names = _table(gain_in=2.0, gain_adj=0.5)
     assert "carries over only in part" in conclusion(table, names, [])[1]
@@ -114,3 +127,16 @@ def test_run_label_says_round_kind_and_dataset():
     assert run_label(2, "sft", "fin-train@v3") == "r2-sft-fin-train@v3"
     assert run_label(None, "ppo", "prompts@v1") == "ppo-prompts@v1"
     assert run_label(1, "reward") == "r1-reward"
+
+
+def test_control_run_tied_with_the_base_model_at_the_bottom_is_last():
+    """On answers, a broken run and the base model both score 0: tied ranks share
+    a number, and the control run is still last (tied)."""
+    rng = np.random.default_rng(2)
+    slices = ["in-domain"] * 40 + ["adjacent"] * 20
+    good = np.r_[rng.random(40) < 0.4, np.zeros(20)].astype(float)
+    scores = np.column_stack([np.zeros(60), good, good * (rng.random(60) < 0.5), np.zeros(60)])
+    names = {"b": "base", "s1": "SFT round 1 @64", "s2": "SFT round 2 @64", "x": "SFT LR 10x @64"}
+    table = rank_table("score (exact/numeric/fields)", list(names), scores, slices)
+    line = conclusion(table, names, [])[2]
+    assert "the LR 10x run ranks 3 of 4 (last, tied with base)" in line
