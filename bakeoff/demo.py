@@ -213,7 +213,7 @@ def tell_story(ws: Any, result: Any, board: Any, primary: str, bad_run: str | No
     tables = {"score": rank_table("score (exact/numeric/fields)", *leaderboard_matrix(board))}
     ll = loglik_matrix(ws, board)
     if ll is not None:
-        tables["loglik"] = rank_table("reference log-likelihood per token", *ll)
+        tables["loglik"] = rank_table("reference log-likelihood per token, mean over items", *ll)
     if primary not in tables:
         primary = "score"
     order = [primary] + [k for k in tables if k != primary]

@@ -271,7 +271,7 @@ def sections(ws: Workspace, g: dict[str, Any], L: Lineage, story: dict[str, Any]
                    f"<p>{b.n_items} items, test: {H.esc(b.test)}; top {len(rows)} of {len(b.entries)}.</p>"
                    + _no_winner_note([e.score for e in b.entries])
                    + H.table(["#", "model", "score", "95% CI", "p(best)", "p not best (adj.)", *b.slices,
-                              "ref. loglik/token"], rows, highlight=[0]))
+                              "ref. loglik/token (pooled)"], rows, highlight=[0]))
     out.append("<h2>Lineage</h2><div style='overflow-x:auto'>" + lineage_svg(L) + "</div>")
     vrows = []
     for v in g["versions"]:

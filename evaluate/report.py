@@ -252,7 +252,7 @@ def render_html(board: Leaderboard, path: str | Path, lineage: dict[str, list[st
                                                    for e in board.entries])]
     if any(e.loglik_per_token is not None for e in board.entries):
         sections += ["<h3>Reference log-likelihood (generation-free)</h3>",
-                     H.table(["checkpoint", "mean log p per reference token"],
+                     H.table(["checkpoint", "log p per reference token (all items' tokens pooled)"],
                              [[e.label, _f(e.loglik_per_token)] for e in board.entries])]
     sections += ["<h2>Checkpoint × slice</h2>", _heatmap(board), "<h2>Score vs step</h2>", _curves(board)]
 
