@@ -310,16 +310,16 @@ def semantic_dedup_rows(df: pl.DataFrame, config: SemanticDedupConfig | None = N
     search: dict[str, Any] = {"index": "none", "candidates_checked": 0}
     embed_stats: dict[str, Any] = {}
     long_rows = 0
+    n_tok = None  # tokens per segment, when counted
     if len(active) > 1:
         t_embed = time.perf_counter()
         if executor is not None and executor.is_ray:
             from bakeoff.curate.on_ray.semantic import embed_on_ray
 
             seg_vecs, ray_stats = embed_on_ray(seg.texts, model, cfg.embed_batch_size, executor)
-            window, _ = emb.model_window(model)
+            window, tok = emb.model_window(model)
             long_stats = emb.LongTextStats(texts=seg.texts.len(), window=window)
             if window is not None:  # which segments the model could not read whole (counted here)
-                _, tok = emb.model_window(model)
                 n_tok = np.asarray([len(x) for x in tok(seg.texts.to_list(), add_special_tokens=False)["input_ids"]])
                 long_stats.longer_than_window = int((n_tok > max(8, window - 2)).sum())
             embed_stats = {**ray_stats, "seconds": round(time.perf_counter() - t_embed, 3),
@@ -333,7 +333,8 @@ def semantic_dedup_rows(df: pl.DataFrame, config: SemanticDedupConfig | None = N
                            "segments_longer_than_window": long_stats.longer_than_window}
         if long_stats.longer_than_window:
             window, tok = emb.model_window(model)
-            n_tok = np.asarray([len(x) for x in tok(seg.texts.to_list(), add_special_tokens=False)["input_ids"]])
+            if n_tok is None:  # the Ray branch counted the tokens already
+                n_tok = np.asarray([len(x) for x in tok(seg.texts.to_list(), add_special_tokens=False)["input_ids"]])
             long_seg = n_tok > window - 2
             long_rows = int((np.bincount(seg_row, weights=long_seg, minlength=df.height) > 0).sum())
         # Rows are compared only with rows of the same shape (the same kinds of
