@@ -24,9 +24,11 @@ a step runs with ``--executor ray``.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 #: Rows per Ray Data block (and per batch of a map): big enough that a task's
@@ -105,5 +107,26 @@ def collect(ds: Any, sort_by: str | None = None) -> pa.Table:
     return table
 
 
-__all__ = ["ROWS_PER_BLOCK", "KILL_ENV", "maybe_die", "parallelism", "dataset_from_table",
+@dataclass
+class RayStepOutput:
+    """What a step run on Ray over a dataset of rows hands back to the driver:
+    never the kept rows (at ten million rows they do not fit there), only what
+    changes. The input dataset's rows carry ``_row`` (int64: their number in the
+    step's input, dense from 0); the driver writes the step's output by
+    streaming the input's Parquet shards minus ``removed``, with ``rewritten``
+    in place of the rows it names.
+
+    ``removed``: the ``_row`` numbers the step removes (int64, ascending).
+    ``ledger``: one row per removed row (``LEDGER_SCHEMA``), as the local step
+    writes it. ``rewritten``: ``_row`` plus the core columns (new ``id``
+    included) of rows whose content the step changed (a filter's repair or
+    redaction: the hit rows only), or None. ``report``: the local step's report."""
+
+    removed: np.ndarray
+    ledger: pl.DataFrame
+    report: dict[str, Any] = field(default_factory=dict)
+    rewritten: pl.DataFrame | None = None
+
+
+__all__ = ["RayStepOutput", "ROWS_PER_BLOCK", "KILL_ENV", "maybe_die", "parallelism", "dataset_from_table",
            "map_options", "use_task_shuffle", "collect"]
