@@ -16,6 +16,7 @@ baseline unless ``--base-model none``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +134,26 @@ def base_models(ws: Workspace, specs: list[ModelSpec], base_model: str | None = 
 
 
 def _unique_labels(specs: list[ModelSpec]) -> None:
-    """Two runs of one kind on one dataset get their run id in the label; any
-    remaining clash a ``#n`` suffix."""
+    """Two runs of one kind on one dataset get their run name in the label when
+    the user named the runs apart (``--run-name``, e.g. a control run
+    ``...-lr10x``), else their run id; any remaining clash a ``#n`` suffix."""
     counts: dict[str, int] = {}
     for s in specs:
         counts[s.label] = counts.get(s.label, 0) + 1
+    names: dict[str, list[str]] = {}
     for s in specs:
-        run = str(s.meta.get("run_id") or "")
-        if counts[s.label] > 1 and run:
+        names.setdefault(s.label, []).append(str(s.meta.get("run_name") or ""))
+    # the words of each run name after those the clashing names share:
+    # r1-sft-fin@v2 and r1-sft-fin@v2-lr10x -> "" and "lr10x"
+    shared = {label: len(os.path.commonprefix([n.split("-") for n in ns])) if len(set(ns)) > 1 else None
+              for label, ns in names.items()}
+    for s in specs:
+        run, name = str(s.meta.get("run_id") or ""), str(s.meta.get("run_name") or "")
+        cut = shared[s.label]
+        own = "-".join(name.split("-")[cut:]) if cut is not None else ""
+        if counts[s.label] > 1 and own:
+            s.label = f"{s.label} ({own})"
+        elif counts[s.label] > 1 and run:
             s.label = f"{s.label} ({run[:8]})"
     seen: dict[str, int] = {}
     for s in specs:

@@ -232,3 +232,19 @@ def test_adapter_checkpoint_digest_covers_its_base(ws, tmp_path):
     res = evaluate_model(ws, version, items, specs[0], GenerationSettings(batch_size=2, max_new_tokens=3),
                          device="cpu", loglik=False)
     assert res.generated == 2 and res.weights_digest == d0
+
+
+def test_clashing_labels_use_the_run_names_that_tell_runs_apart():
+    """Two checkpoints of one kind, dataset and step: the words of their run names
+    that differ name them (a control run ``...-lr10x``), else the run id."""
+    from bakeoff.evaluate.discover import _unique_labels
+
+    def spec(run_id: str, run_name: str | None) -> ModelSpec:
+        return ModelSpec(label="r1 sft fin@v2 step 64", path="/x", meta={"run_id": run_id, "run_name": run_name})
+
+    specs = [spec("fb23f142aa", "r1-sft-fin@v2"), spec("0123456789", "r1-sft-fin@v2-lr10x")]
+    _unique_labels(specs)
+    assert [s.label for s in specs] == ["r1 sft fin@v2 step 64 (fb23f142)", "r1 sft fin@v2 step 64 (lr10x)"]
+    same = [spec("aaaaaaaa11", "x"), spec("bbbbbbbb22", "x")]  # equal names: the run ids
+    _unique_labels(same)
+    assert [s.label for s in same] == ["r1 sft fin@v2 step 64 (aaaaaaaa)", "r1 sft fin@v2 step 64 (bbbbbbbb)"]

@@ -238,7 +238,7 @@ class RLInputs:
     def checkpoint_meta(self, plan: RunPlan, kind: str) -> dict[str, Any]:
         """Everything of this run's checkpoint metadata but the step."""
         cfg = plan.cfg
-        return {"run_id": plan.run_id, "experiment_name": cfg.experiment_name, "kind": kind,
+        return {"run_id": plan.run_id, "run_name": cfg.run_name, "experiment_name": cfg.experiment_name, "kind": kind,
                 "base_model": self.base_model(), "datasets": [self.prompts_ref],
                 "parent_run_id": self.policy_meta.run_id if self.policy_meta else None,
                 "parent_checkpoint": self.policy_path, "round": cfg.round, "lineage": self.lineage,

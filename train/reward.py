@@ -218,7 +218,7 @@ def train_reward(ws: "Workspace", cfg: RewardRunConfig, callbacks: list[Any] | N
 
     sched = ScheduleRef()
     monitor_cb = make_monitor_callback(sched)
-    ckpt_meta = {"run_id": plan.run_id, "experiment_name": cfg.experiment_name, "kind": "reward",
+    ckpt_meta = {"run_id": plan.run_id, "run_name": cfg.run_name, "experiment_name": cfg.experiment_name, "kind": "reward",
                  "base_model": base_model, "datasets": [version.ref],
                  "parent_run_id": parent.run_id if parent else None,
                  "parent_checkpoint": parent.path if parent else None, "round": cfg.round}

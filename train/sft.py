@@ -201,7 +201,7 @@ def train_sft(ws: "Workspace", cfg: SFTRunConfig, callbacks: list[Any] | None = 
 
     ref = ScheduleRef()
     monitor_cb = make_monitor_callback(ref)
-    ckpt_meta = {"run_id": plan.run_id, "experiment_name": cfg.experiment_name, "kind": "sft",
+    ckpt_meta = {"run_id": plan.run_id, "run_name": cfg.run_name, "experiment_name": cfg.experiment_name, "kind": "sft",
                  "base_model": base_model, "datasets": [version.ref],
                  "parent_run_id": parent.run_id if parent else None,
                  "parent_checkpoint": parent.path if parent else None, "round": cfg.round}
