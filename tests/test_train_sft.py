@@ -75,7 +75,7 @@ def test_sft_loss_falls_and_checkpoints(full_run):
     assert losses[-1] < losses[0] * 0.8
     assert [Path(c).name for c in r.checkpoints] == ["checkpoint-5", "checkpoint-10"]
     meta = json.loads((Path(r.checkpoints[0]) / "bakeoff_checkpoint.json").read_text())
-    assert meta == {"run_id": r.run_id, "experiment_name": "exp", "step": 5, "kind": "sft",
+    assert meta == {"run_id": r.run_id, "run_name": None, "experiment_name": "exp", "step": 5, "kind": "sft",
                     "base_model": meta["base_model"], "datasets": [ref], "parent_run_id": None,
                     "parent_checkpoint": None, "round": None}
     assert Path(meta["base_model"]).is_dir()
