@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -67,3 +68,39 @@ def test_monitor_nan_spike_rising_and_quiet():
     for i, v in enumerate([2.0, 2.1, 2.25, 2.4, 2.6, 2.8]):
         off.update(i, v, False)
     assert off.alerts == []
+
+
+def _replay(losses: list[float], seed: int | None = None) -> set[str]:
+    """The alert kinds a monitor raises on a demo run's logged losses (the peak
+    window as the demo's schedule has it: past warm-up, LR >= 0.8 x peak).
+    ``seed``: the losses after step 16 in a random order (noise, no trend)."""
+    from _demo_loss_curves import LR_SHAPE
+
+    if seed is not None:
+        head, tail = losses[:16], list(losses[16:])
+        random.Random(seed).shuffle(tail)
+        losses = head + tail
+    mon = LossMonitor()
+    for step, (loss, lr) in enumerate(zip(losses, LR_SHAPE), start=1):
+        mon.update(step, loss, in_peak=step >= 4 and lr >= 0.8)
+    return {a["kind"] for a in mon.alerts}
+
+
+def test_monitor_on_real_demo_curves_fires_on_the_lr_control_only():
+    """Per-step losses of real runs swing 0.03-3.3 (one packed sequence a step):
+    the good runs raise nothing, the 10x LR control raises 'stalled' (its loss
+    stays above where it started). Under the old rules all three fired."""
+    from _demo_loss_curves import GOOD_R1, GOOD_R2, LR_10X
+
+    assert _replay(GOOD_R1) == set() and _replay(GOOD_R2) == set()
+    assert "stalled" in _replay(LR_10X)
+
+
+def test_monitor_false_alarm_rate_on_healthy_noise_is_small():
+    """The claim 'a good run raises nothing' survives a simulation: the good
+    runs' own losses in random order (the same noise, no trend) fire in < 3 %
+    of 200 replays (measured 0.3 % over 2000)."""
+    from _demo_loss_curves import GOOD_R1, GOOD_R2
+
+    fired = sum(bool(_replay(curve, seed)) for curve in (GOOD_R1, GOOD_R2) for seed in range(100))
+    assert fired / 200 < 0.03

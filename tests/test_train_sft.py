@@ -160,7 +160,7 @@ def test_monitor_fires_on_too_high_lr(mws, model_cache):
     assert r.lr_alerts, "a too-high LR should trip the monitor"
     tags = _client(r).get_run(r.run_id).data.tags
     assert tags["bakeoff.lr_monitor"] == "warned"
-    assert set(tags["bakeoff.lr_warning"].split(",")) & {"nan", "spike", "rising"}
+    assert set(tags["bakeoff.lr_warning"].split(",")) & {"nan", "spike", "rising", "stalled"}
     assert _client(r).get_metric_history(r.run_id, "lr_monitor_alert")
 
 
