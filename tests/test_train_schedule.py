@@ -71,18 +71,18 @@ def test_monitor_nan_spike_rising_and_quiet():
 
 
 def _replay(losses: list[float], seed: int | None = None) -> set[str]:
-    """The alert kinds a monitor raises on a demo run's logged losses (the peak
-    window as the demo's schedule has it: past warm-up, LR >= 0.8 x peak).
-    ``seed``: the losses after step 16 in a random order (noise, no trend)."""
-    from _demo_loss_curves import LR_SHAPE
-
+    """The alert kinds a monitor raises on a demo run's logged losses, with the
+    demo's schedule (64 steps, default warm-up, hold 30 %) deciding the peak
+    window as the training callback does. ``seed``: the losses after step 16
+    in a random order (the same noise, no trend)."""
     if seed is not None:
         head, tail = losses[:16], list(losses[16:])
         random.Random(seed).shuffle(tail)
         losses = head + tail
+    schedule = make_schedule(64, hold=0.3)
     mon = LossMonitor()
-    for step, (loss, lr) in enumerate(zip(losses, LR_SHAPE), start=1):
-        mon.update(step, loss, in_peak=step >= 4 and lr >= 0.8)
+    for step, loss in enumerate(losses, start=1):
+        mon.update(step, loss, in_peak=schedule.at_peak(step - 1))
     return {a["kind"] for a in mon.alerts}
 
 
