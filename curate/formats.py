@@ -102,18 +102,24 @@ def key_stats(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int]]:
 
 
 def key_census(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int], int]:
-    """``key_stats`` plus whether some record may have a duplicated top-level key
-    (then ``split_duplicate_keys`` finds them exactly), in the same pass: a key
-    counted more often than the lines holding it. Cheap, and never misses one; a
-    JSON array with several records on a line is a false alarm, settled exactly."""
-    ((n,),) = con.execute("SELECT count(*) FROM recs").fetchall()
-    rows = con.execute("SELECT k, count(*), count(DISTINCT source_line) FROM "
-                       "(SELECT source_line, unnest(json_keys(raw)) AS k FROM recs) GROUP BY k").fetchall()
-    # An empty key name (at the top or in meta) cannot be addressed by a JSON path.
-    ((empty,),) = con.execute("""SELECT count(*) FROM recs WHERE contains(raw, '""')
-                                 AND regexp_matches(raw, '""\\s*:')""").fetchall()
-    stats = {k: c for k, c, _ in rows if k != ""}
-    return n, stats, sum(c - d for _, c, d in rows) + empty
+    """``key_stats`` plus how many records have a duplicated or empty top-level
+    key (then ``split_bad_keys`` names them), or may have an empty key in a
+    nested object (a cheap text test; settled exactly there). One parse per
+    record: the records are grouped by their key list (most records of a file
+    share a handful of lists), and the keys are counted over the groups."""
+    # An empty key name (at the top or in meta) cannot be addressed by a JSON
+    # path: a record where one may be (``"":``) counts as bad too.
+    rows = con.execute("""
+        WITH g AS MATERIALIZED (SELECT json_keys(raw) AS ks,
+                                       contains(raw, '""') AND regexp_matches(raw, '""\\s*:') AS empty,
+                                       count(*) AS c FROM recs GROUP BY ks, empty)
+        SELECT 'key', k, sum(c) FROM (SELECT unnest(list_distinct(ks)) AS k, c FROM g) GROUP BY k
+        UNION ALL SELECT 'n', NULL, sum(c) FROM g
+        UNION ALL SELECT 'bad', NULL, sum(c) FROM g
+                  WHERE empty OR len(ks) <> len(list_distinct(ks)) OR list_contains(ks, '')""").fetchall()
+    stats = {k: int(c) for what, k, c in rows if what == "key" and k != ""}
+    totals = {what: int(c or 0) for what, _, c in rows if what != "key"}
+    return totals["n"], stats, totals["bad"]
 
 
 def split_bad_keys(con: duckdb.DuckDBPyConnection, meta: str = "meta") -> tuple[pl.DataFrame, Any]:
