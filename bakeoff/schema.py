@@ -93,11 +93,6 @@ def content_hash(kind: str, messages: list | None, chosen: list | None = None,
     return with_ids(df)["id"][0]
 
 
-#: From this many rows on, ``with_ids`` hashes with the numba kernel (loading it
-#: costs ~0.3 s once per process; hashlib costs ~1 µs per row).
-_KERNEL_ROWS = 10_000
-
-
 def with_ids(df: pl.DataFrame) -> pl.DataFrame:
     """Set ``id`` from each row's content.
 
@@ -108,21 +103,17 @@ def with_ids(df: pl.DataFrame) -> pl.DataFrame:
     # Canonical content per row: JSON serialised by polars (vectorized; struct
     # fields in CONTENT_FIELDS order, message fields in MESSAGE order, so identical
     # content gives identical bytes whatever file format it came from).
-    # Hashed with BLAKE2b-128 rather than DuckDB's vectorized sha256: on this
-    # hardware (no SHA extensions) DuckDB hashes ~150 MB/s, BLAKE2b ~3x that.
-    # Large frames go through a numba kernel over the column's Arrow buffers
-    # (bakeoff.blake2b: no Python call or bytes object per row); small ones
-    # through hashlib, which gives the same digests without loading the kernel.
-    canon = df.select(pl.struct(list(CONTENT_FIELDS)).struct.json_encode()).to_series()
-    if df.height >= _KERNEL_ROWS:
-        from bakeoff.blake2b import blake2b_128_hex
-
-        ids = blake2b_128_hex(canon)
-    else:
-        blake2b = hashlib.blake2b
-        ids = pl.Series([blake2b(c, digest_size=16).hexdigest() for c in canon.cast(pl.Binary).to_list()],
-                        dtype=pl.String)
-    df = df.with_columns(ids.alias("id"))
+    # Hashed with hashlib's BLAKE2b-128 in a loop rather than DuckDB's vectorized
+    # sha256: on this hardware (no SHA extensions) DuckDB hashes ~150 MB/s and
+    # BLAKE2b ~2x that even with the per-row call, and hashing is the cost here.
+    # A numba BLAKE2b kernel over the column's Arrow buffers was tried (bit-identical,
+    # no Python call per row): ~480 MB/s against hashlib's ~780 MB/s (SIMD), so
+    # 0.9 s per million chat rows against 1.15 s here, but loading numba and the
+    # kernel costs ~0.6 s per process: a loss below ~2.5M rows.
+    canon = df.select(pl.struct(list(CONTENT_FIELDS)).struct.json_encode().cast(pl.Binary))
+    blake2b = hashlib.blake2b
+    hashes = [blake2b(c, digest_size=16).hexdigest() for c in canon.to_series().to_list()]
+    df = df.with_columns(pl.Series("id", hashes, dtype=pl.String))
     if not df["id"].is_duplicated().any():  # the common case; the window below is costly
         return df
     occurrence = pl.int_range(pl.len()).over("id") + 1
