@@ -169,3 +169,33 @@ def test_peak_rss_stays_flat_as_the_file_grows(tmp_path):
     # MB. What grows between these sizes is the digest's sort filling its 128 MB
     # budget (measured: +86 MB; +190 MB with the default 256 MB); past it, it spills.
     assert peaks[600_000] < peaks[150_000] + 128, peaks
+
+
+def test_plain_file_batches_read_back_the_same_records_as_gzip(tmp_path):
+    """A plain file's batches end at a line end by seeking back (no copy); a gzip
+    carries the incomplete line. Both give the same records and quarantine at
+    every batch size, whatever straddles a batch edge."""
+    import gzip
+
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"q{i} " + "é" * (i % 37)}]}) for i in range(300)]
+    lines[5] = '{"messages": ['                                   # malformed
+    lines[40] = ""                                                # blank
+    lines[77] = '{"a": "\xff"}'                                   # replaced by invalid UTF-8 below
+    lines[120] = lines[120] + "\r"                                # CRLF
+    body = ("\ufeff" + "\n".join(lines)).encode().replace("\xff".encode(), b"\xff")  # BOM, no final newline
+    plain, gz = tmp_path / "r.jsonl", tmp_path / "r.jsonl.gz"
+    plain.write_bytes(body)
+    gz.write_bytes(gzip.compress(body))
+
+    def read(path: Path, batch_bytes: int) -> tuple[list, list]:
+        recs, quar = [], []
+        for b in readers.iter_records(path, batch_bytes):
+            recs += list(zip(b.table.column("source_line").to_pylist(), b.table.column("raw").to_pylist()))
+            quar += b.quarantine.select("source_line", "reason", "raw").rows()
+        return recs, quar
+
+    want = read(gz, 1 << 20)
+    assert len(want[0]) == 297 and [q[0] for q in want[1]] == [6, 78]
+    for batch_bytes in (250, 1000, 4096, 1 << 20):
+        assert read(plain, batch_bytes) == want, batch_bytes
+        assert read(gz, batch_bytes) == want, batch_bytes
