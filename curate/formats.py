@@ -545,12 +545,22 @@ def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | N
     meta_col = plan.col("meta")
     q.s1.append(f"{q.access(meta_col)} AS meta_j")
     q.s2.append("jt(meta_j) AS meta_t")
+    # Fast tier, labels read from meta only (no top-level or --map label column):
+    # the string labels are typed VARCHAR in the meta parse, and a non-string
+    # value sends the row to the exact tier (suspect keys), which saves the JSON
+    # type tests and extraction per label on every row.
+    typed_labels = fast and not any(plan.has(f) or f in plan.columns for f in META_FIELDS if f != "tags")
+    meta_types = {f: "VARCHAR" if typed_labels and f != "tags" else "JSON" for f in META_FIELDS}
     q.s2.append("CASE WHEN jt(meta_j) = 'OBJECT' THEN from_json(meta_j, "
-                + _lit(json.dumps({f: "JSON" for f in META_FIELDS})) + ") END AS meta_f")
+                + _lit(json.dumps(meta_types)) + ") END AS meta_f")
     q.checks.append(("meta_t NOT IN ('OBJECT', 'NULL')",
                      f"{_lit(meta_col)} || ' must be an object, got ' || {_TYPE_WORD.format(t='meta_t')}"))
     labels = {}
     for f in META_FIELDS:
+        if meta_types[f] == "VARCHAR":
+            q.suspect_keys.add(f)
+            labels[f] = f"nullif(trim(meta_f.{f}), '')"
+            continue
         top = plan.col(f)
         top_sql = q.access(top) if (plan.has(f) or f in plan.columns) else "NULL::JSON"
         # A label the user mapped (--map task=meta.answer_type) wins over the
