@@ -199,3 +199,17 @@ def test_plain_file_batches_read_back_the_same_records_as_gzip(tmp_path):
     for batch_bytes in (250, 1000, 4096, 1 << 20):
         assert read(plain, batch_bytes) == want, batch_bytes
         assert read(gz, batch_bytes) == want, batch_bytes
+
+
+def test_ingest_does_not_import_pandas(tmp_path):
+    """pyarrow imports pandas (~0.8 s of CPU) when handed numpy input through
+    ``pa.array``/``pa.table``; the ingest path builds its Arrow data from buffers."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "f.jsonl"
+    _write_fixture(src)
+    code = ("import sys; from bakeoff.curate.ingest import ingest; from bakeoff.workspace import Workspace; "
+            f"ingest(Workspace({str(tmp_path / 'ws')!r}), [{str(src)!r}], 'p'); print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
