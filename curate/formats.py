@@ -335,17 +335,19 @@ class _Query:
                 self.s1 += [f"{self.access(column)} AS {name}_j"]
                 self.s2 += [f"jt({name}_j) AS {name}_t", self._norm(name, string_role)]
                 self.s3 += [f"from_json({name}_norm, {_lit(typed_schema)}) AS {name}_typed"]
-            # Accept-or-not in a few passes: one over the turns (null or blank
-            # leaves), the roles as one string checked with string/regex ops.
-            # Whatever is not accepted here is judged by the exact checks.
+            # Accept-or-not in two passes over the turns: one builds them with
+            # roles normalised, one writes the roles as one string checked with
+            # string/regex ops, where a turn with a null or blank leaf or an
+            # unknown role is written '!' (so no role name, even one holding a
+            # comma, can pass for a valid order). Whatever is not accepted here
+            # is judged by the exact checks.
             role = f"CASE WHEN {e_r} IN {known} THEN {e_r} ELSE role_norm({e_r}) END"
+            self.s4 += [f"list_transform({name}_typed, lambda e: {{'role': {role}, 'content': {e_c}}}) AS {name}_msgs"]
             # (blank test: the first character decides unless it is whitespace)
-            self.s4 += [
-                f"list_bool_or(list_transform({name}_typed, lambda e: e IS NULL OR {e_r} IS NULL OR {e_c} IS NULL "
-                f"OR {e_c} = '' OR (ascii({e_c}) IN (9, 10, 11, 12, 13, 32) AND regexp_full_match({e_c}, '\\s*')))) AS {name}_holes",
-                f"list_transform({name}_typed, lambda e: {{'role': {role}, 'content': {e_c}}}) AS {name}_msgs",
-            ]
-            self.s5 += [f"',' || array_to_string(list_transform({name}_msgs, lambda m: m.role), ',') || ',' AS {name}_rs"]
+            bad_turn = (f"m.role IS NULL OR m.content IS NULL OR m.role NOT IN {known} OR m.content = '' "
+                        f"OR (ascii(m.content) IN (9, 10, 11, 12, 13, 32) AND regexp_full_match(m.content, '\\s*'))")
+            self.s5 += [f"',' || array_to_string(list_transform({name}_msgs, lambda m: CASE WHEN {bad_turn} "
+                        f"THEN '!' ELSE m.role END), ',') || ',' AS {name}_rs"]
             rs = f"{name}_rs"
             shape = {
                 "conversation": "(,system)*,user(,(user|assistant|tool))*,assistant,",
@@ -353,8 +355,7 @@ class _Query:
                 "prompt-strip": "(,system)*,user(,(user|assistant|tool))*,",
                 "response": "(,assistant)+,",
             }[purpose]
-            ok = (f"{name}_typed IS NOT NULL AND len({name}_typed) > 0 AND NOT {name}_holes "
-                  f"AND regexp_full_match({rs}, {_lit(shape)})")
+            ok = f"{name}_typed IS NOT NULL AND len({name}_typed) > 0 AND regexp_full_match({rs}, {_lit(shape)})"
             if purpose != "response":
                 ok += f" AND NOT contains({rs}, ',user,user,') AND NOT contains({rs}, ',assistant,assistant,')"
             self.fast_ok.append(f"({ok})")
