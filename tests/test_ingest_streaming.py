@@ -186,6 +186,10 @@ def test_plain_file_batches_read_back_the_same_records_as_gzip(tmp_path):
     plain, gz = tmp_path / "r.jsonl", tmp_path / "r.jsonl.gz"
     plain.write_bytes(body)
     gz.write_bytes(gzip.compress(body))
+    # JSON Lines under a .json name: read on from what the format probe consumed
+    as_json, as_json_gz = tmp_path / "r.json", tmp_path / "r.json.gz"
+    as_json.write_bytes(body)
+    as_json_gz.write_bytes(gzip.compress(body))
 
     def read(path: Path, batch_bytes: int) -> tuple[list, list]:
         recs, quar = [], []
@@ -194,11 +198,13 @@ def test_plain_file_batches_read_back_the_same_records_as_gzip(tmp_path):
             quar += b.quarantine.select("source_line", "reason", "raw").rows()
         return recs, quar
 
-    want = read(gz, 1 << 20)
+    want, want_json = read(gz, 1 << 20), read(as_json_gz, 1 << 20)
     assert len(want[0]) == 297 and [q[0] for q in want[1]] == [6, 78]
-    for batch_bytes in (250, 1000, 4096, 1 << 20):
+    assert [r[0] for r in want_json[0]] == [r[0] for r in want[0]] and want_json[1] == want[1]
+    for batch_bytes in (250, 4096, 1 << 20):
         assert read(plain, batch_bytes) == want, batch_bytes
         assert read(gz, batch_bytes) == want, batch_bytes
+        assert read(as_json, batch_bytes) == want_json, batch_bytes
 
 
 def test_ingest_does_not_import_pandas(tmp_path):
