@@ -159,7 +159,7 @@ def _leaf_paths(name: str, typ: Any) -> list[str]:
     """Parquet leaf column paths of an Arrow field (``messages.list.element.role``)."""
     import pyarrow as pa
 
-    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
         return _leaf_paths(f"{name}.list.element", typ.value_type)
     if pa.types.is_map(typ):
         return (_leaf_paths(f"{name}.key_value.key", typ.key_type)

@@ -219,3 +219,30 @@ def test_ingest_does_not_import_pandas(tmp_path):
             f"ingest(Workspace({str(tmp_path / 'ws')!r}), [{str(src)!r}], 'p'); print('pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_rows_parquet_options_name_every_leaf(tmp_path):
+    """Every leaf column of a version's rows (nested stage columns too) gets its
+    codec by name, ids none; dictionaries only on the low-cardinality columns."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from bakeoff.workspace import _rows_parquet_options, _write_rows_parquet
+
+    rows = with_ids(conform(pl.DataFrame({
+        "kind": ["sft"] * 3,
+        "messages": [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}] for i in range(3)],
+        "tags": [["x"], None, ["y", "z"]],
+    }))).with_columns(pl.Series("emb", np.ones((3, 2), dtype=np.float32)),  # a stage's column: fixed-size list
+                      pl.struct(a=pl.lit(1), b=pl.lit("s")).alias("info"))
+    path = tmp_path / "rows.parquet"
+    _write_rows_parquet(rows, path)
+    assert pl.read_parquet(path).equals(rows)
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    leaves = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert {p: c.compression for p, c in leaves.items()} == {
+        p: "UNCOMPRESSED" if p == "id" else "SNAPPY" for p in leaves}
+    dictionary = {p for p, c in leaves.items() if "RLE_DICTIONARY" in c.encodings}
+    assert dictionary == {"kind", "messages.list.element.role", "chosen.list.element.role",
+                          "rejected.list.element.role", "domain", "doctype", "task", "tags.list.element", "source_file"}
+    assert set(_rows_parquet_options(rows.to_arrow().schema)["compression"]) == set(leaves)
