@@ -102,18 +102,24 @@ def key_stats(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int]]:
 
 
 def key_census(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int], int]:
-    """``key_stats`` plus whether some record may have a duplicated top-level key
-    (then ``split_duplicate_keys`` finds them exactly), in the same pass: a key
-    counted more often than the lines holding it. Cheap, and never misses one; a
-    JSON array with several records on a line is a false alarm, settled exactly."""
-    ((n,),) = con.execute("SELECT count(*) FROM recs").fetchall()
-    rows = con.execute("SELECT k, count(*), count(DISTINCT source_line) FROM "
-                       "(SELECT source_line, unnest(json_keys(raw)) AS k FROM recs) GROUP BY k").fetchall()
-    # An empty key name (at the top or in meta) cannot be addressed by a JSON path.
-    ((empty,),) = con.execute("""SELECT count(*) FROM recs WHERE contains(raw, '""')
-                                 AND regexp_matches(raw, '""\\s*:')""").fetchall()
-    stats = {k: c for k, c, _ in rows if k != ""}
-    return n, stats, sum(c - d for _, c, d in rows) + empty
+    """``key_stats`` plus how many records have a duplicated or empty top-level
+    key (then ``split_bad_keys`` names them), or may have an empty key in a
+    nested object (a cheap text test; settled exactly there). One parse per
+    record: the records are grouped by their key list (most records of a file
+    share a handful of lists), and the keys are counted over the groups."""
+    # An empty key name (at the top or in meta) cannot be addressed by a JSON
+    # path: a record where one may be (``"":``) counts as bad too.
+    rows = con.execute("""
+        WITH g AS MATERIALIZED (SELECT json_keys(raw) AS ks,
+                                       contains(raw, '""') AND regexp_matches(raw, '""\\s*:') AS empty,
+                                       count(*) AS c FROM recs GROUP BY ks, empty)
+        SELECT 'key', k, sum(c) FROM (SELECT unnest(list_distinct(ks)) AS k, c FROM g) GROUP BY k
+        UNION ALL SELECT 'n', NULL, sum(c) FROM g
+        UNION ALL SELECT 'bad', NULL, sum(c) FROM g
+                  WHERE empty OR len(ks) <> len(list_distinct(ks)) OR list_contains(ks, '')""").fetchall()
+    stats = {k: int(c) for what, k, c in rows if what == "key" and k != ""}
+    totals = {what: int(c or 0) for what, _, c in rows if what != "key"}
+    return totals["n"], stats, totals["bad"]
 
 
 def split_bad_keys(con: duckdb.DuckDBPyConnection, meta: str = "meta") -> tuple[pl.DataFrame, Any]:
@@ -329,17 +335,19 @@ class _Query:
                 self.s1 += [f"{self.access(column)} AS {name}_j"]
                 self.s2 += [f"jt({name}_j) AS {name}_t", self._norm(name, string_role)]
                 self.s3 += [f"from_json({name}_norm, {_lit(typed_schema)}) AS {name}_typed"]
-            # Accept-or-not in a few passes: one over the turns (null or blank
-            # leaves), the roles as one string checked with string/regex ops.
-            # Whatever is not accepted here is judged by the exact checks.
+            # Accept-or-not in two passes over the turns: one builds them with
+            # roles normalised, one writes the roles as one string checked with
+            # string/regex ops, where a turn with a null or blank leaf or an
+            # unknown role is written '!' (so no role name, even one holding a
+            # comma, can pass for a valid order). Whatever is not accepted here
+            # is judged by the exact checks.
             role = f"CASE WHEN {e_r} IN {known} THEN {e_r} ELSE role_norm({e_r}) END"
+            self.s4 += [f"list_transform({name}_typed, lambda e: {{'role': {role}, 'content': {e_c}}}) AS {name}_msgs"]
             # (blank test: the first character decides unless it is whitespace)
-            self.s4 += [
-                f"list_bool_or(list_transform({name}_typed, lambda e: e IS NULL OR {e_r} IS NULL OR {e_c} IS NULL "
-                f"OR {e_c} = '' OR (ascii({e_c}) IN (9, 10, 11, 12, 13, 32) AND regexp_full_match({e_c}, '\\s*')))) AS {name}_holes",
-                f"list_transform({name}_typed, lambda e: {{'role': {role}, 'content': {e_c}}}) AS {name}_msgs",
-            ]
-            self.s5 += [f"',' || array_to_string(list_transform({name}_msgs, lambda m: m.role), ',') || ',' AS {name}_rs"]
+            bad_turn = (f"m.role IS NULL OR m.content IS NULL OR m.role NOT IN {known} OR m.content = '' "
+                        f"OR (ascii(m.content) IN (9, 10, 11, 12, 13, 32) AND regexp_full_match(m.content, '\\s*'))")
+            self.s5 += [f"',' || array_to_string(list_transform({name}_msgs, lambda m: CASE WHEN {bad_turn} "
+                        f"THEN '!' ELSE m.role END), ',') || ',' AS {name}_rs"]
             rs = f"{name}_rs"
             shape = {
                 "conversation": "(,system)*,user(,(user|assistant|tool))*,assistant,",
@@ -347,8 +355,7 @@ class _Query:
                 "prompt-strip": "(,system)*,user(,(user|assistant|tool))*,",
                 "response": "(,assistant)+,",
             }[purpose]
-            ok = (f"{name}_typed IS NOT NULL AND len({name}_typed) > 0 AND NOT {name}_holes "
-                  f"AND regexp_full_match({rs}, {_lit(shape)})")
+            ok = f"{name}_typed IS NOT NULL AND len({name}_typed) > 0 AND regexp_full_match({rs}, {_lit(shape)})"
             if purpose != "response":
                 ok += f" AND NOT contains({rs}, ',user,user,') AND NOT contains({rs}, ',assistant,assistant,')"
             self.fast_ok.append(f"({ok})")
@@ -539,12 +546,22 @@ def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | N
     meta_col = plan.col("meta")
     q.s1.append(f"{q.access(meta_col)} AS meta_j")
     q.s2.append("jt(meta_j) AS meta_t")
+    # Fast tier, labels read from meta only (no top-level or --map label column):
+    # the string labels are typed VARCHAR in the meta parse, and a non-string
+    # value sends the row to the exact tier (suspect keys), which saves the JSON
+    # type tests and extraction per label on every row.
+    typed_labels = fast and not any(plan.has(f) or f in plan.columns for f in META_FIELDS if f != "tags")
+    meta_types = {f: "VARCHAR" if typed_labels and f != "tags" else "JSON" for f in META_FIELDS}
     q.s2.append("CASE WHEN jt(meta_j) = 'OBJECT' THEN from_json(meta_j, "
-                + _lit(json.dumps({f: "JSON" for f in META_FIELDS})) + ") END AS meta_f")
+                + _lit(json.dumps(meta_types)) + ") END AS meta_f")
     q.checks.append(("meta_t NOT IN ('OBJECT', 'NULL')",
                      f"{_lit(meta_col)} || ' must be an object, got ' || {_TYPE_WORD.format(t='meta_t')}"))
     labels = {}
     for f in META_FIELDS:
+        if meta_types[f] == "VARCHAR":
+            q.suspect_keys.add(f)
+            labels[f] = f"nullif(trim(meta_f.{f}), '')"
+            continue
         top = plan.col(f)
         top_sql = q.access(top) if (plan.has(f) or f in plan.columns) else "NULL::JSON"
         # A label the user mapped (--map task=meta.answer_type) wins over the

@@ -18,7 +18,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Generator, Iterable, Iterator
 
 import polars as pl
 
@@ -124,8 +124,10 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
             n_in = accepted = quarantined = 0
             plan = None
             file_type = readers.file_type_of(path)[0] if path.is_file() else "?"
-            # Reading and converting (DuckDB, most of the work, GIL released) run one
-            # batch ahead in a thread while this one numbers and writes the last.
+            # A pipeline of three threads, each one batch ahead of the next: reading
+            # (file, line split, JSON validity), converting (DuckDB, most of the
+            # work) and this one, numbering and writing. Most of the work releases
+            # the GIL, so on two cores the stages overlap instead of waiting.
             for file_type, batch_in, good, q, plan in _prefetch(_convert_batches(source, path, fmt, mapping)):
                 rows = conform(good.with_columns(pl.lit(source).alias("source_file")) if good.width
                                else pl.DataFrame())
@@ -193,8 +195,9 @@ def _convert_batches(source: str, path: Path, fmt: str, mapping: dict[str, str]
     DuckDB connection serves every batch of the file."""
     plan = None
     con = readers.connect()
+    batches = _prefetch(readers.iter_records(source), name="ingest-read")
     try:
-        for recs in readers.iter_records(source):
+        for recs in batches:
             con.register("recs", recs.table)
             n, stats, n_dup = formats.key_census(con)
             dup_q = table = None
@@ -230,13 +233,15 @@ def _convert_batches(source: str, path: Path, fmt: str, mapping: dict[str, str]
             del recs, table  # not held while this batch waits in the queue
             yield file_type, rows_in, good, q, plan
     finally:
+        batches.close()  # stops the reading thread now, not at garbage collection
         con.close()
 
 
 _DONE = object()
 
 
-def _prefetch(items: Iterable[Any], depth: int = 1) -> Iterator[Any]:
+def _prefetch(items: Iterable[Any], depth: int = 1,
+              name: str = "ingest-convert") -> Generator[Any, None, None]:
     """``items`` produced in a background thread, at most ``depth`` ahead of the
     consumer (so memory holds ``depth + 2`` items at most); an exception there
     is raised here, and leaving the loop early stops the thread."""
@@ -265,7 +270,7 @@ def _prefetch(items: Iterable[Any], depth: int = 1) -> Iterator[Any]:
             if close is not None:
                 close()  # a generator's own clean-up runs here, not at garbage collection
 
-    worker = threading.Thread(target=produce, name="ingest-read", daemon=True)
+    worker = threading.Thread(target=produce, name=name, daemon=True)
     worker.start()
     try:
         while True:

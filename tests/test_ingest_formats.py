@@ -275,6 +275,18 @@ def test_fast_and_exact_tiers_agree(tmp_path):
         {"messages": msgs(("user", "q"))},
         {"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "a"}]},
         {"messages": msgs(("user", "\n \t"), ("assistant", "a"))},
+        # labels (the fast tier types them as strings; anything else is suspect)
+        {"messages": msgs(("user", "q"), ("assistant", "a")), "meta": {"domain": "  fin ", "task": "qa", "doctype": ""}},
+        {"messages": msgs(("user", "q"), ("assistant", "a")), "meta": {"domain": None, "task": "\u00e9\"x"}},
+        {"messages": msgs(("user", "q"), ("assistant", "a")), "meta": {"domain": 5}},
+        {"messages": msgs(("user", "q"), ("assistant", "a")), "meta": {"task": ["a"]}},
+        {"messages": msgs(("user", "q"), ("assistant", "a")), "meta": {"doctype": {"a": 1}}},
+        {"messages": msgs(("user", "q"), ("assistant", "a")), "meta": "string"},
+        {"messages": msgs(("user", "q"), ("assistant", "a")), "meta": {"domain": True, "x": 1}},
+        {"messages": msgs(("user", "q"), ("assistant", "a")), "meta": {"domain": "d", "zz": "u"}},
+        # an unknown role whose name reads as a valid order (was accepted by the fast tier)
+        {"messages": [{"role": "user,assistant", "content": "q"}]},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "Assistant ", "content": "a"}]},
     ]
     f = tmp_path / "mix.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -292,9 +304,10 @@ def test_fast_and_exact_tiers_agree(tmp_path):
         # the fast tier never accepts what the exact tier rejects, and builds the same rows
         assert set(accepted_fast["source_line"]) <= set(accepted_exact["source_line"])
         if fmt == "messages":  # the clean rows really take the fast tier (row 4 is only suspect)
-            assert accepted_fast["source_line"].to_list() == [1, 2, 3, 5, 6]
+            assert accepted_fast["source_line"].to_list() == [1, 2, 3, 5, 6, 11, 12, 18, 20]
+            assert accepted_exact["source_line"].to_list() == [1, 2, 3, 4, 5, 6, 11, 12, 13, 17, 18, 20]
         same = accepted_exact.filter(pl.col("source_line").is_in(accepted_fast["source_line"].implode()))
-        cols = ["source_line", "kind", "messages", "domain", "tags", "extra"]
+        cols = ["source_line", "kind", "messages", "domain", "doctype", "task", "tags", "extra"]
         assert accepted_fast.select(cols).equals(same.select(cols)), fmt
         # and the two-tier convert equals the exact query
         good, bad = formats.convert(con, plan)

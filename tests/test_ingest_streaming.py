@@ -169,3 +169,80 @@ def test_peak_rss_stays_flat_as_the_file_grows(tmp_path):
     # MB. What grows between these sizes is the digest's sort filling its 128 MB
     # budget (measured: +86 MB; +190 MB with the default 256 MB); past it, it spills.
     assert peaks[600_000] < peaks[150_000] + 128, peaks
+
+
+def test_plain_file_batches_read_back_the_same_records_as_gzip(tmp_path):
+    """A plain file's batches end at a line end by seeking back (no copy); a gzip
+    carries the incomplete line. Both give the same records and quarantine at
+    every batch size, whatever straddles a batch edge."""
+    import gzip
+
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"q{i} " + "é" * (i % 37)}]}) for i in range(300)]
+    lines[5] = '{"messages": ['                                   # malformed
+    lines[40] = ""                                                # blank
+    lines[77] = '{"a": "\xff"}'                                   # replaced by invalid UTF-8 below
+    lines[120] = lines[120] + "\r"                                # CRLF
+    body = ("\ufeff" + "\n".join(lines)).encode().replace("\xff".encode(), b"\xff")  # BOM, no final newline
+    plain, gz = tmp_path / "r.jsonl", tmp_path / "r.jsonl.gz"
+    plain.write_bytes(body)
+    gz.write_bytes(gzip.compress(body))
+    # JSON Lines under a .json name: read on from what the format probe consumed
+    as_json, as_json_gz = tmp_path / "r.json", tmp_path / "r.json.gz"
+    as_json.write_bytes(body)
+    as_json_gz.write_bytes(gzip.compress(body))
+
+    def read(path: Path, batch_bytes: int) -> tuple[list, list]:
+        recs, quar = [], []
+        for b in readers.iter_records(path, batch_bytes):
+            recs += list(zip(b.table.column("source_line").to_pylist(), b.table.column("raw").to_pylist()))
+            quar += b.quarantine.select("source_line", "reason", "raw").rows()
+        return recs, quar
+
+    want, want_json = read(gz, 1 << 20), read(as_json_gz, 1 << 20)
+    assert len(want[0]) == 297 and [q[0] for q in want[1]] == [6, 78]
+    assert [r[0] for r in want_json[0]] == [r[0] for r in want[0]] and want_json[1] == want[1]
+    for batch_bytes in (250, 4096, 1 << 20):
+        assert read(plain, batch_bytes) == want, batch_bytes
+        assert read(gz, batch_bytes) == want, batch_bytes
+        assert read(as_json, batch_bytes) == want_json, batch_bytes
+
+
+def test_ingest_does_not_import_pandas(tmp_path):
+    """pyarrow imports pandas (~0.8 s of CPU) when handed numpy input through
+    ``pa.array``/``pa.table``; the ingest path builds its Arrow data from buffers."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "f.jsonl"
+    _write_fixture(src)
+    code = ("import sys; from bakeoff.curate.ingest import ingest; from bakeoff.workspace import Workspace; "
+            f"ingest(Workspace({str(tmp_path / 'ws')!r}), [{str(src)!r}], 'p'); print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_rows_parquet_options_name_every_leaf(tmp_path):
+    """Every leaf column of a version's rows (nested stage columns too) gets its
+    codec by name, ids none; dictionaries only on the low-cardinality columns."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from bakeoff.workspace import _rows_parquet_options, _write_rows_parquet
+
+    rows = with_ids(conform(pl.DataFrame({
+        "kind": ["sft"] * 3,
+        "messages": [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}] for i in range(3)],
+        "tags": [["x"], None, ["y", "z"]],
+    }))).with_columns(pl.Series("emb", np.ones((3, 2), dtype=np.float32)),  # a stage's column: fixed-size list
+                      pl.struct(a=pl.lit(1), b=pl.lit("s")).alias("info"))
+    path = tmp_path / "rows.parquet"
+    _write_rows_parquet(rows, path)
+    assert pl.read_parquet(path).equals(rows)
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    leaves = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert {p: c.compression for p, c in leaves.items()} == {
+        p: "UNCOMPRESSED" if p == "id" else "SNAPPY" for p in leaves}
+    dictionary = {p for p, c in leaves.items() if "RLE_DICTIONARY" in c.encodings}
+    assert dictionary == {"kind", "messages.list.element.role", "chosen.list.element.role",
+                          "rejected.list.element.role", "domain", "doctype", "task", "tags.list.element", "source_file"}
+    assert set(_rows_parquet_options(rows.to_arrow().schema)["compression"]) == set(leaves)
