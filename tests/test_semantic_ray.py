@@ -25,18 +25,31 @@ from bakeoff.workspace import Workspace
 RAY = Executor("ray", num_cpus=2)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: report fields that describe the executor rather than the result
-PATH_FIELDS = ("seconds", "embeddings")
+PATH_FIELDS = ("seconds", "embeddings", "ray")
 
 
 @pytest.fixture(scope="module")
-def ray_instance():
+def ray_instance(tmp_path_factory):
+    """One local Ray for the module; the kill hook's folder is set before it
+    starts (workers inherit the environment of the instance)."""
+    import os
+
     ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed (pip install 'bakeoff[ray]')")
+    from bakeoff.curate.on_ray import KILL_ENV
+
+    kill_dir = tmp_path_factory.mktemp("kill")
+    old = os.environ.get(KILL_ENV)
+    os.environ[KILL_ENV] = str(kill_dir)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              configure_logging=True)
     try:
-        yield ray
+        yield ray, kill_dir
     finally:
         ray.shutdown()
+        if old is None:
+            os.environ.pop(KILL_ENV, None)
+        else:
+            os.environ[KILL_ENV] = old
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +112,24 @@ def test_demo_corpus_flat_and_ivf(ray_instance, demo_rows):
     assert ivf.report["search"]["index"].startswith("ivf(")
 
 
+def test_keep_quality_and_a_killed_worker(ray_instance, demo_rows):
+    """keep=quality (a column with missing scores and ties) gives the local
+    result even when a worker dies mid-step (Ray retries its work); a
+    non-numeric score column is the local one-line error."""
+    from bakeoff.workspace import BakeoffError
+
+    _, kill_dir = ray_instance
+    scores = pl.Series("quality", [None if i % 7 == 0 else float(i % 4) for i in range(demo_rows.height)])
+    rows = demo_rows.with_columns(scores)
+    (kill_dir / "kill-once").touch()  # the first batch that sees it kills its worker
+    local, _ = _same_result(rows, SemanticDedupConfig(threshold=0.9, model="hashing", keep="quality"))
+    assert not (kill_dir / "kill-once").exists()  # the worker did die
+    assert local.ledger.height > 5
+    bad = demo_rows.with_columns(pl.lit("high").alias("quality"))
+    with pytest.raises(BakeoffError, match="keep=quality: column 'quality' is not numeric"):
+        semantic_dedup_rows(bad, SemanticDedupConfig(model="hashing", keep="quality"), executor=RAY)
+
+
 def test_real_rows_flat_and_forced_ivf(ray_instance, real_rows):
     """With nprobe=1 over many small batches, IVF misses pairs that flat finds:
     the Ray search must miss exactly the same ones (cells and batch structure)."""
@@ -119,8 +150,9 @@ def test_the_driver_never_receives_the_vectors(ray_instance, real_rows, monkeypa
     from bakeoff.curate.on_ray import dataset_from_table
     from bakeoff.curate.on_ray.semantic import semantic_dedup_on_ray
 
+    ray, _ = ray_instance
     received: list[int] = []
-    real_get = ray_instance.get
+    real_get = ray.get
 
     def size(obj) -> int:
         if isinstance(obj, (list, tuple)):
@@ -140,11 +172,11 @@ def test_the_driver_never_receives_the_vectors(ray_instance, real_rows, monkeypa
 
     table = real_rows.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row")).to_arrow()
     cfg = SemanticDedupConfig(threshold=0.85, model="hashing", index="ivf", flat_max=100, batch_size=128)
-    monkeypatch.setattr(ray_instance, "get", get)
-    out = semantic_dedup_on_ray(dataset_from_table(ray_instance, table), real_rows.height, cfg, RAY)
+    monkeypatch.setattr(ray, "get", get)
+    out = semantic_dedup_on_ray(dataset_from_table(ray, table), real_rows.height, cfg, RAY)
     monkeypatch.undo()
     vector_bytes = out.report["embeddings"]["requested"] * 384 * 4
     assert len(out.removed) > 0 and received
     assert sum(received) < vector_bytes / 20, (sum(received), vector_bytes)
-    assert out.report["embeddings"]["driver_bytes_received"] < vector_bytes / 20
+    assert out.report["ray"]["driver_bytes_received"] < vector_bytes / 20
     assert out.removed.dtype == np.int64 and np.all(np.diff(out.removed) > 0)

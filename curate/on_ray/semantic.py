@@ -129,22 +129,16 @@ class _EmbedRows:
                                  minlength=df.height).astype(np.int64)
 
         # the active rows' vectors: segments side by side, / sqrt(k) (as the local step)
-        rows = np.flatnonzero(active)
         take = np.flatnonzero(active[seg_row])  # the active rows' segments (segments are in row order)
         vecs, _ = embed_long_texts(seg.texts.gather(take).to_list(), ws=None, model=self.model,
                                    batch_size=cfg.embed_batch_size, show_progress=False)
         dim = vecs.shape[1] if vecs.ndim == 2 else 0
-        seg_at = np.zeros(len(seg.texts), np.int64)  # segment -> its row in vecs
-        seg_at[take] = np.arange(len(take))
-        sizes = np.where(active, counts * dim, 0)
+        # a row's segments are consecutive, so the rows' vectors are the segments'
+        # vectors in order, each divided by sqrt(k) in float64 then rounded, as locally
+        scale = np.sqrt(counts[seg_row[take]])
+        flat = (vecs / scale[:, None]).astype(np.float32).reshape(-1)
         offsets = np.zeros(df.height + 1, np.int64)
-        np.cumsum(sizes, out=offsets[1:])
-        flat = np.zeros(int(offsets[-1]), np.float32)
-        for k in np.unique(counts[rows]):
-            rk = rows[counts[rows] == k]
-            idx = seg_at[(seg.offsets[rk][:, None] + np.arange(k)[None, :]).reshape(-1)]
-            mat = (vecs[idx].reshape(len(rk), -1) / np.sqrt(k)).astype(np.float32)
-            flat[(offsets[rk][:, None] + np.arange(k * dim)[None, :]).reshape(-1)] = mat.reshape(-1)
+        np.cumsum(np.where(active, counts * dim, 0), out=offsets[1:])
         vec = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat))
         return pa.table({
             "_row": block.column("_row"), "active": active, "shape": seg.shape, "k": counts,
@@ -194,7 +188,13 @@ def _vectors_of(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _matrix(values: np.ndarray, offs: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
-    return values[(offs[at][:, None] + np.arange(width)[None, :]).reshape(-1)].reshape(len(at), width)
+    """The vectors of rows ``at`` (all ``width`` wide) as a matrix, gathered in
+    slices (a whole-matrix index would be 8 bytes per value)."""
+    out = np.empty((len(at), width), np.float32)
+    span = np.arange(width)
+    for s in range(0, len(at), 4096):
+        out[s:s + 4096] = values[offs[at[s:s + 4096]][:, None] + span[None, :]]
+    return out
 
 
 def _samples(block: pa.Table, plan: dict[str, np.ndarray]) -> pa.Table:
@@ -335,13 +335,14 @@ def _search(threshold: float, batch_size: int, parts_of: dict[int, int],
                     continue
                 q = li(part["pos"].to_numpy())
                 bm, bq = pos[m] // batch_size, pos[q] // batch_size
-                step = max(1, _TILE // len(m))
+                XM = X[m]
+                step = max(256, _TILE // len(m))
                 for s in range(0, len(q), step):
                     qs, bqs = q[s:s + step], bq[s:s + step]
                     upto = np.searchsorted(bm, bqs.max())  # members sorted by position: earlier batches first
                     if not upto:
                         continue
-                    ip = X[qs] @ X[m[:upto]].T
+                    ip = X[qs] @ XM[:upto].T
                     qi, mi = np.nonzero((ip > radius) & (bm[None, :upto] < bqs[:, None]))
                     pairs.append((m[mi], qs[qi], False))
         for a, b, within in pairs:
@@ -442,7 +443,9 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
         embedded = ds.map_batches(
             _EmbedRows, fn_constructor_kwargs={"model": model, "cfg": asdict(cfg)},
             compute=ray.data.ActorPoolStrategy(size=actors), batch_size=None, batch_format="pyarrow",
-            num_gpus=1 if gpus else None, num_cpus=None if gpus else 1)
+            # half a CPU per actor: the pool must leave room for the tasks that read
+            # the dataset (a read_parquet lists its files in a task), or they never start
+            num_gpus=1 if gpus else None, num_cpus=None if gpus else 0.5)
         blocks = embedded.to_arrow_refs()  # the vectors stay in the object store
         small = ray.remote(_small_columns)
         head = pl.concat([pl.from_arrow(t) for t in get([small.remote(b) for b in blocks])]).sort("_row")
@@ -458,6 +461,8 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
         partner = np.full(n, -1, np.int64)
         sim = np.full(n, np.nan)
         search: dict[str, Any] = {"index": "none", "candidates_checked": 0}
+        parts = max(2, 2 * cpus)
+        pairs_found = 0
         if active_n > 1:
             rows, groups = _plan(head, cfg)
             used = groups.filter(pl.col("size") >= 2)
@@ -476,7 +481,6 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
                 chosen = mine["_row"] if pick is None else mine.filter(pl.col("gi").is_in(pick))["_row"]
                 plan["sample"][chosen.to_numpy()] = True
             plan_ref = ray.put(plan)
-            parts = max(2, 2 * cpus)
             trained = []
             if ivf:
                 samples = [ray.remote(_samples).remote(b, plan_ref) for b in blocks]
@@ -491,6 +495,7 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
             found = [search_task.remote(cfg.threshold, cfg.batch_size, parts_of, *[r[p] for r in routed])
                      for p in range(parts)]
             pairs = pl.concat(get(found))
+            pairs_found = pairs.height
             del routed, found, blocks
 
             # 6. the walk, group by group, on the driver
@@ -548,8 +553,7 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
         "requested": int(head.filter(pl.col("active"))["k"].sum()), "cached": 0, "actors": actors,
         "device": "gpu" if gpus else "cpu", "seconds": round(embed_seconds, 3),
         "window_tokens": int(head["window"][0]) or None,
-        "chunks": int(head["chunks"].sum()), "segments_longer_than_window": long_segs,
-        "driver_bytes_received": received}
+        "chunks": int(head["chunks"].sum()), "segments_longer_than_window": long_segs}
     cluster_sizes = pl.DataFrame({"c": kept_ids}).group_by("c").len()["len"] if len(removed) \
         else pl.Series([], dtype=pl.UInt32)
     examples = [
@@ -570,6 +574,9 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
         "search": search, "embeddings": embed_stats,
         "seconds": round(time.perf_counter() - started, 3),
         "examples": examples,
+        # how the search ran (not in the local report): the candidate pairs the
+        # partitions found (removed rows' included), and what the driver received
+        "ray": {"partitions": parts, "pairs": pairs_found, "driver_bytes_received": received},
     }
     warning = loud_warning("semantic dedup", n, removed, partner[removed], texts)
     if warning:
