@@ -92,63 +92,61 @@ def real_rows(tmp_path_factory) -> pl.DataFrame:
     return ws.load(ingest(ws, [path], "alpaca").version.ref)
 
 
+def _strip(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in PATH_FIELDS}
+
+
+def _assert_same(local, ledger: pl.DataFrame, report: dict) -> None:
+    assert ledger.equals(local.ledger)
+    assert _strip(report) == _strip(local.report)
+    for field in ("requested", "chunks", "segments_longer_than_window", "window_tokens"):
+        assert report["embeddings"][field] == local.report["embeddings"][field], field
+
+
 def _same_result(df: pl.DataFrame, cfg: SemanticDedupConfig) -> tuple:
     local = semantic_dedup_rows(df, SemanticDedupConfig(**vars(cfg)), show_progress=False)
     on_ray = semantic_dedup_rows(df, SemanticDedupConfig(**vars(cfg)), executor=RAY)
-    assert on_ray.ledger.equals(local.ledger)
+    _assert_same(local, on_ray.ledger, on_ray.report)
     assert on_ray.rows.equals(local.rows)
-    strip = lambda r: {k: v for k, v in r.items() if k not in PATH_FIELDS}  # noqa: E731
-    assert strip(on_ray.report) == strip(local.report)
-    for field in ("requested", "chunks", "segments_longer_than_window", "window_tokens"):
-        assert on_ray.report["embeddings"][field] == local.report["embeddings"][field], field
     return local, on_ray
 
 
-def test_demo_corpus_flat_and_ivf(ray_instance, demo_rows):
-    flat, _ = _same_result(demo_rows, SemanticDedupConfig(threshold=0.9, model="hashing", keep="longest"))
+def test_demo_corpus_flat_and_ivf_with_a_killed_worker(ray_instance, demo_rows):
+    """Flat with keep=quality (a column with missing scores and ties), while a
+    worker dies mid-step (Ray retries its work); IVF with small batches."""
+    _, kill_dir = ray_instance
+    scores = pl.Series("quality", [None if i % 7 == 0 else float(i % 4) for i in range(demo_rows.height)])
+    (kill_dir / "kill-once").touch()  # the first batch that sees it kills its worker
+    flat, _ = _same_result(demo_rows.with_columns(scores),
+                           SemanticDedupConfig(threshold=0.9, model="hashing", keep="quality"))
+    assert not (kill_dir / "kill-once").exists()  # the worker did die
     assert flat.ledger.height > 5 and flat.report["search"]["index"] == "flat"
     ivf, _ = _same_result(demo_rows, SemanticDedupConfig(threshold=0.9, model="hashing", index="ivf",
                                                          nprobe=2, batch_size=32))
     assert ivf.report["search"]["index"].startswith("ivf(")
 
 
-def test_keep_quality_and_a_killed_worker(ray_instance, demo_rows):
-    """keep=quality (a column with missing scores and ties) gives the local
-    result even when a worker dies mid-step (Ray retries its work); a
-    non-numeric score column is the local one-line error."""
+def test_non_numeric_quality_is_the_local_error(ray_instance, demo_rows):
     from bakeoff.workspace import BakeoffError
 
-    _, kill_dir = ray_instance
-    scores = pl.Series("quality", [None if i % 7 == 0 else float(i % 4) for i in range(demo_rows.height)])
-    rows = demo_rows.with_columns(scores)
-    (kill_dir / "kill-once").touch()  # the first batch that sees it kills its worker
-    local, _ = _same_result(rows, SemanticDedupConfig(threshold=0.9, model="hashing", keep="quality"))
-    assert not (kill_dir / "kill-once").exists()  # the worker did die
-    assert local.ledger.height > 5
-    bad = demo_rows.with_columns(pl.lit("high").alias("quality"))
+    bad = demo_rows.head(20).with_columns(pl.lit("high").alias("quality"))
     with pytest.raises(BakeoffError, match="keep=quality: column 'quality' is not numeric"):
         semantic_dedup_rows(bad, SemanticDedupConfig(model="hashing", keep="quality"), executor=RAY)
 
 
-def test_real_rows_flat_and_forced_ivf(ray_instance, real_rows):
+def test_real_rows_flat_and_forced_ivf_and_the_driver_never_gets_the_vectors(ray_instance, real_rows, monkeypatch):
     """With nprobe=1 over many small batches, IVF misses pairs that flat finds:
-    the Ray search must miss exactly the same ones (cells and batch structure)."""
-    base = dict(threshold=0.85, model="hashing", batch_size=128)
-    flat, _ = _same_result(real_rows, SemanticDedupConfig(**base, index="flat"))
-    ivf, _ = _same_result(real_rows, SemanticDedupConfig(**base, index="ivf", flat_max=100, nprobe=1))
-    assert real_rows.height > 1500
-    assert flat.ledger.height > 200
-    assert ivf.report["search"]["index"].startswith("ivf(nlist=")
-    assert 0 < ivf.ledger.height < flat.ledger.height  # the probes matter here: the test has teeth
-
-
-def test_the_driver_never_receives_the_vectors(ray_instance, real_rows, monkeypatch):
-    """Every object the driver gets from the cluster, summed, is a small
+    the Ray search must miss exactly the same ones (cells and batch
+    structure). The IVF run goes through ``semantic_dedup_on_ray`` with every
+    ``ray.get`` of the driver recorded: what it receives, summed, is a small
     fraction of the vectors (384 float32 per segment)."""
     import pyarrow as pa
 
     from bakeoff.curate.on_ray import dataset_from_table
     from bakeoff.curate.on_ray.semantic import semantic_dedup_on_ray
+
+    base = dict(threshold=0.85, model="hashing", batch_size=128)
+    flat, _ = _same_result(real_rows, SemanticDedupConfig(**base, index="flat"))
 
     ray, _ = ray_instance
     received: list[int] = []
@@ -170,13 +168,18 @@ def test_the_driver_never_receives_the_vectors(ray_instance, real_rows, monkeypa
         received.append(size(out))
         return out
 
+    ivf_cfg = dict(**base, index="ivf", flat_max=100, nprobe=1)
+    local = semantic_dedup_rows(real_rows, SemanticDedupConfig(**ivf_cfg), show_progress=False)
     table = real_rows.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row")).to_arrow()
-    cfg = SemanticDedupConfig(threshold=0.85, model="hashing", index="ivf", flat_max=100, batch_size=128)
     monkeypatch.setattr(ray, "get", get)
-    out = semantic_dedup_on_ray(dataset_from_table(ray, table), real_rows.height, cfg, RAY)
+    out = semantic_dedup_on_ray(dataset_from_table(ray, table), real_rows.height, SemanticDedupConfig(**ivf_cfg), RAY)
     monkeypatch.undo()
+    _assert_same(local, out.ledger, out.report)
+    assert real_rows["id"].gather(out.removed).to_list() == local.ledger["row_id"].to_list()
+
+    assert real_rows.height > 1500 and flat.ledger.height > 200
+    assert local.report["search"]["index"].startswith("ivf(nlist=")
+    assert 0 < local.ledger.height < flat.ledger.height  # the probes matter here: the test has teeth
     vector_bytes = out.report["embeddings"]["requested"] * 384 * 4
-    assert len(out.removed) > 0 and received
-    assert sum(received) < vector_bytes / 20, (sum(received), vector_bytes)
+    assert received and sum(received) < vector_bytes / 20, (sum(received), vector_bytes)
     assert out.report["ray"]["driver_bytes_received"] < vector_bytes / 20
-    assert out.removed.dtype == np.int64 and np.all(np.diff(out.removed) > 0)
