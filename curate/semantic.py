@@ -326,7 +326,6 @@ def semantic_dedup_rows(df: pl.DataFrame, config: SemanticDedupConfig | None = N
     ``executor`` (:class:`bakeoff.executor.Executor`): with Ray, the step runs on
     the cluster over a dataset of ``df``'s rows (:mod:`bakeoff.curate.on_ray.semantic`)."""
     from bakeoff.curate import embeddings as emb
-    from bakeoff.curate.dedup import loud_warning
     from bakeoff.curate.dedup_key import SCOPE_KEYS, segments
     from bakeoff.curate.embeddings import embed_long_texts, resolve_model_name
 
@@ -383,50 +382,65 @@ def semantic_dedup_rows(df: pl.DataFrame, config: SemanticDedupConfig | None = N
 
     removed = np.flatnonzero(partner >= 0)
     ids = df["id"]
-    removed_ids = ids.gather(removed)
-    kept_ids = ids.gather(partner[removed])
+    ledger, report = ledger_and_report(
+        cfg, model, key, rows_in=df.height, active=len(active), removed=removed, partner=partner[removed],
+        similarity=sim[removed], removed_ids=ids.gather(removed), kept_ids=ids.gather(partner[removed]),
+        segments=counts[removed], texts=texts, long_rows=long_rows, search=search, embed_stats=embed_stats,
+        started=started)
+    keep_mask = np.ones(df.height, dtype=bool)
+    keep_mask[removed] = False
+    kept = df.filter(pl.Series(keep_mask))
+    return StepOutput(rows=kept, ledger=ledger, report=report)
+
+
+def ledger_and_report(cfg: SemanticDedupConfig, model: str, key: list[str], *, rows_in: int, active: int,
+                      removed: np.ndarray, partner: np.ndarray, similarity: np.ndarray, removed_ids: pl.Series,
+                      kept_ids: pl.Series, segments: np.ndarray, texts: Any, long_rows: int,
+                      search: dict[str, Any], embed_stats: dict[str, Any], started: float
+                      ) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The step's ledger and report from its decisions: ``removed`` (row numbers,
+    ascending), each one's ``partner`` row, cosine, ids and segment count.
+    ``texts``: the scope text by row number (a Series of all rows, or a dict of
+    at least the rows the report shows)."""
+    from bakeoff.curate.dedup import loud_warning
+
     rule = f"cosine>={cfg.threshold:g}"
-    n_seg = counts[removed]
-    detail = pl.DataFrame({"n": n_seg, "c": sim[removed]}).select(pl.struct(
+    detail = pl.DataFrame({"n": segments, "c": similarity}).select(pl.struct(
         pl.format(f"every one of the {{}} segment(s) of the key [{' + '.join(key)}] has embedding cosine >= "
                   f"{cfg.threshold:g} with the kept row (lowest {{}})", "n", pl.col("c").round(4)).alias("reason"),
         pl.lit(model).alias("model"), pl.lit(key).alias("key"), pl.lit(cfg.keep).alias("keep"),
     ).struct.json_encode().alias("d"))["d"]
     ledger = new_ledger(
         row_id=removed_ids, stage=[STAGE] * len(removed), rule=[rule] * len(removed),
-        score=sim[removed], kept_row_id=kept_ids, similarity=sim[removed],
+        score=similarity, kept_row_id=kept_ids, similarity=similarity,
         cluster_id=kept_ids, detail=detail,
     )
-    keep_mask = np.ones(df.height, dtype=bool)
-    keep_mask[removed] = False
-    kept = df.filter(pl.Series(keep_mask))
-
     cluster_sizes = pl.DataFrame({"c": kept_ids}).group_by("c").len()["len"] if len(removed) else pl.Series([], dtype=pl.UInt32)
     examples = [
         {"removed_id": r, "kept_id": k, "cosine": round(float(s), 4),
          "removed_text": _snippet(texts[int(i)]), "kept_text": _snippet(texts[int(p)])}
-        for r, k, s, i, p in list(zip(removed_ids.to_list(), kept_ids.to_list(), sim[removed],
-                                      removed, partner[removed]))[:5]
+        for r, k, s, i, p in list(zip(removed_ids.to_list(), kept_ids.to_list(), similarity,
+                                      removed, partner))[:5]
     ]
     report = {
         "step": STAGE, "config": {**asdict(cfg), "model": model}, "key": key,
-        "rows_in": df.height, "rows_out": kept.height, "removed": int(len(removed)),
-        "skipped_empty": int(df.height - len(active)),
+        "rows_in": rows_in, "rows_out": rows_in - len(removed), "removed": int(len(removed)),
+        "skipped_empty": int(rows_in - active),
         # nothing is truncated: longer texts are embedded in windows (embed_long_texts)
         "rows_longer_than_window": long_rows,
-        "share_longer_than_window": round(long_rows / df.height, 4) if df.height else 0.0,
+        "share_longer_than_window": round(long_rows / rows_in, 4) if rows_in else 0.0,
         "clusters": int(len(cluster_sizes)),
         "largest_cluster": int(cluster_sizes.max() or 0) + 1 if len(cluster_sizes) else 0,
-        "similarity": ({"min": float(np.min(sim[removed])), "mean": float(np.mean(sim[removed]))}
+        "similarity": ({"min": float(np.min(similarity)), "mean": float(np.mean(similarity))}
                        if len(removed) else {}),
         "search": search, "embeddings": embed_stats,
         "seconds": round(time.perf_counter() - started, 3),
         "examples": examples,
     }
-    warning = loud_warning("semantic dedup", df.height, removed, partner[removed], texts)
+    warning = loud_warning("semantic dedup", rows_in, removed, partner, texts)
     if warning:
         report["warning"] = warning
-    return StepOutput(rows=kept, ledger=ledger, report=report)
+    return ledger, report
 
 
 def _semantic_dedup_on_ray(df: pl.DataFrame, cfg: SemanticDedupConfig, ws: Workspace | None,

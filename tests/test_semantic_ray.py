@@ -22,34 +22,13 @@ from bakeoff.curate.semantic import SemanticDedupConfig, semantic_dedup_rows
 from bakeoff.executor import Executor
 from bakeoff.workspace import Workspace
 
+# one local Ray (2 CPUs, no dashboard, the kill hook's folder set) per module, as the executor tests start it
+from test_executor_ray import ray_instance  # noqa: F401 - a fixture
+
 RAY = Executor("ray", num_cpus=2)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: report fields that describe the executor rather than the result
 PATH_FIELDS = ("seconds", "embeddings", "ray")
-
-
-@pytest.fixture(scope="module")
-def ray_instance(tmp_path_factory):
-    """One local Ray for the module; the kill hook's folder is set before it
-    starts (workers inherit the environment of the instance)."""
-    import os
-
-    ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed (pip install 'bakeoff[ray]')")
-    from bakeoff.curate.on_ray import KILL_ENV
-
-    kill_dir = tmp_path_factory.mktemp("kill")
-    old = os.environ.get(KILL_ENV)
-    os.environ[KILL_ENV] = str(kill_dir)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             configure_logging=True)
-    try:
-        yield ray, kill_dir
-    finally:
-        ray.shutdown()
-        if old is None:
-            os.environ.pop(KILL_ENV, None)
-        else:
-            os.environ[KILL_ENV] = old
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +93,7 @@ def _same_result(df: pl.DataFrame, cfg: SemanticDedupConfig) -> tuple:
 def test_demo_corpus_flat_and_ivf_with_a_killed_worker(ray_instance, demo_rows):
     """Flat with keep=quality (a column with missing scores and ties), while a
     worker dies mid-step (Ray retries its work); IVF with small batches."""
-    _, kill_dir = ray_instance
+    kill_dir = ray_instance
     scores = pl.Series("quality", [None if i % 7 == 0 else float(i % 4) for i in range(demo_rows.height)])
     (kill_dir / "kill-once").touch()  # the first batch that sees it kills its worker
     flat, _ = _same_result(demo_rows.with_columns(scores),
@@ -148,7 +127,7 @@ def test_real_rows_flat_and_forced_ivf_and_the_driver_never_gets_the_vectors(ray
     base = dict(threshold=0.85, model="hashing", batch_size=128)
     flat, _ = _same_result(real_rows, SemanticDedupConfig(**base, index="flat"))
 
-    ray, _ = ray_instance
+    import ray
     received: list[int] = []
     real_get = ray.get
 

@@ -55,7 +55,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from bakeoff.curate.semantic import STAGE, SemanticDedupConfig, _best_partner, _exact_cos, resolve_in_batch
+from bakeoff.curate.semantic import SemanticDedupConfig, _best_partner, _exact_cos, resolve_in_batch
 from bakeoff.executor import Executor, ray_session
 
 from . import RayStepOutput, collect, map_options, maybe_die, parallelism, use_task_shuffle
@@ -149,7 +149,8 @@ class _EmbedRows:
 
 
 def _small_columns(block: pa.Table) -> pa.Table:
-    return block.select(_SMALL)
+    # an empty block may come without columns
+    return block.select(_SMALL) if block.num_rows else pa.table({})
 
 
 # --- 2. plan ----------------------------------------------------------------------------------
@@ -414,11 +415,11 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
     """Semantic dedup of the rows of ``ds`` (a Ray dataset of ``n`` rows with
     ``_row`` dense from 0 and the core columns): the local step's removed rows,
     ledger and report (see the module doc)."""
-    from bakeoff.curate.dedup import loud_warning
+    from bakeoff.curate.dedup import LOUD_SHARE
     from bakeoff.curate.dedup_key import SCOPE_KEYS
     from bakeoff.curate.embeddings import resolve_model_name
-    from bakeoff.curate.semantic import _snippet, index_label, ivf_sample
-    from bakeoff.workspace import BakeoffError, new_ledger
+    from bakeoff.curate.semantic import index_label, ivf_sample, ledger_and_report
+    from bakeoff.workspace import BakeoffError
 
     cfg.validate()
     started = time.perf_counter()
@@ -448,7 +449,10 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
             num_gpus=1 if gpus else None, num_cpus=None if gpus else 0.5)
         blocks = embedded.to_arrow_refs()  # the vectors stay in the object store
         small = ray.remote(_small_columns)
-        head = pl.concat([pl.from_arrow(t) for t in get([small.remote(b) for b in blocks])]).sort("_row")
+        smalls = get([small.remote(b) for b in blocks])
+        blocks = [b for b, t in zip(blocks, smalls) if t.num_rows]
+        head = pl.concat([pl.from_arrow(t) for t in smalls if t.num_rows]
+                         or [pl.DataFrame(schema=dict.fromkeys(_SMALL, pl.Int64))], how="vertical_relaxed").sort("_row")
         embed_seconds = time.perf_counter() - t_embed
 
         if cfg.keep == "quality":
@@ -478,7 +482,7 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
             for g in ivf:
                 pick = ivf_sample(g["size"], g["nlist"])
                 mine = gi.filter(pl.col("gid") == g["gid"])
-                chosen = mine["_row"] if pick is None else mine.filter(pl.col("gi").is_in(pick))["_row"]
+                chosen = mine["_row"] if pick is None else mine.filter(pl.col("gi").is_in(pl.Series(pick)))["_row"]
                 plan["sample"][chosen.to_numpy()] = True
             plan_ref = ray.put(plan)
             trained = []
@@ -515,8 +519,6 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
 
         # 7. ids of the removed rows and their partners; texts of the rows the report shows
         removed = np.flatnonzero(partner >= 0)
-        from bakeoff.curate.dedup import LOUD_SHARE
-
         shown = list(range(min(5, len(removed))))
         if n and removed.size > LOUD_SHARE * n:
             shown += np.linspace(0, removed.size - 1, min(3, removed.size)).astype(np.int64).tolist()
@@ -532,55 +534,23 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
     ids = dict(zip(picked["_row"].to_list(), picked["id"].to_list()))
     texts = dict(zip(picked["_row"].to_list(), picked["text"].to_list()))
 
-    removed_ids = pl.Series("row_id", [ids[int(r)] for r in removed], dtype=pl.String)
-    kept_ids = pl.Series("kept_row_id", [ids[int(p)] for p in partner[removed]], dtype=pl.String)
-    rule = f"cosine>={cfg.threshold:g}"
     counts = np.zeros(n, np.int64)
     counts[head["_row"].to_numpy()] = head["k"].to_numpy()
-    detail = pl.DataFrame({"n": counts[removed], "c": sim[removed]}).select(pl.struct(
-        pl.format(f"every one of the {{}} segment(s) of the key [{' + '.join(key)}] has embedding cosine >= "
-                  f"{cfg.threshold:g} with the kept row (lowest {{}})", "n", pl.col("c").round(4)).alias("reason"),
-        pl.lit(model).alias("model"), pl.lit(key).alias("key"), pl.lit(cfg.keep).alias("keep"),
-    ).struct.json_encode().alias("d"))["d"]
-    ledger = new_ledger(
-        row_id=removed_ids, stage=[STAGE] * len(removed), rule=[rule] * len(removed),
-        score=sim[removed], kept_row_id=kept_ids, similarity=sim[removed],
-        cluster_id=kept_ids, detail=detail,
-    )
     long_segs = int(head["long_seg"].sum()) if active_n > 1 else 0
-    long_rows = int(head["row_long"].sum()) if long_segs else 0
     embed_stats = {} if active_n <= 1 else {
         "requested": int(head.filter(pl.col("active"))["k"].sum()), "cached": 0, "actors": actors,
         "device": "gpu" if gpus else "cpu", "seconds": round(embed_seconds, 3),
         "window_tokens": int(head["window"][0]) or None,
         "chunks": int(head["chunks"].sum()), "segments_longer_than_window": long_segs}
-    cluster_sizes = pl.DataFrame({"c": kept_ids}).group_by("c").len()["len"] if len(removed) \
-        else pl.Series([], dtype=pl.UInt32)
-    examples = [
-        {"removed_id": ids[int(i)], "kept_id": ids[int(p)], "cosine": round(float(s), 4),
-         "removed_text": _snippet(texts[int(i)]), "kept_text": _snippet(texts[int(p)])}
-        for i, p, s in list(zip(removed, partner[removed], sim[removed]))[:5]
-    ]
-    report = {
-        "step": STAGE, "config": {**asdict(cfg), "model": model}, "key": key,
-        "rows_in": n, "rows_out": n - len(removed), "removed": int(len(removed)),
-        "skipped_empty": int(n - active_n),
-        "rows_longer_than_window": long_rows,
-        "share_longer_than_window": round(long_rows / n, 4) if n else 0.0,
-        "clusters": int(len(cluster_sizes)),
-        "largest_cluster": int(cluster_sizes.max() or 0) + 1 if len(cluster_sizes) else 0,
-        "similarity": ({"min": float(np.min(sim[removed])), "mean": float(np.mean(sim[removed]))}
-                       if len(removed) else {}),
-        "search": search, "embeddings": embed_stats,
-        "seconds": round(time.perf_counter() - started, 3),
-        "examples": examples,
-        # how the search ran (not in the local report): the candidate pairs the
-        # partitions found (removed rows' included), and what the driver received
-        "ray": {"partitions": parts, "pairs": pairs_found, "driver_bytes_received": received},
-    }
-    warning = loud_warning("semantic dedup", n, removed, partner[removed], texts)
-    if warning:
-        report["warning"] = warning
+    ledger, report = ledger_and_report(
+        cfg, model, key, rows_in=n, active=active_n, removed=removed, partner=partner[removed],
+        similarity=sim[removed], removed_ids=pl.Series([ids[int(r)] for r in removed], dtype=pl.String),
+        kept_ids=pl.Series([ids[int(p)] for p in partner[removed]], dtype=pl.String),
+        segments=counts[removed], texts=texts, long_rows=int(head["row_long"].sum()) if long_segs else 0,
+        search=search, embed_stats=embed_stats, started=started)
+    # how the search ran (not in the local report): the candidate pairs the
+    # partitions found (removed rows' included), and what the driver received
+    report["ray"] = {"partitions": parts, "pairs": pairs_found, "driver_bytes_received": received}
     return RayStepOutput(removed=removed, ledger=ledger, report=report)
 
 
