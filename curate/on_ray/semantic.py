@@ -294,7 +294,7 @@ def _route(block: pa.Table, plan: dict[str, np.ndarray], parts: int, batch_size:
 
 # --- 5. search --------------------------------------------------------------------------------
 
-def _search(threshold: float, batch_size: int, parts_of: dict[int, int],
+def _search(threshold: float, batch_size: int, segments_of: dict[int, int],
             *pieces: tuple[pa.Table, pl.DataFrame]) -> pl.DataFrame:
     """The candidate pairs of the keys of one partition, each with its exact
     cosine: ``a`` ranks first; ``within``: both in one batch."""
@@ -313,7 +313,7 @@ def _search(threshold: float, batch_size: int, parts_of: dict[int, int],
         .sort(["gid", "role", "key", "pos"])
     found = []
     for (g,), grp in roles.group_by(["gid"], maintain_order=True):
-        k = parts_of[int(g)]
+        k = segments_of[int(g)]
         members = grp.filter(pl.col("role") < 2).unique("_row").sort("pos")
         batch_rows = grp.filter(pl.col("role") == 2).sort("pos")
         local = pl.concat([members.select("_row", "pos", "at"), batch_rows.select("_row", "pos", "at")]) \
@@ -494,9 +494,9 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
             route = ray.remote(_route).options(num_returns=parts)
             routed = [route.remote(b, plan_ref, parts, cfg.batch_size, *trained) for b in blocks]
             routed = [r if isinstance(r, list) else [r] for r in routed]
-            parts_of = dict(zip(used["gid"].to_list(), used["k"].to_list()))
+            segments_of = dict(zip(used["gid"].to_list(), used["k"].to_list()))
             search_task = ray.remote(_search)
-            found = [search_task.remote(cfg.threshold, cfg.batch_size, parts_of, *[r[p] for r in routed])
+            found = [search_task.remote(cfg.threshold, cfg.batch_size, segments_of, *[r[p] for r in routed])
                      for p in range(parts)]
             pairs = pl.concat(get(found))
             pairs_found = pairs.height
