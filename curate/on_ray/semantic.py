@@ -408,6 +408,35 @@ def _pick_rows(block: pa.Table, ids: np.ndarray, texts: np.ndarray, scope: str) 
                      pl.when(shown).then(text_for_scope(scope).fill_null("")).alias("text")).to_arrow()
 
 
+# --- progress ---------------------------------------------------------------------------------
+
+def _blocks_with_progress(ds: Any, n: int) -> list[Any]:
+    """The refs of ``ds``'s blocks, computed (they stay in the object store), with
+    a bar of the rows done."""
+    from bakeoff.console import progress
+
+    refs: list[Any] = []
+    with progress() as bar:
+        task = bar.add_task("semantic dedup on Ray: embedding", total=n)
+        for bundle in ds.iter_internal_ref_bundles():
+            refs.extend(bundle.block_refs)
+            bar.advance(task, sum(m.num_rows or 0 for m in bundle.metadata))
+    return refs
+
+
+def _with_progress(ray: Any, refs: list[Any], label: str) -> list[Any]:
+    """``refs``, once all are done, with a bar of the tasks done."""
+    from bakeoff.console import progress
+
+    with progress() as bar:
+        task = bar.add_task(label, total=len(refs))
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.advance(task, len(done))
+    return refs
+
+
 # --- the step ---------------------------------------------------------------------------------
 
 def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: Executor,
@@ -447,7 +476,7 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
             # half a CPU per actor: the pool must leave room for the tasks that read
             # the dataset (a read_parquet lists its files in a task), or they never start
             num_gpus=1 if gpus else None, num_cpus=None if gpus else 0.5)
-        blocks = embedded.to_arrow_refs()  # the vectors stay in the object store
+        blocks = _blocks_with_progress(embedded, n)  # the vectors stay in the object store
         small = ray.remote(_small_columns)
         smalls = get([small.remote(b) for b in blocks])
         blocks = [b for b, t in zip(blocks, smalls) if t.num_rows]
@@ -498,7 +527,7 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
             search_task = ray.remote(_search)
             found = [search_task.remote(cfg.threshold, cfg.batch_size, segments_of, *[r[p] for r in routed])
                      for p in range(parts)]
-            pairs = pl.concat(get(found))
+            pairs = pl.concat(get(_with_progress(ray, found, "semantic dedup on Ray: search")))
             pairs_found = pairs.height
             del routed, found, blocks
 
