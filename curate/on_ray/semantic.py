@@ -62,8 +62,6 @@ from . import RayStepOutput, collect, map_options, maybe_die, parallelism, use_t
 
 #: The columns of the embed stage the driver receives (everything but ``vec``).
 _SMALL = ["_row", "active", "shape", "k", "keep", "bad", "long_seg", "row_long", "chunks", "src", "window"]
-#: Inner products per matmul tile in the search (bounds a search task's memory: 4 bytes each).
-_TILE = 1 << 22
 
 
 # --- 1. embed ---------------------------------------------------------------------------------
@@ -294,13 +292,44 @@ def _route(block: pa.Table, plan: dict[str, np.ndarray], parts: int, batch_size:
 
 # --- 5. search --------------------------------------------------------------------------------
 
-def _search(threshold: float, batch_size: int, segments_of: dict[int, int],
-            *pieces: tuple[pa.Table, pl.DataFrame]) -> pl.DataFrame:
+def _index_for(trained: tuple | None, width: int) -> Any:
+    """An empty index like the local step's for one group: exact flat, or IVF
+    over the group's trained cells."""
+    import faiss
+
+    if trained is None:
+        return faiss.IndexFlatIP(width)
+    centroids, _, nprobe = trained
+    quantizer = faiss.IndexFlatIP(width)
+    quantizer.add(centroids)
+    index = faiss.IndexIVFFlat(quantizer, width, len(centroids), faiss.METRIC_INNER_PRODUCT)
+    index.nprobe = nprobe
+    return index
+
+
+def _add(index: Any, X: np.ndarray, rows: np.ndarray, cells: np.ndarray) -> None:
+    """Add rows ``rows`` of ``X`` (IVF: to the cells the router assigned, with
+    the rows as ids; flat: in order, so a hit's id is its place in the index)."""
+    import faiss
+
+    x = np.ascontiguousarray(X[rows])
+    if isinstance(index, faiss.IndexIVFFlat):
+        ids, assign = np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(cells, np.int64)
+        index.add_core(len(rows), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(assign))
+    else:
+        index.add(x)
+
+
+def _search(threshold: float, batch_size: int, segments_of: dict[int, int], n_trained: int,
+            *args: Any) -> pl.DataFrame:
     """The candidate pairs of the keys of one partition, each with its exact
-    cosine: ``a`` ranks first; ``within``: both in one batch."""
+    cosine: ``a`` ranks first; ``within``: both in one batch. (``args``: the
+    ``n_trained`` results of ``_train``, then the routed pieces.)"""
     from bakeoff.curate.semantic import _SLACK
 
     maybe_die()
+    cells = {gid: t for tr in args[:n_trained] for gid, t in tr.items()}
+    pieces: tuple[tuple[pa.Table, pl.DataFrame], ...] = args[n_trained:]
     radius = np.float32(threshold - _SLACK)
     tables = [t for t, _ in pieces if t.num_rows]
     schema = {"gid": pl.Int64, "a": pl.Int64, "b": pl.Int64, "cos": pl.Float64, "within": pl.Boolean}
@@ -323,29 +352,34 @@ def _search(threshold: float, batch_size: int, segments_of: dict[int, int],
         pos = local["pos"].to_numpy()
         li = lambda p: np.searchsorted(pos, p)  # noqa: E731 - position -> row of X
         pairs: list[tuple[np.ndarray, np.ndarray, bool]] = []
-        member = {key: li(m["pos"].to_numpy())
-                  for (key,), m in grp.filter(pl.col("role") == 0).group_by(["key"], maintain_order=True)}
-        for (role, key), part in grp.group_by(["role", "key"], maintain_order=True):
-            if role == 2:  # a batch: every pair at or above the radius
-                b = li(part["pos"].to_numpy())
-                ii, jj = np.nonzero(np.triu(X[b] @ X[b].T >= radius, k=1))
-                pairs.append((b[ii], b[jj], True))
-            elif role == 1:  # a cell's probers against its members of earlier batches
-                m = member.get(key)
-                if m is None:
+        for (key,), part in grp.filter(pl.col("role") == 2).group_by(["key"], maintain_order=True):
+            # a batch: every pair at or above the radius (the local step's gram)
+            b = li(part["pos"].to_numpy())
+            ii, jj = np.nonzero(np.triu(X[b] @ X[b].T >= radius, k=1))
+            pairs.append((b[ii], b[jj], True))
+        # Across batches: each batch's probers against the members of earlier
+        # batches, through a faiss index filled batch by batch as the local step
+        # fills its own (flat, or IVF with the same cells), so the same float32
+        # inner products decide what is a candidate.
+        mem = grp.filter(pl.col("role") == 0).sort("pos")
+        prb = grp.filter(pl.col("role") == 1).unique("_row").sort("pos")
+        if mem.height and prb.height:
+            m, cell = li(mem["pos"].to_numpy()), mem["key"].to_numpy()
+            q = li(prb["pos"].to_numpy())
+            bm, bq = pos[m] // batch_size, pos[q] // batch_size
+            index = _index_for(cells.get(int(g)), width)
+            flat = int(g) not in cells
+            added = 0
+            for b in np.unique(bq):
+                upto = int(np.searchsorted(bm, b))  # the members of the batches before b
+                if upto > added:
+                    _add(index, X, m[added:upto], cell[added:upto])
+                    added = upto
+                if not added:
                     continue
-                q = li(part["pos"].to_numpy())
-                bm, bq = pos[m] // batch_size, pos[q] // batch_size
-                XM = X[m]
-                step = max(256, _TILE // len(m))
-                for s in range(0, len(q), step):
-                    qs, bqs = q[s:s + step], bq[s:s + step]
-                    upto = np.searchsorted(bm, bqs.max())  # members sorted by position: earlier batches first
-                    if not upto:
-                        continue
-                    ip = X[qs] @ XM[:upto].T
-                    qi, mi = np.nonzero((ip > radius) & (bm[None, :upto] < bqs[:, None]))
-                    pairs.append((m[mi], qs[qi], False))
+                qs = q[bq == b]
+                lims, _, hit = index.range_search(np.ascontiguousarray(X[qs]), float(threshold - _SLACK))
+                pairs.append((m[hit] if flat else hit, np.repeat(qs, np.diff(lims.astype(np.int64))), False))
         for a, b, within in pairs:
             if len(a):
                 cos = _exact_cos(X, a, b, k)
@@ -525,7 +559,8 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
             routed = [r if isinstance(r, list) else [r] for r in routed]
             segments_of = dict(zip(used["gid"].to_list(), used["k"].to_list()))
             search_task = ray.remote(_search)
-            found = [search_task.remote(cfg.threshold, cfg.batch_size, segments_of, *[r[p] for r in routed])
+            found = [search_task.remote(cfg.threshold, cfg.batch_size, segments_of, len(trained), *trained,
+                                        *[r[p] for r in routed])
                      for p in range(parts)]
             pairs = pl.concat(get(_with_progress(ray, found, "semantic dedup on Ray: search")))
             pairs_found = pairs.height
