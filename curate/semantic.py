@@ -465,4 +465,5 @@ def _snippet(text: str, width: int = 160) -> str:
 
 
 __all__ = ["SemanticDedupConfig", "semantic_dedup_rows", "greedy_semantic", "keep_order",
-           "quality_scores", "STAGE"]
+           "quality_scores", "STAGE", "plan_index", "ivf_sample", "train_ivf", "index_label",
+           "resolve_in_batch", "ledger_and_report"]
