@@ -530,7 +530,7 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
         partner = np.full(n, -1, np.int64)
         sim = np.full(n, np.nan)
         search: dict[str, Any] = {"index": "none", "candidates_checked": 0}
-        parts = max(2, 2 * cpus)
+        parts = min(256, max(2, 2 * cpus))  # partitions: every core busy; objects per block bounded
         pairs_found = 0
         if active_n > 1:
             rows, groups = _plan(head, cfg)
