@@ -164,23 +164,50 @@ def _exact_cos(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, parts: int = 1
     return (np.einsum("ijk,ijk->ij", va, vb) * parts).min(axis=1)
 
 
+def plan_index(n: int, cfg: SemanticDedupConfig) -> tuple[str, int]:
+    """The index a search over ``n`` rows uses: ``("flat", 0)`` or ``("ivf", nlist)``."""
+    kind = cfg.index if cfg.index != "auto" else ("flat" if n <= cfg.flat_max else "ivf")
+    if kind == "flat":
+        return "flat", 0
+    # ~4*sqrt(n) cells, with >= 39 training points per cell (faiss's own minimum).
+    return "ivf", max(1, min(int(4 * np.sqrt(n)), n // 39))
+
+
+def ivf_sample(n: int, nlist: int) -> np.ndarray | None:
+    """Positions (ascending) of the k-means training sample among ``n`` rows;
+    None: all of them. A fixed seed: the same sample every run."""
+    if n <= nlist * 256:
+        return None
+    rng = np.random.default_rng(0)
+    return np.sort(rng.choice(n, nlist * 256, replace=False))
+
+
+def train_ivf(sample: np.ndarray, nlist: int, nprobe: int) -> Any:
+    """An empty ``IndexIVFFlat`` whose cells are k-means (faiss's fixed seed) of ``sample``."""
+    import faiss
+
+    dim = sample.shape[1]
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(sample))
+    index.nprobe = min(nprobe, nlist)
+    return index
+
+
+def index_label(kind: str, nlist: int, nprobe: int) -> str:
+    return "flat" if kind == "flat" else f"ivf(nlist={nlist},nprobe={min(nprobe, nlist)})"
+
+
 def _make_index(vectors: np.ndarray, cfg: SemanticDedupConfig) -> tuple[Any, str]:
     import faiss
 
     n, dim = vectors.shape
-    kind = cfg.index if cfg.index != "auto" else ("flat" if n <= cfg.flat_max else "ivf")
+    kind, nlist = plan_index(n, cfg)
     if kind == "flat":
         return faiss.IndexFlatIP(dim), "flat"
-    # ~4*sqrt(n) cells, with >= 39 training points per cell (faiss's own minimum).
-    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    # k-means on a fixed sample with faiss's fixed seed: the same cells every run.
-    rng = np.random.default_rng(0)
-    sample = vectors if n <= nlist * 256 else vectors[np.sort(rng.choice(n, nlist * 256, replace=False))]
-    index.train(np.ascontiguousarray(sample))
-    index.nprobe = min(cfg.nprobe, nlist)
-    return index, f"ivf(nlist={nlist},nprobe={index.nprobe})"
+    pick = ivf_sample(n, nlist)
+    index = train_ivf(vectors if pick is None else vectors[pick], nlist, cfg.nprobe)
+    return index, index_label(kind, nlist, cfg.nprobe)
 
 
 def greedy_semantic(vectors: np.ndarray, order: np.ndarray, cfg: SemanticDedupConfig,
@@ -239,27 +266,10 @@ def greedy_semantic(vectors: np.ndarray, order: np.ndarray, cfg: SemanticDedupCo
                 cos = _exact_cos(vectors, rows[live[ii]], rows[live[jj]], parts)
                 checked += len(cos)
                 ok = cos >= cfg.threshold
-                ii, jj, cos = ii[ok], jj[ok], cos[ok]
-                if len(jj):
-                    # Sequential in rank order: j is removed if an earlier *kept* row
-                    # matches it. Only rows with a candidate are visited.
-                    by_j = np.argsort(jj, kind="stable")
-                    ii, jj, cos = ii[by_j], jj[by_j], cos[by_j]
-                    gone = np.zeros(len(live), dtype=bool)
-                    bounds = np.flatnonzero(np.diff(jj)) + 1
-                    for grp in np.split(np.arange(len(jj)), bounds):
-                        j = jj[grp[0]]
-                        alive = ~gone[ii[grp]]
-                        if not alive.any():
-                            continue
-                        g = grp[alive]
-                        # most similar earlier kept row; ties to the better-ranked one
-                        pick = g[np.lexsort((ii[g], -cos[g]))[0]]
-                        gone[j] = True
-                        r = rows[live[j]]
-                        partner[r] = rows[live[ii[pick]]]
-                        sim[r] = cos[pick]
-                    removed[live[gone]] = True
+                js, picks, cs = resolve_in_batch(ii[ok], jj[ok], cos[ok], len(live))
+                partner[rows[live[js]]] = rows[live[picks]]
+                sim[rows[live[js]]] = cs
+                removed[live[js]] = True
 
             survivors = rows[~removed]
             if len(survivors):
@@ -268,6 +278,35 @@ def greedy_semantic(vectors: np.ndarray, order: np.ndarray, cfg: SemanticDedupCo
             if bar is not None:
                 bar.advance(task, len(rows))
     return partner, sim, {"index": index_name, "candidates_checked": int(checked)}
+
+
+def resolve_in_batch(ii: np.ndarray, jj: np.ndarray, cos: np.ndarray, size: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The verified pairs (ii < jj: ii ranks first; positions in ``range(size)``)
+    of one batch, resolved sequentially in rank order: j is removed if an
+    earlier *kept* row matches it, naming the most similar (ties to the
+    better-ranked). Only rows with a candidate are visited. Returns the removed
+    positions, their partners and cosines."""
+    out_j: list[int] = []
+    out_i: list[int] = []
+    out_c: list[float] = []
+    if len(jj):
+        by_j = np.argsort(jj, kind="stable")
+        ii, jj, cos = ii[by_j], jj[by_j], cos[by_j]
+        gone = np.zeros(size, dtype=bool)
+        bounds = np.flatnonzero(np.diff(jj)) + 1
+        for grp in np.split(np.arange(len(jj)), bounds):
+            j = jj[grp[0]]
+            alive = ~gone[ii[grp]]
+            if not alive.any():
+                continue
+            g = grp[alive]
+            pick = g[np.lexsort((ii[g], -cos[g]))[0]]
+            gone[j] = True
+            out_j.append(int(j))
+            out_i.append(int(ii[pick]))
+            out_c.append(float(cos[pick]))
+    return np.asarray(out_j, np.int64), np.asarray(out_i, np.int64), np.asarray(out_c, np.float64)
 
 
 def _best_partner(q: np.ndarray, cand: np.ndarray, cos: np.ndarray, rank: np.ndarray) -> list[tuple]:
@@ -284,15 +323,16 @@ def semantic_dedup_rows(df: pl.DataFrame, config: SemanticDedupConfig | None = N
                         ws: Workspace | None = None, show_progress: bool = True,
                         executor: Any = None) -> StepOutput:
     """Remove semantic duplicates from ``df`` (a version's rows); see the module doc.
-    ``executor`` (:class:`bakeoff.executor.Executor`): with Ray, the embeddings
-    come from an actor pool (:mod:`bakeoff.curate.on_ray.semantic`)."""
+    ``executor`` (:class:`bakeoff.executor.Executor`): with Ray, the step runs on
+    the cluster over a dataset of ``df``'s rows (:mod:`bakeoff.curate.on_ray.semantic`)."""
     from bakeoff.curate import embeddings as emb
-    from bakeoff.curate.dedup import loud_warning
     from bakeoff.curate.dedup_key import SCOPE_KEYS, segments
     from bakeoff.curate.embeddings import embed_long_texts, resolve_model_name
 
     cfg = config or SemanticDedupConfig()
     cfg.validate()
+    if executor is not None and executor.is_ray:
+        return _semantic_dedup_on_ray(df, cfg, ws, executor)
     started = time.perf_counter()
     model = resolve_model_name(cfg.model)
     key = cfg.key or SCOPE_KEYS[cfg.scope]
@@ -310,31 +350,16 @@ def semantic_dedup_rows(df: pl.DataFrame, config: SemanticDedupConfig | None = N
     search: dict[str, Any] = {"index": "none", "candidates_checked": 0}
     embed_stats: dict[str, Any] = {}
     long_rows = 0
-    n_tok = None  # tokens per segment, when counted
     if len(active) > 1:
         t_embed = time.perf_counter()
-        if executor is not None and executor.is_ray:
-            from bakeoff.curate.on_ray.semantic import embed_on_ray
-
-            seg_vecs, ray_stats = embed_on_ray(seg.texts, model, cfg.embed_batch_size, executor)
-            window, tok = emb.model_window(model)
-            long_stats = emb.LongTextStats(texts=seg.texts.len(), window=window)
-            if window is not None:  # which segments the model could not read whole (counted here)
-                n_tok = np.asarray([len(x) for x in tok(seg.texts.to_list(), add_special_tokens=False)["input_ids"]])
-                long_stats.longer_than_window = int((n_tok > max(8, window - 2)).sum())
-            embed_stats = {**ray_stats, "seconds": round(time.perf_counter() - t_embed, 3),
-                           "window_tokens": long_stats.window,
-                           "segments_longer_than_window": long_stats.longer_than_window}
-        else:
-            seg_vecs, long_stats = embed_long_texts(seg.texts.to_list(), ws=ws, model=model,
-                                                    batch_size=cfg.embed_batch_size, show_progress=show_progress)
-            embed_stats = {**asdict(emb.last_stats), "seconds": round(time.perf_counter() - t_embed, 3),
-                           "window_tokens": long_stats.window, "chunks": long_stats.chunks,
-                           "segments_longer_than_window": long_stats.longer_than_window}
+        seg_vecs, long_stats = embed_long_texts(seg.texts.to_list(), ws=ws, model=model,
+                                                batch_size=cfg.embed_batch_size, show_progress=show_progress)
+        embed_stats = {**asdict(emb.last_stats), "seconds": round(time.perf_counter() - t_embed, 3),
+                       "window_tokens": long_stats.window, "chunks": long_stats.chunks,
+                       "segments_longer_than_window": long_stats.longer_than_window}
         if long_stats.longer_than_window:
             window, tok = emb.model_window(model)
-            if n_tok is None:  # the Ray branch counted the tokens already
-                n_tok = np.asarray([len(x) for x in tok(seg.texts.to_list(), add_special_tokens=False)["input_ids"]])
+            n_tok = np.asarray([len(x) for x in tok(seg.texts.to_list(), add_special_tokens=False)["input_ids"]])
             long_seg = n_tok > window - 2
             long_rows = int((np.bincount(seg_row, weights=long_seg, minlength=df.height) > 0).sum())
         # Rows are compared only with rows of the same shape (the same kinds of
@@ -357,50 +382,81 @@ def semantic_dedup_rows(df: pl.DataFrame, config: SemanticDedupConfig | None = N
 
     removed = np.flatnonzero(partner >= 0)
     ids = df["id"]
-    removed_ids = ids.gather(removed)
-    kept_ids = ids.gather(partner[removed])
+    ledger, report = ledger_and_report(
+        cfg, model, key, rows_in=df.height, active=len(active), removed=removed, partner=partner[removed],
+        similarity=sim[removed], removed_ids=ids.gather(removed), kept_ids=ids.gather(partner[removed]),
+        segments=counts[removed], texts=texts, long_rows=long_rows, search=search, embed_stats=embed_stats,
+        started=started)
+    keep_mask = np.ones(df.height, dtype=bool)
+    keep_mask[removed] = False
+    kept = df.filter(pl.Series(keep_mask))
+    return StepOutput(rows=kept, ledger=ledger, report=report)
+
+
+def ledger_and_report(cfg: SemanticDedupConfig, model: str, key: list[str], *, rows_in: int, active: int,
+                      removed: np.ndarray, partner: np.ndarray, similarity: np.ndarray, removed_ids: pl.Series,
+                      kept_ids: pl.Series, segments: np.ndarray, texts: Any, long_rows: int,
+                      search: dict[str, Any], embed_stats: dict[str, Any], started: float
+                      ) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The step's ledger and report from its decisions: ``removed`` (row numbers,
+    ascending), each one's ``partner`` row, cosine, ids and segment count.
+    ``texts``: the scope text by row number (a Series of all rows, or a dict of
+    at least the rows the report shows)."""
+    from bakeoff.curate.dedup import loud_warning
+
     rule = f"cosine>={cfg.threshold:g}"
-    n_seg = counts[removed]
-    detail = pl.DataFrame({"n": n_seg, "c": sim[removed]}).select(pl.struct(
+    detail = pl.DataFrame({"n": segments, "c": similarity}).select(pl.struct(
         pl.format(f"every one of the {{}} segment(s) of the key [{' + '.join(key)}] has embedding cosine >= "
                   f"{cfg.threshold:g} with the kept row (lowest {{}})", "n", pl.col("c").round(4)).alias("reason"),
         pl.lit(model).alias("model"), pl.lit(key).alias("key"), pl.lit(cfg.keep).alias("keep"),
     ).struct.json_encode().alias("d"))["d"]
     ledger = new_ledger(
         row_id=removed_ids, stage=[STAGE] * len(removed), rule=[rule] * len(removed),
-        score=sim[removed], kept_row_id=kept_ids, similarity=sim[removed],
+        score=similarity, kept_row_id=kept_ids, similarity=similarity,
         cluster_id=kept_ids, detail=detail,
     )
-    keep_mask = np.ones(df.height, dtype=bool)
-    keep_mask[removed] = False
-    kept = df.filter(pl.Series(keep_mask))
-
     cluster_sizes = pl.DataFrame({"c": kept_ids}).group_by("c").len()["len"] if len(removed) else pl.Series([], dtype=pl.UInt32)
     examples = [
         {"removed_id": r, "kept_id": k, "cosine": round(float(s), 4),
          "removed_text": _snippet(texts[int(i)]), "kept_text": _snippet(texts[int(p)])}
-        for r, k, s, i, p in list(zip(removed_ids.to_list(), kept_ids.to_list(), sim[removed],
-                                      removed, partner[removed]))[:5]
+        for r, k, s, i, p in list(zip(removed_ids.to_list(), kept_ids.to_list(), similarity,
+                                      removed, partner))[:5]
     ]
     report = {
         "step": STAGE, "config": {**asdict(cfg), "model": model}, "key": key,
-        "rows_in": df.height, "rows_out": kept.height, "removed": int(len(removed)),
-        "skipped_empty": int(df.height - len(active)),
+        "rows_in": rows_in, "rows_out": rows_in - len(removed), "removed": int(len(removed)),
+        "skipped_empty": int(rows_in - active),
         # nothing is truncated: longer texts are embedded in windows (embed_long_texts)
         "rows_longer_than_window": long_rows,
-        "share_longer_than_window": round(long_rows / df.height, 4) if df.height else 0.0,
+        "share_longer_than_window": round(long_rows / rows_in, 4) if rows_in else 0.0,
         "clusters": int(len(cluster_sizes)),
         "largest_cluster": int(cluster_sizes.max() or 0) + 1 if len(cluster_sizes) else 0,
-        "similarity": ({"min": float(np.min(sim[removed])), "mean": float(np.mean(sim[removed]))}
+        "similarity": ({"min": float(np.min(similarity)), "mean": float(np.mean(similarity))}
                        if len(removed) else {}),
         "search": search, "embeddings": embed_stats,
         "seconds": round(time.perf_counter() - started, 3),
         "examples": examples,
     }
-    warning = loud_warning("semantic dedup", df.height, removed, partner[removed], texts)
+    warning = loud_warning("semantic dedup", rows_in, removed, partner, texts)
     if warning:
         report["warning"] = warning
-    return StepOutput(rows=kept, ledger=ledger, report=report)
+    return ledger, report
+
+
+def _semantic_dedup_on_ray(df: pl.DataFrame, cfg: SemanticDedupConfig, ws: Workspace | None,
+                           executor: Any) -> StepOutput:
+    """The Ray step over a dataset of ``df``'s rows (the rows are in the driver
+    already: the recipe hands a version's frame to this step)."""
+    from bakeoff.curate.on_ray import dataset_from_table
+    from bakeoff.curate.on_ray.semantic import semantic_dedup_on_ray
+    from bakeoff.executor import ray_session
+
+    table = df.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row")).to_arrow()
+    with ray_session(executor) as ray:
+        out = semantic_dedup_on_ray(dataset_from_table(ray, table), df.height, cfg, executor, ws)
+    keep = np.ones(df.height, dtype=bool)
+    keep[out.removed] = False
+    return StepOutput(rows=df.filter(pl.Series(keep)), ledger=out.ledger, report=out.report)
 
 
 def _snippet(text: str, width: int = 160) -> str:
@@ -409,4 +465,5 @@ def _snippet(text: str, width: int = 160) -> str:
 
 
 __all__ = ["SemanticDedupConfig", "semantic_dedup_rows", "greedy_semantic", "keep_order",
-           "quality_scores", "STAGE"]
+           "quality_scores", "STAGE", "plan_index", "ivf_sample", "train_ivf", "index_label",
+           "resolve_in_batch", "ledger_and_report"]
