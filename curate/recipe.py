@@ -52,6 +52,9 @@ class StepKind:
     doc: str
     configure: Callable[[Any, dict[str, Any], Path], Any]
     run: Callable[[Any, pl.DataFrame, Any, Workspace, Executor | None], Any]  # executor: where batches run
+    # with --executor ray: (config, RowSource of the step's input, ws, executor) -> RayStepOutput
+    # for a row-changing step, the report for a report-only one; the rows stay on the workers
+    run_on_ray: Callable[[Any, Any, Workspace, Executor], Any] | None = None
 
 
 def _check_options(step: str, cls: type, opts: dict[str, Any]) -> None:
@@ -110,11 +113,42 @@ def _configure_coverage(mod: Any, opts: dict[str, Any], base: Path) -> Any:
 
 
 def _run_filter(mod: Any, df: pl.DataFrame, cfg: Any, ws: Workspace, executor: Executor | None) -> Any:
-    if executor is not None and executor.is_ray:
-        from bakeoff.curate.on_ray.filters import filter_rows_on_ray
-
-        return filter_rows_on_ray(df, cfg, executor)
     return mod.filter_rows(df, cfg)
+
+
+def _filter_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor) -> Any:
+    from bakeoff.curate.on_ray.filters import filter_on_ray
+
+    return filter_on_ray(source, cfg, executor)
+
+
+def _dedup_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor) -> Any:
+    from bakeoff.curate.on_ray.minhash import dedup_on_ray
+
+    return dedup_on_ray(source, cfg, executor)
+
+
+def _semantic_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor) -> Any:
+    import ray
+
+    try:
+        from bakeoff.curate.on_ray.semantic import semantic_dedup_on_ray
+    except ImportError:  # the streamed semantic step is not merged yet
+        from bakeoff.curate.on_ray.semantic_standin import semantic_dedup_on_ray
+
+    return semantic_dedup_on_ray(source.dataset(ray), source.n, cfg, executor, ws=ws)
+
+
+#: The columns the coverage report reads (on Ray it collects just these).
+COVERAGE_COLUMNS = ["id", "kind", "messages", "chosen", "rejected", "domain", "doctype", "task"]
+
+
+def _coverage_on_ray(cfg: dict[str, Any], source: Any, ws: Workspace, executor: Executor) -> dict[str, Any]:
+    from bakeoff.curate import coverage
+
+    columns = [c for c in COVERAGE_COLUMNS if c in source.columns]
+    df = pl.concat([pl.read_parquet(p, columns=columns) for p in source.paths])
+    return _run_coverage(coverage, df, cfg, ws)
 
 
 def _run_coverage(mod: Any, df: pl.DataFrame, cfg: dict[str, Any], ws: Workspace,
@@ -129,13 +163,14 @@ def _run_coverage(mod: Any, df: pl.DataFrame, cfg: dict[str, Any], ws: Workspace
 #: The steps a recipe may use, by name.
 STEPS: dict[str, StepKind] = {s.name: s for s in (
     StepKind("filter", "filters", True, "noise filters (flag, drop, repair, redact)",
-             _configure_filter, _run_filter),
+             _configure_filter, _run_filter, _filter_on_ray),
     StepKind("dedup", "dedup", True, "exact + MinHash near-duplicate removal",
-             _configure_dedup, lambda m, df, c, ws, ex: m.dedup_rows(df, c, executor=ex)),
+             _configure_dedup, lambda m, df, c, ws, ex: m.dedup_rows(df, c, executor=ex), _dedup_on_ray),
     StepKind("semantic", "semantic", True, "embedding (semantic) near-duplicate removal",
-             _configure_semantic, lambda m, df, c, ws, ex: m.semantic_dedup_rows(df, c, ws, executor=ex)),
+             _configure_semantic, lambda m, df, c, ws, ex: m.semantic_dedup_rows(df, c, ws, executor=ex),
+             _semantic_on_ray),
     StepKind("coverage", "coverage", False, "objective-coverage report (rows unchanged)",
-             _configure_coverage, _run_coverage),
+             _configure_coverage, _run_coverage, _coverage_on_ray),
 )}
 
 
@@ -249,7 +284,7 @@ def run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: 
         from bakeoff.executor import ray_session
 
         with ray_session(executor):
-            return _run_recipe(ws, ref, recipe, intermediate, name, executor)
+            return _run_recipe_on_ray(ws, ref, recipe, intermediate, name, executor)
     return _run_recipe(ws, ref, recipe, intermediate, name, None)
 
 
@@ -323,6 +358,119 @@ def _run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate:
                 "intermediate": intermediate},
         parents=[current_parent.ref], ledger=ledger,
         report={"recipe": recipe.name, "steps": summary, **(pending_reports if intermediate else reports)})
+    for entry in summary:
+        entry.setdefault("version", final.ref)
+    return RecipeResult(version=final, intermediate=written, steps=summary, reports=reports)
+
+
+def _ledger_of(ledger: pl.DataFrame) -> pl.DataFrame:
+    """A step's ledger in the one ledger layout, so that the steps' ledgers concatenate."""
+    return ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]) if ledger.height \
+        else _empty_ledger()
+
+
+def _step_entry(step: str, rows_in: int, rows_out: int, ledger: pl.DataFrame,
+                report: dict[str, Any]) -> dict[str, Any]:
+    """A row-changing step's line of the recipe summary."""
+    entry: dict[str, Any] = {"step": step, "rows_in": rows_in, "rows_out": rows_out, "removed": ledger.height,
+                             "by_stage": dict(ledger.group_by("stage").len().iter_rows()) if ledger.height else {}}
+    warning = (report.get("filter") or report).get("warning")
+    if warning:  # more than a quarter removed: said in the summary (and --json) too
+        entry["warning"] = warning["message"]
+        log(f"WARNING: {warning['message']}")
+    return entry
+
+
+def _commit_frames(ws: Workspace, name: str, frames: Any, ledger: pl.DataFrame, **commit: Any) -> Version:
+    """A version from batches of rows (streamed: ``VersionWriter``), with the
+    ledger and counts ``Workspace.commit_version`` gives."""
+    with ws.version_writer(name) as writer:
+        for frame in frames:
+            writer.write_rows(frame)
+        ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]).write_parquet(
+            writer.tmp / "ledger.parquet")
+        counts = {"kind": dict(writer.kinds), "ledger": ledger.height, "quarantined": 0}
+        return writer.commit(counts=counts, **commit)
+
+
+def _run_recipe_on_ray(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: bool,
+                       name: str | None, executor: Executor) -> RecipeResult:
+    """``run_recipe`` with every step on Ray, the rows never on the driver:
+    each step reads its input's Parquet row groups on the workers and hands
+    back what it removes and rewrites (``RayStepOutput``); the driver streams
+    the input minus those into the next step's input -- a scratch file in the
+    output dataset's temp area, an intermediate version, or the result."""
+    from bakeoff.curate.on_ray.rows import RowSource, kept_frames, write_scratch
+
+    parent = ws.resolve(ref) if isinstance(ref, str) else ref
+    out_name = name or recipe.output or parent.name
+    source = RowSource([ws.version_dir(parent) / "rows.parquet"])
+    ledgers: list[pl.DataFrame] = []
+    summary: list[dict[str, Any]] = []
+    reports: dict[str, Any] = {}
+    written: list[Version] = []
+    current_parent = parent
+    pending_ledger: list[pl.DataFrame] = []
+    pending_reports: dict[str, Any] = {}
+    last_changing = max((i for i, s in enumerate(recipe.steps) if s.kind.changes_rows), default=-1)
+    last_output: Any = None  # the last row-changing step's output, when it goes straight into the result
+
+    with ws.scratch_folder(out_name) as scratch:
+        for i, step in enumerate(recipe.steps):
+            key = f"{i + 1}:{step.kind.name}"
+            log(f"[{i + 1}/{len(recipe.steps)}] {step.kind.name} ({source.n:,} rows, on ray)")
+            t0 = time.perf_counter()
+            result = step.kind.run_on_ray(step.config, source, ws, executor)
+            rows_in = source.n
+            as_version = intermediate and step.kind.changes_rows and i < last_changing
+            if step.kind.changes_rows:
+                if result.ledger.height != result.removed.size:
+                    raise AssertionError(f"step {key}: {result.removed.size} rows removed, "
+                                         f"{result.ledger.height} in its ledger")
+                ledger = _ledger_of(result.ledger)
+                ledgers.append(ledger)
+                pending_ledger.append(ledger)
+                reports[key] = pending_reports[key] = result.report
+                entry = _step_entry(step.kind.name, rows_in, rows_in - ledger.height, ledger, result.report)
+                if i == last_changing and i == len(recipe.steps) - 1:
+                    last_output = result  # written straight into the result below
+                elif not as_version:
+                    path = scratch / f"step{i + 1}.parquet"
+                    write_scratch(kept_frames(source, result), path, source.schema)
+                    source = RowSource([path])
+            else:
+                reports[key] = pending_reports[key] = result
+                entry = {"step": step.kind.name, "rows_in": rows_in, "rows_out": rows_in, "removed": 0,
+                         "by_stage": {}}
+            entry["seconds"] = round(time.perf_counter() - t0, 3)
+            summary.append(entry)
+            if as_version:
+                v = _commit_frames(
+                    ws, out_name, kept_frames(source, result), pl.concat(pending_ledger),
+                    operation=f"recipe:{step.kind.name}",
+                    params={"recipe": recipe.name, "step": i + 1, "options": step.options, "source": recipe.source},
+                    parents=[current_parent.ref], report={"recipe": recipe.name, "steps": summary[-1:], **pending_reports})
+                for e in summary:
+                    e.setdefault("version", v.ref)
+                written.append(v)
+                current_parent = v
+                pending_ledger, pending_reports = [], {}
+                source = RowSource([ws.version_dir(v) / "rows.parquet"])
+
+        ledger = pl.concat(pending_ledger if intermediate else ledgers) if (ledgers or pending_ledger) \
+            else _empty_ledger()
+        frames = kept_frames(source, last_output) if last_output is not None else \
+            (f.drop("_row") for f in source.iter_frames())
+        rows_out = source.n - (last_output.removed.size if last_output is not None else 0)
+        if current_parent.rows != rows_out + ledger.height:
+            raise AssertionError(f"recipe row balance broken: {current_parent.rows} in != {rows_out} kept "
+                                 f"+ {ledger.height} in the ledger")
+        final = _commit_frames(
+            ws, out_name, frames, ledger, operation="recipe",
+            params={"recipe": recipe.name, "source": recipe.source, "spec": recipe.spec,
+                    "intermediate": intermediate},
+            parents=[current_parent.ref],
+            report={"recipe": recipe.name, "steps": summary, **(pending_reports if intermediate else reports)})
     for entry in summary:
         entry.setdefault("version", final.ref)
     return RecipeResult(version=final, intermediate=written, steps=summary, reports=reports)

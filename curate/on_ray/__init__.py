@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -120,12 +120,16 @@ class RayStepOutput:
     ``ledger``: one row per removed row (``LEDGER_SCHEMA``), as the local step
     writes it. ``rewritten``: ``_row`` plus the core columns (new ``id``
     included) of rows whose content the step changed (a filter's repair or
-    redaction: the hit rows only), or None. ``report``: the local step's report."""
+    redaction: the hit rows only), or None. ``report``: the local step's report.
+    ``transform``: what the driver applies to every batch of kept rows (with
+    ``_row``) as it writes them, or None (the filter step's flag tags: a
+    change to many rows that needs no text)."""
 
     removed: np.ndarray
     ledger: pl.DataFrame
     report: dict[str, Any] = field(default_factory=dict)
     rewritten: pl.DataFrame | None = None
+    transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None
 
 
 __all__ = ["RayStepOutput", "ROWS_PER_BLOCK", "KILL_ENV", "maybe_die", "parallelism", "dataset_from_table",
