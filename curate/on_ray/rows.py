@@ -128,10 +128,10 @@ class RowSource:
                 if fn is None else pl.DataFrame({"_row": pl.Series([], dtype=pl.Int64)})
         return pl.from_arrow(pa.concat_tables(tables, promote_options="permissive")).sort("_row")
 
-    def iter_frames(self, batch_rows: int = WRITE_BATCH) -> Iterator[pl.DataFrame]:
+    def iter_frames(self, batch_rows: int | None = None) -> Iterator[pl.DataFrame]:
         """Every row, in order, ``batch_rows`` at a time, with ``_row`` (on the driver)."""
         for g in self.groups:
-            for table in _read(g.path, g.group, g.first, None, batch_rows):
+            for table in _read(g.path, g.group, g.first, None, batch_rows or WRITE_BATCH):
                 yield pl.from_arrow(table)
 
 
@@ -150,7 +150,7 @@ def _take_from_group(path: str, group: int, first: int, rows: np.ndarray, column
     return fn(table, **fn_kwargs) if fn is not None else table
 
 
-def kept_frames(source: RowSource, out: RayStepOutput, batch_rows: int = WRITE_BATCH) -> Iterator[pl.DataFrame]:
+def kept_frames(source: RowSource, out: RayStepOutput, batch_rows: int | None = None) -> Iterator[pl.DataFrame]:
     """The step's output, batch by batch, in the input's order: the input's
     rows minus ``out.removed``, ``out.rewritten`` in place of the rows it
     names, then ``out.transform`` (without ``_row``)."""
@@ -162,7 +162,7 @@ def kept_frames(source: RowSource, out: RayStepOutput, batch_rows: int = WRITE_B
         rw_rows = rewritten["_row"].to_numpy()
     else:
         rewritten, rw_rows = None, np.zeros(0, np.int64)
-    for frame in source.iter_frames(batch_rows):
+    for frame in source.iter_frames(batch_rows or WRITE_BATCH):
         rows = frame["_row"].to_numpy()
         keep = ~removed[rows]
         if not keep.all():
