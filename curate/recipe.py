@@ -381,18 +381,6 @@ def _step_entry(step: str, rows_in: int, rows_out: int, ledger: pl.DataFrame,
     return entry
 
 
-def _commit_frames(ws: Workspace, name: str, frames: Any, ledger: pl.DataFrame, **commit: Any) -> Version:
-    """A version from batches of rows (streamed: ``VersionWriter``), with the
-    ledger and counts ``Workspace.commit_version`` gives."""
-    with ws.version_writer(name) as writer:
-        for frame in frames:
-            writer.write_rows(frame)
-        ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]).write_parquet(
-            writer.tmp / "ledger.parquet")
-        counts = {"kind": dict(writer.kinds), "ledger": ledger.height, "quarantined": 0}
-        return writer.commit(counts=counts, **commit)
-
-
 def _run_recipe_on_ray(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: bool,
                        name: str | None, executor: Executor) -> RecipeResult:
     """``run_recipe`` with every step on Ray, the rows never on the driver:
@@ -400,7 +388,7 @@ def _run_recipe_on_ray(ws: Workspace, ref: str | Version, recipe: Recipe, interm
     back what it removes and rewrites (``RayStepOutput``); the driver streams
     the input minus those into the next step's input -- a scratch file in the
     output dataset's temp area, an intermediate version, or the result."""
-    from bakeoff.curate.on_ray.rows import RowSource, kept_frames, write_scratch
+    from bakeoff.curate.on_ray.rows import RowSource, commit_frames, kept_frames, write_scratch
 
     parent = ws.resolve(ref) if isinstance(ref, str) else ref
     out_name = name or recipe.output or parent.name
@@ -445,7 +433,7 @@ def _run_recipe_on_ray(ws: Workspace, ref: str | Version, recipe: Recipe, interm
             entry["seconds"] = round(time.perf_counter() - t0, 3)
             summary.append(entry)
             if as_version:
-                v = _commit_frames(
+                v = commit_frames(
                     ws, out_name, kept_frames(source, result), pl.concat(pending_ledger),
                     operation=f"recipe:{step.kind.name}",
                     params={"recipe": recipe.name, "step": i + 1, "options": step.options, "source": recipe.source},
@@ -465,7 +453,7 @@ def _run_recipe_on_ray(ws: Workspace, ref: str | Version, recipe: Recipe, interm
         if current_parent.rows != rows_out + ledger.height:
             raise AssertionError(f"recipe row balance broken: {current_parent.rows} in != {rows_out} kept "
                                  f"+ {ledger.height} in the ledger")
-        final = _commit_frames(
+        final = commit_frames(
             ws, out_name, frames, ledger, operation="recipe",
             params={"recipe": recipe.name, "source": recipe.source, "spec": recipe.spec,
                     "intermediate": intermediate},

@@ -151,11 +151,15 @@ def test_filter_and_semantic_cli_on_ray(ray_instance, demo):
         res = runner.invoke(cli, ["curate", "semantic", filtered.ref, "--executor", kind, "--threshold", "0.9",
                                    "--model", "hashing", "--name", f"sem-{kind}", "--json"], env=env)
         assert res.exit_code == 0, res.output
-        refs[kind] = (filtered, ws.versions(f"sem-{kind}")[-1])
-    assert refs["ray"][0].digest == refs["local"][0].digest
-    assert refs["ray"][1].digest == refs["local"][1].digest
-    assert _ledger(ws, refs["ray"][1].ref).equals(_ledger(ws, refs["local"][1].ref))
+        res = runner.invoke(cli, ["curate", "dedup", filtered.ref, "--executor", kind, "--keep", "longest",
+                                   "--name", f"dd-{kind}", "--json"], env=env)
+        assert res.exit_code == 0, res.output
+        refs[kind] = (filtered, ws.versions(f"sem-{kind}")[-1], ws.versions(f"dd-{kind}")[-1])
+    for i in range(3):
+        assert refs["ray"][i].digest == refs["local"][i].digest
+        assert _ledger(ws, refs["ray"][i].ref).equals(_ledger(ws, refs["local"][i].ref))
     assert ws.ledger(refs["local"][1].ref).height > 0
+    assert ws.ledger(refs["local"][2].ref).height > 0
 
 
 def test_resolve_executor_order(monkeypatch):

@@ -200,4 +200,32 @@ def write_scratch(frames: Iterator[pl.DataFrame], path: Path, schema: pa.Schema)
     return n
 
 
-__all__ = ["RowGroup", "RowSource", "kept_frames", "write_scratch", "WRITE_BATCH"]
+def commit_frames(ws: Any, name: str, frames: Iterator[pl.DataFrame], ledger: pl.DataFrame, **commit: Any) -> Any:
+    """A version from batches of rows (streamed through ``VersionWriter``,
+    which computes the digest out of core), with the ledger and counts
+    ``Workspace.commit_version`` gives. ``commit``: ``VersionWriter.commit``'s
+    keywords (operation, params, parents, report)."""
+    from bakeoff.workspace import LEDGER_SCHEMA
+
+    with ws.version_writer(name) as writer:
+        for frame in frames:
+            writer.write_rows(frame)
+        ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]).write_parquet(
+            writer.tmp / "ledger.parquet")
+        counts = {"kind": dict(writer.kinds), "ledger": ledger.height, "quarantined": 0}
+        return writer.commit(counts=counts, **commit)
+
+
+def commit_ray_step(ws: Any, parent: Any, operation: str, params: dict[str, Any], source: RowSource,
+                    output: RayStepOutput, name: str | None = None) -> Any:
+    """``bakeoff.steps.commit_step`` for a step run on Ray over ``source`` (the
+    parent's rows): the next version of the parent's dataset (or of ``name``)."""
+    if parent.rows != source.n or output.ledger.height != output.removed.size:
+        raise AssertionError(f"row balance broken: {parent.rows} in, {output.removed.size} removed, "
+                             f"{output.ledger.height} in the ledger")
+    return commit_frames(ws, name or parent.name, kept_frames(source, output), output.ledger,
+                         operation=operation, params=params, parents=[parent.ref], report=output.report)
+
+
+__all__ = ["RowGroup", "RowSource", "kept_frames", "write_scratch", "commit_frames", "commit_ray_step",
+           "WRITE_BATCH"]
