@@ -30,9 +30,9 @@ import pyarrow.parquet as pq
 
 from . import ROWS_PER_BLOCK, RayStepOutput, maybe_die
 
-#: Rows per batch when the driver streams a step's output (a row group of the
-#: scratch files it writes).
-WRITE_BATCH = 65_536
+#: Rows per batch when the driver streams a step's output: a row group of the
+#: files it writes, one block of the next step's input.
+WRITE_BATCH = ROWS_PER_BLOCK
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,27 @@ def _read(path: str, group: int, first: int, columns: list[str] | None, per: int
         row += table.num_rows
 
 
-def _read_groups(items: pa.Table, columns: list[str] | None, per: int) -> Iterator[pa.Table]:
-    for path, group, first in zip(*(items.column(c).to_pylist() for c in ("path", "group", "first"))):
-        yield from _read(path, group, first, columns, per)
+def _read_chunk(path: str, group: int, first: int, skip: int, columns: list[str] | None, per: int) -> pa.Table:
+    """Rows ``skip * per`` to ``(skip + 1) * per`` of a row group (whose first
+    row is ``first``), with ``_row``; the rows before them are decoded and dropped."""
+    lo, hi = skip * per, (skip + 1) * per
+    parts, offset = [], 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=per, row_groups=[group], columns=columns,
+                                                   use_threads=False):
+        end = offset + batch.num_rows
+        if end > lo:
+            start = max(lo, offset)
+            parts.append(batch.slice(start - offset, min(hi, end) - start))
+        offset = end
+        if offset >= hi:
+            break
+    table = pa.Table.from_batches(parts)
+    return table.append_column("_row", pa.array(np.arange(first + lo, first + lo + table.num_rows, dtype=np.int64)))
+
+
+def _read_chunks(items: pa.Table, columns: list[str] | None, per: int) -> Iterator[pa.Table]:
+    for path, group, first, skip in zip(*(items.column(c).to_pylist() for c in ("path", "group", "first", "skip"))):
+        yield _read_chunk(path, group, first, skip, columns, per)
 
 
 class RowSource:
@@ -83,15 +101,18 @@ class RowSource:
     def dataset(self, ray: Any, columns: list[str] | None = None, per: int = ROWS_PER_BLOCK) -> Any:
         """A Ray dataset of the rows (``columns``, default all, plus ``_row``),
         read on the workers, ``per`` rows a block."""
-        items = [{"path": g.path, "group": g.group, "first": g.first} for g in self.groups]
+        # One descriptor per block of ``per`` rows, so that the read fuses with
+        # the step's map and every block is a task of its own, however large
+        # the row groups (a version committed in one piece has groups of ~1M
+        # rows). Reading block k of a group decodes the k blocks before it:
+        # the files this module writes have groups of one block.
+        items = [{"path": g.path, "group": g.group, "first": g.first, "skip": k}
+                 for g in self.groups for k in range(-(-g.rows // per))]
         if not items:  # no rows: one empty block with the schema
             empty = self.schema.empty_table() if columns is None else self.schema.empty_table().select(columns)
             return ray.data.from_arrow(empty.append_column("_row", pa.array([], pa.int64())))
-        # ray_remote_args_fn keeps the read a separate operator: fused with the
-        # step's map, a version of one large row group would run in one task
         return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _read_groups, fn_kwargs={"columns": columns, "per": per}, batch_size=None, batch_format="pyarrow",
-            ray_remote_args_fn=dict)
+            _read_chunks, fn_kwargs={"columns": columns, "per": per}, batch_size=None, batch_format="pyarrow")
 
     def blocks(self, ray: Any, fn: Callable[..., pa.Table], fn_kwargs: dict[str, Any] | None = None,
                columns: list[str] | None = None, per: int = ROWS_PER_BLOCK) -> tuple[list[Any], np.ndarray]:
@@ -99,14 +120,13 @@ class RowSource:
         ``_row``), kept in the object store: (the blocks' refs, in row order;
         the first ``_row`` of each block and ``n`` after the last). For a
         stage that must find a row's block again (MinHash's verification)."""
-        task = ray.remote(_blocks_of_group)
+        task = ray.remote(_block)
         refs: list[Any] = []
         starts: list[int] = []
         for g in self.groups:
-            k = -(-g.rows // per)
-            out = task.options(num_returns=k).remote(g.path, g.group, g.first, columns, per, fn, fn_kwargs or {})
-            refs.extend([out] if k == 1 else out)
-            starts.extend(range(g.first, g.first + g.rows, per))
+            for k in range(-(-g.rows // per)):
+                refs.append(task.remote(g.path, g.group, g.first, k, columns, per, fn, fn_kwargs or {}))
+                starts.append(g.first + k * per)
         return refs, np.asarray(starts + [self.n], np.int64)
 
     def fetch(self, ray: Any, rows: np.ndarray, columns: list[str] | None = None,
@@ -135,11 +155,10 @@ class RowSource:
                 yield pl.from_arrow(table)
 
 
-def _blocks_of_group(path: str, group: int, first: int, columns: list[str] | None, per: int,
-                     fn: Callable[..., pa.Table], fn_kwargs: dict[str, Any]) -> Any:
+def _block(path: str, group: int, first: int, skip: int, columns: list[str] | None, per: int,
+           fn: Callable[..., pa.Table], fn_kwargs: dict[str, Any]) -> pa.Table:
     maybe_die()
-    out = [fn(t, **fn_kwargs) for t in _read(path, group, first, columns, per)]
-    return out[0] if len(out) == 1 else tuple(out)
+    return fn(_read_chunk(path, group, first, skip, columns, per), **fn_kwargs)
 
 
 def _take_from_group(path: str, group: int, first: int, rows: np.ndarray, columns: list[str] | None,
