@@ -446,6 +446,7 @@ def _run_recipe_on_ray(ws: Workspace, ref: str | Version, recipe: Recipe, interm
                 run.current_parent = v
                 run.pending_ledger, run.pending_reports = [], {}
                 source = RowSource([ws.version_dir(v) / "rows.parquet"])
+            del result  # written (or kept as last_output): free the rewritten rows before the next step
 
         ledger = pl.concat(run.pending_ledger if intermediate else run.ledgers) \
             if (run.ledgers or run.pending_ledger) else _empty_ledger()
