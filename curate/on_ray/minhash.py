@@ -132,16 +132,18 @@ def _pairs_in_buckets(starts, ends, row, shape, nsh, threshold):
 
 def _bucket_pairs(batch: dict[str, np.ndarray], threshold: float, starts: np.ndarray,
                   blocks: int) -> dict[str, np.ndarray]:
-    """One shuffle partition of band keys -> the candidate pairs of its buckets."""
-    srt = np.lexsort((batch["rank"], batch["key"], batch["band"]))
-    band, key = batch["band"][srt], batch["key"][srt]
-    edge = np.r_[True, (band[1:] != band[:-1]) | (key[1:] != key[:-1]), True]
+    """One shuffle partition of band keys -> the candidate pairs of its buckets.
+    A bucket is cut by shape first: only rows of one shape can pair, and a
+    bucket of many same-word rows with different numbers (a table's rows)
+    would otherwise cost the square of its size."""
+    srt = np.lexsort((batch["rank"], batch["shape"], batch["key"], batch["band"]))
+    band, key, shape = batch["band"][srt], batch["key"][srt], batch["shape"][srt]
+    edge = np.r_[True, (band[1:] != band[:-1]) | (key[1:] != key[:-1]) | (shape[1:] != shape[:-1]), True]
     bounds = np.flatnonzero(edge)
-    starts, ends = bounds[:-1], bounds[1:]
-    big = (ends - starts) > 1
-    a, b = _pairs_in_buckets(starts[big], ends[big], batch["row"][srt].astype(np.int64),
-                             batch["shape"][srt].astype(np.int64), batch["nsh"][srt].astype(np.int64),
-                             float(threshold))
+    first, last = bounds[:-1], bounds[1:]
+    big = (last - first) > 1
+    a, b = _pairs_in_buckets(first[big], last[big], batch["row"][srt].astype(np.int64), shape.astype(np.int64),
+                             batch["nsh"][srt].astype(np.int64), float(threshold))
     if a.size:
         pairs = np.unique(np.stack([a, b], axis=1), axis=0)
         a, b = pairs[:, 0], pairs[:, 1]
