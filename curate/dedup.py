@@ -350,21 +350,29 @@ def dedup_rows(df: pl.DataFrame, config: DedupConfig | None = None, executor: An
 
 
 def dedup_ledger(removed_ids: pl.Series, kept_ids: pl.Series, res: DedupResult, removed: np.ndarray,
-                 counts: np.ndarray, key: list[str], cfg: DedupConfig) -> pl.DataFrame:
+                 counts: np.ndarray, key: list[str], cfg: DedupConfig, chunk: int = 500_000) -> pl.DataFrame:
     """The step's ledger: per removed row (``removed``, ascending; its id, the
     kept row's id, its number of segments ``counts``), stage, rule, similarity
-    and the reason in words."""
-    rule = np.where(res.stage[removed] == EXACT, "exact-normalized", f"jaccard>={cfg.threshold:g}")
-    return new_ledger(
-        row_id=removed_ids.cast(pl.String),
-        stage=pl.Series([STAGE_NAMES[int(s)] for s in res.stage[removed]], dtype=pl.String),
-        rule=pl.Series(rule.tolist(), dtype=pl.String),
-        score=res.similarity[removed],
-        kept_row_id=kept_ids.cast(pl.String),
-        similarity=res.similarity[removed],
-        cluster_id=kept_ids.cast(pl.String),
-        detail=_reasons(counts, res, removed, key, cfg),
-    )
+    and the reason in words. Built ``chunk`` rows at a time: the reasons'
+    intermediate strings for millions of removed rows would cost twice the
+    ledger's own memory."""
+    parts = []
+    for lo in range(0, max(removed.size, 1), chunk):
+        rows = removed[lo:lo + chunk]
+        stage = pl.Series(res.stage[rows])
+        kept = kept_ids.slice(lo, chunk).cast(pl.String)
+        parts.append(new_ledger(
+            row_id=removed_ids.slice(lo, chunk).cast(pl.String),
+            stage=stage.replace_strict(STAGE_NAMES, return_dtype=pl.String),
+            rule=pl.select(pl.when(pl.lit(stage == EXACT)).then(pl.lit("exact-normalized"))
+                           .otherwise(pl.lit(f"jaccard>={cfg.threshold:g}"))).to_series(),
+            score=res.similarity[rows],
+            kept_row_id=kept,
+            similarity=res.similarity[rows],
+            cluster_id=kept,
+            detail=_reasons(counts[lo:lo + chunk], res, rows, key, cfg),
+        ))
+    return pl.concat(parts)
 
 
 def _reasons(counts: np.ndarray, res: DedupResult, removed: np.ndarray, key: list[str],
