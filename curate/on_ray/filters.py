@@ -79,7 +79,7 @@ def filter_on_ray(source: RowSource, config: Any, executor: Executor) -> RayStep
             ds = source.dataset(ray).map_batches(_detect_block, fn_kwargs={"config": config,
                                                                            "examples": config.examples},
                                                  **map_options())
-            hits = pl.from_arrow(collect(ds, sort_by="_row"))
+            hits = pl.from_arrow(collect(ds, sort_by="_row"), rechunk=False)
         else:
             hits = pl.DataFrame()
         columns = source.columns
