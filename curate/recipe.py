@@ -289,6 +289,27 @@ class _RecipeRun:
         last = max((i for i, s in enumerate(recipe.steps) if s.kind.changes_rows), default=-1)
         return cls(parent, name or recipe.output or parent.name, last, current_parent=parent)
 
+    def step_commit(self, recipe: Recipe, i: int, step: RecipeStep) -> dict[str, Any]:
+        """The commit arguments of the intermediate version after step ``i``."""
+        return dict(operation=f"recipe:{step.kind.name}",
+                    params={"recipe": recipe.name, "step": i + 1, "options": step.options, "source": recipe.source},
+                    parents=[self.current_parent.ref],
+                    report={"recipe": recipe.name, "steps": self.summary[-1:], **self.pending_reports})
+
+    def wrote(self, version: Version) -> None:
+        """An intermediate version was written: the next steps' parent."""
+        for e in self.summary:
+            e.setdefault("version", version.ref)
+        self.written.append(version)
+        self.current_parent = version
+        self.pending_ledger, self.pending_reports = [], {}
+
+    def final_ledger(self, intermediate: bool) -> pl.DataFrame:
+        """The result's ledger: every step's, or with ``intermediate`` those since the last version."""
+        if not (self.ledgers or self.pending_ledger):
+            return _empty_ledger()
+        return pl.concat(self.pending_ledger if intermediate else self.ledgers)
+
 
 def run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: bool = False,
                name: str | None = None, executor: Executor | None = None) -> RecipeResult:
@@ -339,20 +360,10 @@ def _run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate:
         run.summary.append(entry)
 
         if intermediate and step.kind.changes_rows and i < run.last_changing:
-            v = ws.commit_version(
-                run.out_name, rows, operation=f"recipe:{step.kind.name}",
-                params={"recipe": recipe.name, "step": i + 1, "options": step.options,
-                        "source": recipe.source},
-                parents=[run.current_parent.ref], ledger=pl.concat(run.pending_ledger),
-                report={"recipe": recipe.name, "steps": run.summary[-1:], **run.pending_reports})
-            for e in run.summary:
-                e.setdefault("version", v.ref)
-            run.written.append(v)
-            run.current_parent = v
-            run.pending_ledger, run.pending_reports = [], {}
+            run.wrote(ws.commit_version(run.out_name, rows, ledger=pl.concat(run.pending_ledger),
+                                        **run.step_commit(recipe, i, step)))
 
-    ledger = pl.concat(run.pending_ledger if intermediate else run.ledgers) \
-        if (run.ledgers or run.pending_ledger) else _empty_ledger()
+    ledger = run.final_ledger(intermediate)
     rows_parent = run.current_parent.rows
     if rows_parent != rows.height + ledger.height:
         raise AssertionError(f"recipe row balance broken: {rows_parent} in != {rows.height} kept "
@@ -434,22 +445,13 @@ def _run_recipe_on_ray(ws: Workspace, ref: str | Version, recipe: Recipe, interm
             entry["seconds"] = round(time.perf_counter() - t0, 3)
             run.summary.append(entry)
             if as_version:
-                v = commit_frames(
-                    ws, run.out_name, kept_frames(source, result), pl.concat(run.pending_ledger),
-                    operation=f"recipe:{step.kind.name}",
-                    params={"recipe": recipe.name, "step": i + 1, "options": step.options, "source": recipe.source},
-                    parents=[run.current_parent.ref],
-                    report={"recipe": recipe.name, "steps": run.summary[-1:], **run.pending_reports})
-                for e in run.summary:
-                    e.setdefault("version", v.ref)
-                run.written.append(v)
-                run.current_parent = v
-                run.pending_ledger, run.pending_reports = [], {}
+                v = commit_frames(ws, run.out_name, kept_frames(source, result), pl.concat(run.pending_ledger),
+                                  **run.step_commit(recipe, i, step))
+                run.wrote(v)
                 source = RowSource([ws.version_dir(v) / "rows.parquet"])
             del result  # written (or kept as last_output): free the rewritten rows before the next step
 
-        ledger = pl.concat(run.pending_ledger if intermediate else run.ledgers) \
-            if (run.ledgers or run.pending_ledger) else _empty_ledger()
+        ledger = run.final_ledger(intermediate)
         frames = kept_frames(source, last_output) if last_output is not None else \
             (f.drop("_row") for f in source.iter_frames())
         rows_out = source.n - (last_output.removed.size if last_output is not None else 0)
