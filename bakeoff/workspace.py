@@ -387,6 +387,15 @@ class Workspace:
         w.write_rows(batch) ...; w.commit(...)``); nothing is visible until ``commit``."""
         return VersionWriter(self, name)
 
+    @contextmanager
+    def scratch_folder(self, name: str) -> Iterator[Path]:
+        """A temporary folder among ``name``'s versions for a step's intermediate
+        files (a streamed recipe's output between two steps): locked like a
+        version being written, so a sweep leaves it alone while this process
+        lives; removed on exit, or by the next sweep after a kill."""
+        with VersionWriter(self, name) as writer:
+            yield writer.tmp
+
     def _publish(self, tmp: Path, name: str, fields: dict[str, Any]) -> Version:
         """Give the staged folder ``tmp`` the next number of ``name`` and commit its
         catalog row, in one transaction under the catalog's write lock."""

@@ -43,18 +43,46 @@ os.environ.setdefault("BAKEOFF_EMBEDDING_MODEL", "hashing")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def build_rows(n: int):
-    """The filter benchmark's rows (the demo corpus tiled, numbers bumped per
-    copy) for half of ``n``, then each of them once more: half the rows are
-    exact copies of another."""
+def write_rows(ws, n: int, chunk: int = 100_000):
+    """Write the benchmark version: the filter benchmark's rows (the demo
+    corpus tiled, numbers bumped per copy, ``bench_filters.build_rows``) for
+    half of ``n``, then each of them once more (half the rows are exact copies
+    of another). Written a chunk of tiles at a time (``VersionWriter``), so
+    building 10M rows needs the memory of a chunk, not of the rows; ids are
+    the row numbers."""
     import polars as pl
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_filters import build_rows as tiled
+    from bench_filters import demo_base
 
-    half = tiled(-(-n // 2), perturb=True)
-    rows = pl.concat([half, half]).head(n)
-    return rows.with_columns(pl.int_range(pl.len()).cast(pl.String).alias("id"))
+    base = demo_base()
+    half = -(-n // 2)
+    tiles = max(1, chunk // base.height)
+    with ws.version_writer("bench") as writer:
+        row = 0
+        for start in (0, half):  # the first half, then its copies
+            end = min(start + half, n)
+            for t0 in range(0, -(-(end - start) // base.height), tiles):
+                lo = t0 * base.height
+                rows = min(tiles * base.height, end - start - lo)
+                part = pl.concat([_tile(base, k) for k in range(t0, t0 + -(-rows // base.height))]).head(rows)
+                writer.write_rows(part.with_columns(pl.int_range(row, row + part.height).cast(pl.String).alias("id")))
+                row += part.height
+        return writer.commit(operation="bench", params={"rows": n})
+
+
+def _tile(base, k: int):
+    """Copy ``k`` of the corpus, perturbed as ``bench_filters.build_rows`` does."""
+    import polars as pl
+
+    if not k:
+        return base
+
+    def bump(col: str):
+        return pl.col(col).list.eval(pl.struct(
+            pl.element().struct.field("role"),
+            pl.element().struct.field("content").str.replace(r"(\d+)", "${1}" + str(k)).alias("content")))
+    return base.with_columns(*(bump(c) for c in ("messages", "chosen", "rejected")))
 
 
 def _ray_memory(stop: threading.Event, peak: dict[str, float]) -> None:
@@ -125,18 +153,19 @@ def main() -> None:
         run_one(*args.worker[:3], steps, args.worker[3])
         return
 
+    import polars as pl
+
     from bakeoff.workspace import Workspace
 
     root = Path(args.workspace or tempfile.mkdtemp(prefix="bench-ray-ws-"))
     t0 = time.perf_counter()
-    df = build_rows(args.rows)
     ws = Workspace(root)
-    ref = ws.commit_version("bench", df, operation="bench", params={"rows": args.rows}).ref
-    chars = df.select(__import__("polars").col("messages").list.eval(
-        __import__("polars").element().struct.field("content").str.len_chars()).list.sum().mean()).item()
-    del df
+    version = write_rows(ws, args.rows)
+    ref = version.ref
+    chars = ws.scan(ref).head(100_000).select(pl.col("messages").list.eval(
+        pl.element().struct.field("content").str.len_chars()).list.sum().mean()).collect().item()
     print(f"{args.rows:,} rows ({chars:,.0f} chars/row) in {ref} ({time.perf_counter() - t0:.0f} s); "
-          f"steps {steps}; embedder {os.environ['BAKEOFF_EMBEDDING_MODEL']}; {os.cpu_count()} cores")
+          f"steps {steps}; embedder {os.environ['BAKEOFF_EMBEDDING_MODEL']}; {os.cpu_count()} cores", flush=True)
     results = {}
     for ex in args.executors.split(","):
         load = os.getloadavg()[0]

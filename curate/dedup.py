@@ -342,29 +342,46 @@ def dedup_rows(df: pl.DataFrame, config: DedupConfig | None = None, executor: An
 
     removed = np.flatnonzero(res.removed)
     ids = df["id"]
-    kept_ids = ids.gather(res.partner[removed]) if removed.size else pl.Series([], dtype=pl.String)
-    rule = np.where(res.stage[removed] == EXACT, "exact-normalized", f"jaccard>={cfg.threshold:g}")
-    ledger = new_ledger(
-        row_id=ids.gather(removed) if removed.size else pl.Series([], dtype=pl.String),
-        stage=pl.Series([STAGE_NAMES[int(s)] for s in res.stage[removed]], dtype=pl.String),
-        rule=pl.Series(rule.tolist(), dtype=pl.String),
-        score=res.similarity[removed],
-        kept_row_id=kept_ids,
-        similarity=res.similarity[removed],
-        cluster_id=kept_ids,
-        detail=_reasons(seg, res, removed, key, cfg),
-    )
+    ledger = dedup_ledger(ids.gather(removed), ids.gather(res.partner[removed]), res, removed,
+                          np.diff(seg.offsets)[removed], key, cfg)
     rows = df.filter(pl.Series(~res.removed))
-    report = _report(df, texts, res, cfg, key)
+    report = _report(df.height, ids, texts, res, cfg, key)
     return StepOutput(rows=rows, ledger=ledger, report=report)
 
 
-def _reasons(seg: Segments, res: DedupResult, removed: np.ndarray, key: list[str], cfg: DedupConfig) -> pl.Series:
+def dedup_ledger(removed_ids: pl.Series, kept_ids: pl.Series, res: DedupResult, removed: np.ndarray,
+                 counts: np.ndarray, key: list[str], cfg: DedupConfig, chunk: int = 500_000) -> pl.DataFrame:
+    """The step's ledger: per removed row (``removed``, ascending; its id, the
+    kept row's id, its number of segments ``counts``), stage, rule, similarity
+    and the reason in words. Built ``chunk`` rows at a time: the reasons'
+    intermediate strings for millions of removed rows would cost twice the
+    ledger's own memory."""
+    parts = []
+    for lo in range(0, max(removed.size, 1), chunk):
+        rows = removed[lo:lo + chunk]
+        stage = pl.Series(res.stage[rows])
+        kept = kept_ids.slice(lo, chunk).cast(pl.String)
+        parts.append(new_ledger(
+            row_id=removed_ids.slice(lo, chunk).cast(pl.String),
+            stage=stage.replace_strict(STAGE_NAMES, return_dtype=pl.String),
+            rule=pl.select(pl.when(pl.lit(stage == EXACT)).then(pl.lit("exact-normalized"))
+                           .otherwise(pl.lit(f"jaccard>={cfg.threshold:g}"))).to_series(),
+            score=res.similarity[rows],
+            kept_row_id=kept,
+            similarity=res.similarity[rows],
+            cluster_id=kept,
+            detail=_reasons(counts[lo:lo + chunk], res, rows, key, cfg),
+        ))
+    return pl.concat(parts)
+
+
+def _reasons(counts: np.ndarray, res: DedupResult, removed: np.ndarray, key: list[str],
+             cfg: DedupConfig) -> pl.Series:
     """Per removed row, the ledger detail: JSON with a sentence that says why
-    (which segments were compared and how alike they were)."""
+    (which segments were compared and how alike they were). ``counts``: the
+    removed rows' numbers of segments."""
     if not removed.size:
         return pl.Series([], dtype=pl.String)
-    counts = np.diff(seg.offsets)[removed]
     frame = pl.DataFrame({"n": counts, "sim": res.similarity[removed], "exact": res.stage[removed] == EXACT})
     what = " + ".join(key)
     reason = (pl.when(pl.col("exact"))
@@ -378,33 +395,53 @@ def _reasons(seg: Segments, res: DedupResult, removed: np.ndarray, key: list[str
         pl.lit(cfg.ngram).alias("ngram")).struct.json_encode().alias("detail"))["detail"]
 
 
-def _report(df: pl.DataFrame, texts: pl.Series, res: DedupResult, cfg: DedupConfig, key: list[str],
+def _largest_clusters(res: DedupResult, removed: np.ndarray, examples: int) -> pl.DataFrame:
+    return pl.DataFrame({"kept": res.partner[removed], "sim": res.similarity[removed]}).group_by(
+        "kept").agg(pl.len().alias("removed"), pl.col("sim").min().alias("min_jaccard")).sort(
+        ["removed", "kept"], descending=[True, False]).head(examples)
+
+
+def report_rows(res: DedupResult, examples: int = 3) -> np.ndarray:
+    """The rows whose ids and texts :func:`_report` shows (for a caller that
+    does not hold every row: the Ray executor fetches just these)."""
+    removed = np.flatnonzero(res.removed)
+    if not removed.size:
+        return np.zeros(0, np.int64)
+    need = []
+    for kept in _largest_clusters(res, removed, examples)["kept"].to_list():
+        need += [kept, *removed[res.partner[removed] == kept][:2].tolist()]
+    if removed.size > LOUD_SHARE * res.partner.size:
+        pick = np.linspace(0, removed.size - 1, min(3, removed.size)).astype(np.int64)
+        need += removed[pick].tolist() + res.partner[removed[pick]].tolist()
+    return np.unique(np.asarray(need, np.int64))
+
+
+def _report(rows_in: int, ids: Any, texts: Any, res: DedupResult, cfg: DedupConfig, key: list[str],
             examples: int = 3) -> dict[str, Any]:
     """Counts, timings, the largest clusters with example texts and, when the
     step removes more than LOUD_SHARE of its input, a warning with removed rows
-    beside the rows they were judged against."""
+    beside the rows they were judged against. ``ids``, ``texts``: by row
+    number (a Series of every row, or a dict of :func:`report_rows`)."""
     removed = np.flatnonzero(res.removed)
     clusters: list[dict[str, Any]] = []
     if removed.size:
-        sizes = pl.DataFrame({"kept": res.partner[removed], "sim": res.similarity[removed]}).group_by(
-            "kept").agg(pl.len().alias("removed"), pl.col("sim").min().alias("min_jaccard")).sort(
-            ["removed", "kept"], descending=[True, False]).head(examples)
+        sizes = _largest_clusters(res, removed, examples)
         for kept, n_removed, min_j in sizes.iter_rows():
             members = removed[res.partner[removed] == kept][:2]
             clusters.append({
-                "kept_row_id": df["id"][int(kept)], "removed": int(n_removed), "min_jaccard": round(min_j, 4),
+                "kept_row_id": ids[int(kept)], "removed": int(n_removed), "min_jaccard": round(min_j, 4),
                 "kept_text": texts[int(kept)][:200],
                 "removed_examples": [texts[int(m)][:200] for m in members],
             })
     report = {
-        "step": "dedup", "config": cfg.to_dict(), "key": key, "rows_in": df.height,
-        "rows_out": int(df.height - removed.size),
+        "step": "dedup", "config": cfg.to_dict(), "key": key, "rows_in": rows_in,
+        "rows_out": int(rows_in - removed.size),
         "removed_exact": res.stats.get("removed_exact", 0), "removed_near": res.stats.get("removed_near", 0),
         "clusters": int(np.unique(res.partner[removed]).size) if removed.size else 0,
         "lsh": {k: res.stats[k] for k in ("bands", "rows_per_band", "verified_pairs") if k in res.stats},
         "timings": res.stats.get("timings", {}), "largest_clusters": clusters,
     }
-    warning = loud_warning("dedup", df.height, removed, res.partner[removed], texts)
+    warning = loud_warning("dedup", rows_in, removed, res.partner[removed], texts)
     if warning:
         report["warning"] = warning
     return report

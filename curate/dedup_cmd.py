@@ -224,9 +224,21 @@ def command(source: str, text_field: str, scope: str, threshold: float, num_perm
     ws = get_workspace()
     parent = ws.resolve(source)
     t0 = time.perf_counter()
-    output = dedup_rows(ws.load(parent), cfg, executor=executor)
-    version = None if dry_run else commit_step(ws, parent, "dedup", cfg.to_dict(), output, name=name)
-    rep = output.report
+    if executor.is_ray:  # the rows stay on the workers; the driver streams the output
+        from bakeoff.curate.on_ray.minhash import dedup_on_ray
+        from bakeoff.curate.on_ray.rows import RowSource, commit_ray_step
+        from bakeoff.executor import ray_session
+
+        rows = RowSource([ws.version_dir(parent) / "rows.parquet"])
+        with ray_session(executor):
+            ray_output = dedup_on_ray(rows, cfg, executor)
+        version = None if dry_run else commit_ray_step(ws, parent, "dedup", cfg.to_dict(), rows, ray_output,
+                                                       name=name)
+        rep = ray_output.report
+    else:
+        output = dedup_rows(ws.load(parent), cfg)
+        version = None if dry_run else commit_step(ws, parent, "dedup", cfg.to_dict(), output, name=name)
+        rep = output.report
     result = {
         "parent": parent.ref, "version": version.ref if version else None, "dry_run": dry_run,
         "rows": rep["rows_in"], "kept": rep["rows_out"], "key": rep["key"], "warning": rep.get("warning"),

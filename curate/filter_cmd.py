@@ -79,17 +79,24 @@ def command(ref: str, config_path: str | None, dry_run: bool, n_examples: int, e
     config = FilterSuiteConfig(filters=load_filter_config(config_path), examples=max(0, n_examples))
     log(f"filtering {parent.ref} ({parent.rows} rows)")
     executor = resolve_executor(executor_kind, ray_address=ray_address)
-    if executor.is_ray:
-        from .on_ray.filters import filter_rows_on_ray
+    params = {"config": config.to_dict(), "config_file": config_path}
+    if executor.is_ray:  # the rows stay on the workers; the driver streams the output
+        from bakeoff.executor import ray_session
 
-        output = filter_rows_on_ray(ws.load(parent), config, executor)
+        from .on_ray.filters import filter_on_ray
+        from .on_ray.rows import RowSource, commit_ray_step
+
+        source = RowSource([ws.version_dir(parent) / "rows.parquet"])
+        with ray_session(executor):
+            ray_output = filter_on_ray(source, config, executor)
+        rep = ray_output.report["filter"]
+        version = None if dry_run else commit_ray_step(ws, parent, "filter", params, source, ray_output)
     else:
         output = filter_rows(ws.load(parent), config)
-    rep = output.report["filter"]
+        rep = output.report["filter"]
+        version = None if dry_run else commit_step(ws, parent, "filter", params, output)
     result: dict[str, Any] = {"parent": parent.ref, "dry_run": dry_run, **rep}
-    if not dry_run:
-        version = commit_step(ws, parent, "filter", {"config": config.to_dict(), "config_file": config_path},
-                              output)
+    if version is not None:
         result["version"] = version.ref
     del result["config"]
 

@@ -52,6 +52,9 @@ class StepKind:
     doc: str
     configure: Callable[[Any, dict[str, Any], Path], Any]
     run: Callable[[Any, pl.DataFrame, Any, Workspace, Executor | None], Any]  # executor: where batches run
+    # with --executor ray: (config, RowSource of the step's input, ws, executor) -> RayStepOutput
+    # for a row-changing step, the report for a report-only one; the rows stay on the workers
+    run_on_ray: Callable[[Any, Any, Workspace, Executor], Any] | None = None
 
 
 def _check_options(step: str, cls: type, opts: dict[str, Any]) -> None:
@@ -110,11 +113,42 @@ def _configure_coverage(mod: Any, opts: dict[str, Any], base: Path) -> Any:
 
 
 def _run_filter(mod: Any, df: pl.DataFrame, cfg: Any, ws: Workspace, executor: Executor | None) -> Any:
-    if executor is not None and executor.is_ray:
-        from bakeoff.curate.on_ray.filters import filter_rows_on_ray
-
-        return filter_rows_on_ray(df, cfg, executor)
     return mod.filter_rows(df, cfg)
+
+
+def _filter_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor) -> Any:
+    from bakeoff.curate.on_ray.filters import filter_on_ray
+
+    return filter_on_ray(source, cfg, executor)
+
+
+def _dedup_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor) -> Any:
+    from bakeoff.curate.on_ray.minhash import dedup_on_ray
+
+    return dedup_on_ray(source, cfg, executor)
+
+
+def _semantic_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor) -> Any:
+    import ray
+
+    try:
+        from bakeoff.curate.on_ray.semantic import semantic_dedup_on_ray
+    except ImportError:  # the streamed semantic step is not merged yet
+        from bakeoff.curate.on_ray.semantic_standin import semantic_dedup_on_ray
+
+    return semantic_dedup_on_ray(source.dataset(ray), source.n, cfg, executor, ws=ws)
+
+
+#: The columns the coverage report reads (on Ray it collects just these).
+COVERAGE_COLUMNS = ["id", "kind", "messages", "chosen", "rejected", "domain", "doctype", "task"]
+
+
+def _coverage_on_ray(cfg: dict[str, Any], source: Any, ws: Workspace, executor: Executor) -> dict[str, Any]:
+    from bakeoff.curate import coverage
+
+    columns = [c for c in COVERAGE_COLUMNS if c in source.columns]
+    df = pl.concat([pl.read_parquet(p, columns=columns) for p in source.paths])
+    return _run_coverage(coverage, df, cfg, ws)
 
 
 def _run_coverage(mod: Any, df: pl.DataFrame, cfg: dict[str, Any], ws: Workspace,
@@ -129,13 +163,14 @@ def _run_coverage(mod: Any, df: pl.DataFrame, cfg: dict[str, Any], ws: Workspace
 #: The steps a recipe may use, by name.
 STEPS: dict[str, StepKind] = {s.name: s for s in (
     StepKind("filter", "filters", True, "noise filters (flag, drop, repair, redact)",
-             _configure_filter, _run_filter),
+             _configure_filter, _run_filter, _filter_on_ray),
     StepKind("dedup", "dedup", True, "exact + MinHash near-duplicate removal",
-             _configure_dedup, lambda m, df, c, ws, ex: m.dedup_rows(df, c, executor=ex)),
+             _configure_dedup, lambda m, df, c, ws, ex: m.dedup_rows(df, c, executor=ex), _dedup_on_ray),
     StepKind("semantic", "semantic", True, "embedding (semantic) near-duplicate removal",
-             _configure_semantic, lambda m, df, c, ws, ex: m.semantic_dedup_rows(df, c, ws, executor=ex)),
+             _configure_semantic, lambda m, df, c, ws, ex: m.semantic_dedup_rows(df, c, ws, executor=ex),
+             _semantic_on_ray),
     StepKind("coverage", "coverage", False, "objective-coverage report (rows unchanged)",
-             _configure_coverage, _run_coverage),
+             _configure_coverage, _run_coverage, _coverage_on_ray),
 )}
 
 
@@ -233,6 +268,49 @@ def _empty_ledger() -> pl.DataFrame:
     return pl.DataFrame(schema=LEDGER_SCHEMA)
 
 
+@dataclass
+class _RecipeRun:
+    """What running a recipe accumulates, step by step (both executors)."""
+
+    parent: Version
+    out_name: str
+    last_changing: int                    # index of the last row-changing step (-1: none)
+    ledgers: list[pl.DataFrame] = field(default_factory=list)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    reports: dict[str, Any] = field(default_factory=dict)
+    written: list[Version] = field(default_factory=list)    # intermediate versions
+    pending_ledger: list[pl.DataFrame] = field(default_factory=list)   # since the last version written
+    pending_reports: dict[str, Any] = field(default_factory=dict)
+    current_parent: Version | None = None
+
+    @classmethod
+    def start(cls, ws: Workspace, ref: str | Version, recipe: Recipe, name: str | None) -> "_RecipeRun":
+        parent = ws.resolve(ref) if isinstance(ref, str) else ref
+        last = max((i for i, s in enumerate(recipe.steps) if s.kind.changes_rows), default=-1)
+        return cls(parent, name or recipe.output or parent.name, last, current_parent=parent)
+
+    def step_commit(self, recipe: Recipe, i: int, step: RecipeStep) -> dict[str, Any]:
+        """The commit arguments of the intermediate version after step ``i``."""
+        return dict(operation=f"recipe:{step.kind.name}",
+                    params={"recipe": recipe.name, "step": i + 1, "options": step.options, "source": recipe.source},
+                    parents=[self.current_parent.ref],
+                    report={"recipe": recipe.name, "steps": self.summary[-1:], **self.pending_reports})
+
+    def wrote(self, version: Version) -> None:
+        """An intermediate version was written: the next steps' parent."""
+        for e in self.summary:
+            e.setdefault("version", version.ref)
+        self.written.append(version)
+        self.current_parent = version
+        self.pending_ledger, self.pending_reports = [], {}
+
+    def final_ledger(self, intermediate: bool) -> pl.DataFrame:
+        """The result's ledger: every step's, or with ``intermediate`` those since the last version."""
+        if not (self.ledgers or self.pending_ledger):
+            return _empty_ledger()
+        return pl.concat(self.pending_ledger if intermediate else self.ledgers)
+
+
 def run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: bool = False,
                name: str | None = None, executor: Executor | None = None) -> RecipeResult:
     """Run ``recipe`` on ``ref`` and write the result as a new version.
@@ -249,23 +327,14 @@ def run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: 
         from bakeoff.executor import ray_session
 
         with ray_session(executor):
-            return _run_recipe(ws, ref, recipe, intermediate, name, executor)
+            return _run_recipe_on_ray(ws, ref, recipe, intermediate, name, executor)
     return _run_recipe(ws, ref, recipe, intermediate, name, None)
 
 
 def _run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: bool,
                 name: str | None, executor: Executor | None) -> RecipeResult:
-    parent = ws.resolve(ref) if isinstance(ref, str) else ref
-    out_name = name or recipe.output or parent.name
-    rows = ws.load(parent)
-    ledgers: list[pl.DataFrame] = []
-    summary: list[dict[str, Any]] = []
-    reports: dict[str, Any] = {}
-    written: list[Version] = []
-    current_parent = parent
-    pending_ledger: list[pl.DataFrame] = []
-    pending_reports: dict[str, Any] = {}
-    last_changing = max((i for i, s in enumerate(recipe.steps) if s.kind.changes_rows), default=-1)
+    run = _RecipeRun.start(ws, ref, recipe, name)
+    rows = ws.load(run.parent)
 
     for i, step in enumerate(recipe.steps):
         key = f"{i + 1}:{step.kind.name}"
@@ -274,58 +343,131 @@ def _run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate:
         result = step.kind.run(step.module, rows, step.config, ws, executor)
         seconds = time.perf_counter() - t0
         rows_in = rows.height
-        entry: dict[str, Any] = {"step": step.kind.name, "rows_in": rows_in}
         if isinstance(result, StepOutput):
             result.check_balance(rows_in)
             rows = result.rows
-            # each step's ledger in the one ledger layout, so they concatenate
-            ledger = result.ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]) \
-                if result.ledger.height else _empty_ledger()
-            ledgers.append(ledger)
-            pending_ledger.append(ledger)
-            reports[key] = result.report
-            pending_reports[key] = result.report
-            entry.update(rows_out=rows.height, removed=ledger.height,
-                         by_stage=dict(ledger.group_by("stage").len().iter_rows()) if ledger.height else {})
-            warning = (result.report.get("filter") or result.report).get("warning")
-            if warning:  # more than a quarter removed: said in the summary (and --json) too
-                entry["warning"] = warning["message"]
-                log(f"WARNING: {warning['message']}")
+            ledger = _ledger_of(result.ledger)
+            run.ledgers.append(ledger)
+            run.pending_ledger.append(ledger)
+            run.reports[key] = result.report
+            run.pending_reports[key] = result.report
+            entry = _step_entry(step.kind.name, rows_in, rows.height, ledger, result.report)
         else:
-            reports[key] = result
-            pending_reports[key] = result
-            entry.update(rows_out=rows_in, removed=0, by_stage={})
+            run.reports[key] = result
+            run.pending_reports[key] = result
+            entry = _report_entry(step.kind.name, rows_in)
         entry["seconds"] = round(seconds, 3)
-        summary.append(entry)
+        run.summary.append(entry)
 
-        if intermediate and step.kind.changes_rows and i < last_changing:
-            v = ws.commit_version(
-                out_name, rows, operation=f"recipe:{step.kind.name}",
-                params={"recipe": recipe.name, "step": i + 1, "options": step.options,
-                        "source": recipe.source},
-                parents=[current_parent.ref], ledger=pl.concat(pending_ledger),
-                report={"recipe": recipe.name, "steps": summary[-1:], **pending_reports})
-            for e in summary:
-                e.setdefault("version", v.ref)
-            written.append(v)
-            current_parent = v
-            pending_ledger, pending_reports = [], {}
+        if intermediate and step.kind.changes_rows and i < run.last_changing:
+            run.wrote(ws.commit_version(run.out_name, rows, ledger=pl.concat(run.pending_ledger),
+                                        **run.step_commit(recipe, i, step)))
 
-    ledger = pl.concat(pending_ledger if intermediate else ledgers) if (ledgers or pending_ledger) \
-        else _empty_ledger()
-    rows_parent = current_parent.rows
+    ledger = run.final_ledger(intermediate)
+    rows_parent = run.current_parent.rows
     if rows_parent != rows.height + ledger.height:
         raise AssertionError(f"recipe row balance broken: {rows_parent} in != {rows.height} kept "
                              f"+ {ledger.height} in the ledger")
     final = ws.commit_version(
-        out_name, rows, operation="recipe",
+        run.out_name, rows, operation="recipe",
         params={"recipe": recipe.name, "source": recipe.source, "spec": recipe.spec,
                 "intermediate": intermediate},
-        parents=[current_parent.ref], ledger=ledger,
-        report={"recipe": recipe.name, "steps": summary, **(pending_reports if intermediate else reports)})
-    for entry in summary:
+        parents=[run.current_parent.ref], ledger=ledger,
+        report={"recipe": recipe.name, "steps": run.summary,
+                **(run.pending_reports if intermediate else run.reports)})
+    for entry in run.summary:
         entry.setdefault("version", final.ref)
-    return RecipeResult(version=final, intermediate=written, steps=summary, reports=reports)
+    return RecipeResult(version=final, intermediate=run.written, steps=run.summary, reports=run.reports)
+
+
+def _ledger_of(ledger: pl.DataFrame) -> pl.DataFrame:
+    """A step's ledger in the one ledger layout, so that the steps' ledgers concatenate."""
+    return ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]) if ledger.height \
+        else _empty_ledger()
+
+
+def _step_entry(step: str, rows_in: int, rows_out: int, ledger: pl.DataFrame,
+                report: dict[str, Any]) -> dict[str, Any]:
+    """A row-changing step's line of the recipe summary."""
+    entry: dict[str, Any] = {"step": step, "rows_in": rows_in, "rows_out": rows_out, "removed": ledger.height,
+                             "by_stage": dict(ledger.group_by("stage").len().iter_rows()) if ledger.height else {}}
+    warning = (report.get("filter") or report).get("warning")
+    if warning:  # more than a quarter removed: said in the summary (and --json) too
+        entry["warning"] = warning["message"]
+        log(f"WARNING: {warning['message']}")
+    return entry
+
+
+def _report_entry(step: str, rows_in: int) -> dict[str, Any]:
+    """A report-only step's line of the recipe summary."""
+    return {"step": step, "rows_in": rows_in, "rows_out": rows_in, "removed": 0, "by_stage": {}}
+
+
+def _run_recipe_on_ray(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate: bool,
+                       name: str | None, executor: Executor) -> RecipeResult:
+    """``run_recipe`` with every step on Ray, the rows never on the driver:
+    each step reads its input's Parquet row groups on the workers and hands
+    back what it removes and rewrites (``RayStepOutput``); the driver streams
+    the input minus those into the next step's input -- a scratch file in the
+    output dataset's temp area, an intermediate version, or the result."""
+    from bakeoff.curate.on_ray.rows import RowSource, commit_frames, kept_frames, write_scratch
+
+    run = _RecipeRun.start(ws, ref, recipe, name)
+    source = RowSource([ws.version_dir(run.parent) / "rows.parquet"])
+    last_output: Any = None  # the last row-changing step's output, when it goes straight into the result
+
+    with ws.scratch_folder(run.out_name) as scratch:
+        for i, step in enumerate(recipe.steps):
+            key = f"{i + 1}:{step.kind.name}"
+            log(f"[{i + 1}/{len(recipe.steps)}] {step.kind.name} ({source.n:,} rows, on ray)")
+            t0 = time.perf_counter()
+            result = step.kind.run_on_ray(step.config, source, ws, executor)
+            rows_in = source.n
+            as_version = intermediate and step.kind.changes_rows and i < run.last_changing
+            if step.kind.changes_rows:
+                if result.ledger.height != result.removed.size:
+                    raise AssertionError(f"step {key}: {result.removed.size} rows removed, "
+                                         f"{result.ledger.height} in its ledger")
+                ledger = _ledger_of(result.ledger)
+                run.ledgers.append(ledger)
+                run.pending_ledger.append(ledger)
+                run.reports[key] = run.pending_reports[key] = result.report
+                entry = _step_entry(step.kind.name, rows_in, rows_in - ledger.height, ledger, result.report)
+                if i == run.last_changing and i == len(recipe.steps) - 1:
+                    last_output = result  # written straight into the result below
+                elif not as_version:
+                    path = scratch / f"step{i + 1}.parquet"
+                    write_scratch(kept_frames(source, result), path, source.schema)
+                    source = RowSource([path])
+            else:
+                run.reports[key] = run.pending_reports[key] = result
+                entry = _report_entry(step.kind.name, rows_in)
+            entry["seconds"] = round(time.perf_counter() - t0, 3)
+            run.summary.append(entry)
+            if as_version:
+                v = commit_frames(ws, run.out_name, kept_frames(source, result), pl.concat(run.pending_ledger),
+                                  **run.step_commit(recipe, i, step))
+                run.wrote(v)
+                source = RowSource([ws.version_dir(v) / "rows.parquet"])
+            del result  # written (or kept as last_output): free the rewritten rows before the next step
+
+        ledger = run.final_ledger(intermediate)
+        frames = kept_frames(source, last_output) if last_output is not None else \
+            (f.drop("_row") for f in source.iter_frames())
+        rows_out = source.n - (last_output.removed.size if last_output is not None else 0)
+        if run.current_parent.rows != rows_out + ledger.height:
+            raise AssertionError(f"recipe row balance broken: {run.current_parent.rows} in != {rows_out} kept "
+                                 f"+ {ledger.height} in the ledger")
+        final = commit_frames(
+            ws, run.out_name, frames, ledger, operation="recipe",
+            params={"recipe": recipe.name, "source": recipe.source, "spec": recipe.spec,
+                    "intermediate": intermediate},
+            parents=[run.current_parent.ref],
+            report={"recipe": recipe.name, "steps": run.summary,
+                **(run.pending_reports if intermediate else run.reports)})
+    for entry in run.summary:
+        entry.setdefault("version", final.ref)
+    return RecipeResult(version=final, intermediate=run.written, steps=run.summary, reports=run.reports)
 
 
 __all__ = ["STEPS", "Recipe", "RecipeResult", "parse_recipe", "load_recipe", "run_recipe",

@@ -151,11 +151,15 @@ def test_filter_and_semantic_cli_on_ray(ray_instance, demo):
         res = runner.invoke(cli, ["curate", "semantic", filtered.ref, "--executor", kind, "--threshold", "0.9",
                                    "--model", "hashing", "--name", f"sem-{kind}", "--json"], env=env)
         assert res.exit_code == 0, res.output
-        refs[kind] = (filtered, ws.versions(f"sem-{kind}")[-1])
-    assert refs["ray"][0].digest == refs["local"][0].digest
-    assert refs["ray"][1].digest == refs["local"][1].digest
-    assert _ledger(ws, refs["ray"][1].ref).equals(_ledger(ws, refs["local"][1].ref))
+        res = runner.invoke(cli, ["curate", "dedup", filtered.ref, "--executor", kind, "--keep", "longest",
+                                   "--name", f"dd-{kind}", "--json"], env=env)
+        assert res.exit_code == 0, res.output
+        refs[kind] = (filtered, ws.versions(f"sem-{kind}")[-1], ws.versions(f"dd-{kind}")[-1])
+    for i in range(3):
+        assert refs["ray"][i].digest == refs["local"][i].digest
+        assert _ledger(ws, refs["ray"][i].ref).equals(_ledger(ws, refs["local"][i].ref))
     assert ws.ledger(refs["local"][1].ref).height > 0
+    assert ws.ledger(refs["local"][2].ref).height > 0
 
 
 def test_resolve_executor_order(monkeypatch):
@@ -229,3 +233,179 @@ def test_dedup_file_mode_on_ray(ray_instance, tmp_path):
     assert local["removed"] == 2
     assert pl.read_parquet(tmp_path / "ray.parquet").equals(pl.read_parquet(tmp_path / "local.parquet"))
     assert (on_ray["removed_exact"], on_ray["removed_near"]) == (local["removed_exact"], local["removed_near"])
+
+
+# --- the streamed recipe: the driver never holds the rows ---------------------------------------
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _filter_dedup_recipe(filters: dict, dedup: dict):
+    from bakeoff.curate.recipe import parse_recipe
+
+    return parse_recipe({"name": "stream", "steps": [{"filter": filters}, {"dedup": dedup}]})
+
+
+def _no_full_load(monkeypatch, batch: int) -> dict[str, int]:
+    """Make any load of a whole version fail, write in batches of ``batch``
+    rows, and count the rows whose texts come back to the driver."""
+    from bakeoff.curate import on_ray
+    from bakeoff.curate.on_ray import filters as ray_filters
+    from bakeoff.curate.on_ray import rows as ray_rows
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Ray recipe loaded or committed a whole frame on the driver")
+
+    seen = {"text_rows": 0, "largest_batch": 0}
+    original_collect = on_ray.collect
+
+    def counting_collect(ds, sort_by=None):
+        table = original_collect(ds, sort_by)
+        if "messages" in table.column_names:
+            seen["text_rows"] += table.num_rows - table.column("messages").null_count
+        return table
+
+    original_frames = ray_rows.RowSource.iter_frames
+
+    def counting_frames(self, batch_rows=None):
+        for frame in original_frames(self, batch_rows):
+            seen["largest_batch"] = max(seen["largest_batch"], frame.height)
+            yield frame
+
+    monkeypatch.setattr(Workspace, "load", refuse)
+    monkeypatch.setattr(Workspace, "commit_version", refuse)
+    monkeypatch.setattr(ray_filters, "collect", counting_collect)
+    monkeypatch.setattr(ray_rows.RowSource, "iter_frames", counting_frames)
+    monkeypatch.setattr(ray_rows, "WRITE_BATCH", batch)
+    return seen
+
+
+def test_ray_recipe_never_loads_the_rows_on_the_driver(ray_instance, demo, monkeypatch):
+    """Filter + dedup with intermediate versions: no ``ws.load`` or
+    ``commit_version`` (which take a whole frame), output written in batches,
+    and only the rewrite filters' hit rows (and a few examples) come back
+    with their texts -- the same versions and ledgers as local."""
+    from bakeoff.curate.recipe import run_recipe
+
+    ws, ref = demo
+    n = ws.resolve(ref).rows
+    recipe = _filter_dedup_recipe({"pii": {"action": "redact"}, "language": {"enabled": False},
+                                   "refusal": {"action": "flag"}}, {"keep": "longest"})
+    local = run_recipe(ws, ref, recipe, intermediate=True, name="local-stream")
+    seen = _no_full_load(monkeypatch, batch=97)
+    on_ray = run_recipe(ws, ref, recipe, intermediate=True, name="ray-stream", executor=RAY)
+    monkeypatch.undo()
+    assert seen["largest_batch"] <= 97
+    assert 0 < seen["text_rows"] < 0.25 * n, seen
+    assert [v.digest for v in on_ray.intermediate] == [v.digest for v in local.intermediate]
+    assert on_ray.version.digest == local.version.digest
+    for a, b in zip(on_ray.intermediate + [on_ray.version], local.intermediate + [local.version]):
+        assert _ledger(ws, a.ref).equals(_ledger(ws, b.ref))
+    flt = local.reports["1:filter"]["filter"]
+    assert flt["rewritten"] > 0 and flt["flagged"]["refusal"] > 0  # the test has teeth
+    assert on_ray.reports["1:filter"]["filter"]["filters"] == flt["filters"]
+    assert on_ray.reports["2:dedup"]["largest_clusters"] == local.reports["2:dedup"]["largest_clusters"]
+
+
+def _real_rows_with_plants(ws: Workspace) -> str:
+    """The alpaca and DPO demo files, ingested, plus planted copies: rows with
+    an e-mail address and a phone number (redacted), exact copies, and copies
+    with one word changed (near-duplicates)."""
+    import json
+    import random
+
+    from bakeoff.curate.ingest import ingest
+    from bakeoff.schema import with_ids
+
+    paths = [DATA / "alpaca_en_demo.json", DATA / "dpo_en_demo.json"]
+    for p in paths:
+        if not p.exists():
+            pytest.skip(f"{p} not present (the real data lives in ../shared/data)")
+    base = ingest(ws, paths, "real").version
+    df = ws.load(base)
+    rng = random.Random(7)
+    rows = df.to_dicts()
+    chats = [r for r in rows if r["kind"] == "sft"]
+    planted = []
+    for r in rng.sample(chats, 40):
+        r = json.loads(json.dumps(r))
+        r["messages"][-1]["content"] += " Write to jane.doe@example.com or call +1 415 555 0134."
+        planted.append(r)
+    planted += [json.loads(json.dumps(r)) for r in rng.sample(rows, 30)]
+    for r in rng.sample(chats, 30):
+        r = json.loads(json.dumps(r))
+        words = r["messages"][-1]["content"].split()
+        if len(words) > 20:
+            words[len(words) // 2] = "indeed"
+            r["messages"][-1]["content"] = " ".join(words)
+            planted.append(r)
+    out = with_ids(pl.concat([df, pl.DataFrame(planted, schema=df.schema)]))
+    return ws.commit_version("real", out, operation="plant", parents=[base.ref]).ref
+
+
+def test_redact_and_dedup_on_real_rows_ray_equals_local(ray_instance, tmp_path, monkeypatch):
+    from bakeoff.curate.recipe import run_recipe
+
+    ws = Workspace(tmp_path / "ws")
+    ref = _real_rows_with_plants(ws)
+    recipe = _filter_dedup_recipe({"pii": {"action": "redact"}}, {"threshold": 0.8})
+    local = run_recipe(ws, ref, recipe, name="local")
+    _no_full_load(monkeypatch, batch=500)
+    on_ray = run_recipe(ws, ref, recipe, name="ray", executor=RAY)
+    monkeypatch.undo()
+    assert local.reports["1:filter"]["filter"]["filters"]["pii"]["redacted"] >= 40
+    assert {s["step"]: s["removed"] for s in local.steps}["dedup"] >= 50
+    assert on_ray.version.digest == local.version.digest
+    assert _ledger(ws, on_ray.version.ref).equals(_ledger(ws, local.version.ref))
+    assert [s["removed"] for s in on_ray.steps] == [s["removed"] for s in local.steps]
+
+
+def test_worker_killed_mid_streamed_recipe(ray_instance, demo):
+    """A worker dies while the streamed recipe reads rows for dedup: Ray runs
+    the task again, or the recipe fails having written nothing (its scratch
+    folder gone); either way the rerun writes the local version."""
+    from bakeoff.curate.recipe import run_recipe
+
+    ws, ref = demo
+    recipe = _filter_dedup_recipe({"language": {"enabled": False}}, {})
+    local = run_recipe(ws, ref, recipe, name="kill-local")
+    before = [v.ref for v in ws.versions()]
+    (ray_instance / "kill-once").touch()
+    try:
+        on_ray = run_recipe(ws, ref, recipe, name="kill-ray", executor=RAY)
+    except Exception:  # noqa: BLE001 - a lost worker may fail the step: nothing may be written then
+        assert [v.ref for v in ws.versions()] == before
+        assert not list((ws.root / "versions" / "kill-ray").glob(".tmp-*"))
+        on_ray = run_recipe(ws, ref, recipe, name="kill-ray", executor=RAY)
+    assert not (ray_instance / "kill-once").exists()  # the worker did die
+    assert on_ray.version.digest == local.version.digest
+    assert _ledger(ws, on_ray.version.ref).equals(_ledger(ws, local.version.ref))
+    assert not list((ws.root / "versions" / "kill-ray").glob(".tmp-*"))  # no scratch left behind
+
+
+def test_row_source_numbers_rows_across_uneven_row_groups(ray_instance, tmp_path):
+    """Row groups of 7, 3 and 12 rows read in blocks of 5: every row once, with
+    its number in the file; blocks, fetch and the driver's batches agree."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from bakeoff.curate.on_ray import collect
+    from bakeoff.curate.on_ray.rows import RowSource
+
+    path = tmp_path / "rows.parquet"
+    with pq.ParquetWriter(path, pa.schema([("v", pa.int64())])) as writer:
+        lo = 0
+        for size in (7, 3, 12):
+            writer.write_table(pa.table({"v": np.arange(lo, lo + size) * 10}))
+            lo += size
+    source = RowSource([path, path])
+    assert source.n == 44 and len(source.groups) == 6
+    got = collect(source.dataset(ray, per=5), sort_by="_row")
+    assert got["_row"].to_pylist() == list(range(44))
+    assert got["v"].to_pylist() == [10 * (i % 22) for i in range(44)]
+    refs, starts = source.blocks(ray, lambda t: t, per=5)
+    assert np.concatenate([ray.get(r)["_row"].to_numpy() for r in refs]).tolist() == list(range(44))
+    assert all(ray.get(r)["_row"].to_numpy()[0] == s for r, s in zip(refs, starts[:-1]))
+    assert source.fetch(ray, np.array([43, 0, 9, 9, 25]))["v"].to_list() == [0, 90, 30, 210]
+    assert pl.concat(list(source.iter_frames(4)))["_row"].to_list() == list(range(44))

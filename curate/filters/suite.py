@@ -280,10 +280,13 @@ def _examples(f: Filter, frame: pl.DataFrame, ids: pl.Series, k: int) -> list[di
 
 
 def filter_rows(df: pl.DataFrame, config: FilterSuiteConfig | dict | None = None,
-                detect_rows=None) -> StepOutput:
+                detect_rows=None, rows_in: int | None = None) -> StepOutput:
     """Run the filter suite on a version's rows: drop, flag, repair or redact as
     configured. Rows in = rows kept + ledger rows. ``detect_rows``: what runs
-    :func:`detect` on all rows (the Ray executor's batch map; default: here)."""
+    :func:`detect` on all rows (default: here). ``rows_in``: the input's row
+    count when ``df`` holds only the rows some filter hit (the Ray executor's
+    streamed step, :mod:`bakeoff.curate.on_ray.filters`): rows no filter hits
+    change nothing but the report's shares."""
     t0 = time.perf_counter()
     if not isinstance(config, FilterSuiteConfig):
         config = FilterSuiteConfig.from_dict(config)
@@ -291,6 +294,7 @@ def filter_rows(df: pl.DataFrame, config: FilterSuiteConfig | dict | None = None
     names = [f.name for f in active]
     hit_cols = [f"{n}.hit" for n in names]
     n = df.height
+    n_in = n if rows_in is None else rows_in
 
     # actions
     drop = pl.Series("drop", [False] * n, dtype=pl.Boolean)
@@ -381,20 +385,20 @@ def filter_rows(df: pl.DataFrame, config: FilterSuiteConfig | dict | None = None
     for f in active:
         h = frame[f.col("hit")]
         ex = _examples(f, frame, df["id"], config.examples)
-        per_filter[f.name] = {"hits": int(h.sum()), "share": round(float(h.sum()) / n, 4) if n else 0.0,
+        per_filter[f.name] = {"hits": int(h.sum()), "share": round(float(h.sum()) / n_in, 4) if n_in else 0.0,
                               "action": f.config.action, "roles": f.config.roles,
                               "dropped": int((rule == f.name).sum()), "examples": ex,
                               **extra_report.get(f.name, {})}
     hm = frame.select(hit_cols).cast(pl.Int32).to_numpy() if hit_cols else None
     overlap = (hm.T @ hm).tolist() if hm is not None and n else [[0] * len(names) for _ in names]
-    report = {"filter": {"rows_in": n, "rows_out": kept.height, "dropped": ledger.height,
+    report = {"filter": {"rows_in": n_in, "rows_out": n_in - ledger.height, "dropped": ledger.height,
                          "rewritten": int((changed & ~drop).sum()),
                          "flagged": {x: int(frame[f"{x}.hit"].sum()) for x in flags},
                          "filters": per_filter, "overlap": {"filters": names, "matrix": overlap},
                          "config": config.to_dict(), "seconds": round(time.perf_counter() - t0, 3)}}
-    if n and ledger.height > LOUD_SHARE * n:
+    if n_in and ledger.height > LOUD_SHARE * n_in:
         report["filter"]["warning"] = {
-            "message": f"filters dropped {ledger.height:,} of {n:,} rows ({ledger.height / n:.0%}), more than "
+            "message": f"filters dropped {ledger.height:,} of {n_in:,} rows ({ledger.height / n_in:.0%}), more than "
                        f"{LOUD_SHARE:.0%}: check the examples before trusting this version",
             "by_filter": {name: f["dropped"] for name, f in per_filter.items() if f["dropped"]}}
     return StepOutput(rows=kept, ledger=ledger, report=report)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -101,9 +101,14 @@ def collect(ds: Any, sort_by: str | None = None) -> pa.Table:
     tables = [t for t in ray.get(refs) if t.num_rows]
     if not tables:
         return ds.schema().base_schema.empty_table() if ds.schema() is not None else pa.table({})
+    if sort_by is not None:  # blocks each in order and apart (a map over row ranges): put them in order,
+        firsts = [t[sort_by][0].as_py() for t in tables]  # no copy
+        tables = [tables[i] for i in np.argsort(firsts, kind="stable")]
     table = pa.concat_tables(tables, promote_options="permissive")
     if sort_by is not None:
-        table = table.take(np.argsort(table[sort_by].to_numpy(), kind="stable"))
+        key = table[sort_by].to_numpy()
+        if key.size > 1 and not (key[1:] >= key[:-1]).all():
+            table = table.take(np.argsort(key, kind="stable"))
     return table
 
 
@@ -120,12 +125,16 @@ class RayStepOutput:
     ``ledger``: one row per removed row (``LEDGER_SCHEMA``), as the local step
     writes it. ``rewritten``: ``_row`` plus the core columns (new ``id``
     included) of rows whose content the step changed (a filter's repair or
-    redaction: the hit rows only), or None. ``report``: the local step's report."""
+    redaction: the hit rows only), or None. ``report``: the local step's report.
+    ``transform``: what the driver applies to every batch of kept rows (with
+    ``_row``) as it writes them, or None (the filter step's flag tags: a
+    change to many rows that needs no text)."""
 
     removed: np.ndarray
     ledger: pl.DataFrame
     report: dict[str, Any] = field(default_factory=dict)
     rewritten: pl.DataFrame | None = None
+    transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None
 
 
 __all__ = ["RayStepOutput", "ROWS_PER_BLOCK", "KILL_ENV", "maybe_die", "parallelism", "dataset_from_table",

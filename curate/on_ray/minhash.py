@@ -53,7 +53,11 @@ def _segments_of(block: pa.Table) -> tuple[pl.Series, np.ndarray]:
     return pl.Series("text", values), offs - offs[0]
 
 
-def _sign_block(block: pa.Table, cfg: Any, fold: bool, bands: int, rows_per_band: int) -> pa.Table:
+def _sign_block(block: pa.Table, cfg: Any, fold: bool, bands: int, rows_per_band: int, rank: Any) -> pa.Table:
+    """``rank``: the keep rank of every row (an object ref of the array), or
+    None: the row number (keep first)."""
+    import ray
+
     from bakeoff.curate import minhash as mh
     from bakeoff.curate.dedup import _row_fingerprints
 
@@ -65,7 +69,8 @@ def _sign_block(block: pa.Table, cfg: Any, fold: bool, bands: int, rows_per_band
     active = (seg_len[offs[1:]] - seg_len[offs[:-1]]) > 0
     fp = _row_fingerprints(corpus.fingerprint, offs, shape, fold=fold)[active]
     rows = np.flatnonzero(active)
-    out = {"row": block.column("row").to_numpy()[rows], "rank": block.column("rank").to_numpy()[rows],
+    row = block.column("row").to_numpy()[rows]
+    out = {"row": row, "rank": row if rank is None else ray.get(rank)[row],
            "fp0": fp[:, 0], "fp1": fp[:, 1], "shape": shape[rows]}
     if cfg.near:
         counts = np.diff(offs)[rows]
@@ -82,11 +87,13 @@ def _sign_block(block: pa.Table, cfg: Any, fold: bool, bands: int, rows_per_band
 
 # --- 3. buckets -------------------------------------------------------------------------------
 
-def _explode(batch: pa.Table, bands: int, partitions: int, removed: np.ndarray, per: int) -> pa.Table:
+def _explode(batch: pa.Table, bands: int, partitions: int, removed: Any) -> pa.Table:
     """One row per (row, band) of the rows the exact stage kept, with the
-    shuffle key of its bucket."""
+    shuffle key of its bucket. ``removed``: an object ref of the exact stage's mask."""
+    import ray
+
     row = batch.column("row").to_numpy()
-    keep = ~removed[row]
+    keep = ~ray.get(removed)[row]
     keys = batch.column("keys").combine_chunks().values.to_numpy().reshape(-1, bands)[keep]
     k = int(keep.sum())
     band = np.tile(np.arange(bands, dtype=np.uint64), k)
@@ -123,21 +130,29 @@ def _pairs_in_buckets(starts, ends, row, shape, nsh, threshold):
     return a[:t], b[:t]
 
 
-def _bucket_pairs(batch: dict[str, np.ndarray], threshold: float, per: int, blocks: int) -> dict[str, np.ndarray]:
-    """One shuffle partition of band keys -> the candidate pairs of its buckets."""
-    srt = np.lexsort((batch["rank"], batch["key"], batch["band"]))
-    band, key = batch["band"][srt], batch["key"][srt]
-    edge = np.r_[True, (band[1:] != band[:-1]) | (key[1:] != key[:-1]), True]
+def _bucket_pairs(batch: dict[str, np.ndarray], threshold: float, starts: np.ndarray,
+                  blocks: int) -> dict[str, np.ndarray]:
+    """One shuffle partition of band keys -> the candidate pairs of its buckets.
+    A bucket is cut by shape first: only rows of one shape can pair, and a
+    bucket of many same-word rows with different numbers (a table's rows)
+    would otherwise cost the square of its size."""
+    srt = np.lexsort((batch["rank"], batch["shape"], batch["key"], batch["band"]))
+    band, key, shape = batch["band"][srt], batch["key"][srt], batch["shape"][srt]
+    edge = np.r_[True, (band[1:] != band[:-1]) | (key[1:] != key[:-1]) | (shape[1:] != shape[:-1]), True]
     bounds = np.flatnonzero(edge)
-    starts, ends = bounds[:-1], bounds[1:]
-    big = (ends - starts) > 1
-    a, b = _pairs_in_buckets(starts[big], ends[big], batch["row"][srt].astype(np.int64),
-                             batch["shape"][srt].astype(np.int64), batch["nsh"][srt].astype(np.int64),
-                             float(threshold))
+    first, last = bounds[:-1], bounds[1:]
+    big = (last - first) > 1
+    a, b = _pairs_in_buckets(first[big], last[big], batch["row"][srt].astype(np.int64), shape.astype(np.int64),
+                             batch["nsh"][srt].astype(np.int64), float(threshold))
     if a.size:
         pairs = np.unique(np.stack([a, b], axis=1), axis=0)
         a, b = pairs[:, 0], pairs[:, 1]
-    return {"a": a, "b": b, "blocks": (a // per) * blocks + (b // per)}
+    return {"a": a, "b": b, "blocks": _block_of(starts, a) * blocks + _block_of(starts, b)}
+
+
+def _block_of(starts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The block holding each row (``starts``: each block's first row, then n)."""
+    return np.searchsorted(starts, rows, side="right") - 1
 
 
 # --- 4. verify --------------------------------------------------------------------------------
@@ -150,7 +165,8 @@ def _verify_pairs(ia, ib, hashes, hoffs, soffs, shape, threshold):
     return out
 
 
-def _verify_group(batch: dict[str, np.ndarray], blocks: list[Any], per: int, cfg: Any) -> dict[str, np.ndarray]:
+def _verify_group(batch: dict[str, np.ndarray], blocks: list[Any], starts: np.ndarray,
+                  cfg: Any) -> dict[str, np.ndarray]:
     """The candidate pairs whose rows lie in one pair of blocks, verified on
     the texts of those blocks (read from the object store)."""
     import ray
@@ -161,9 +177,10 @@ def _verify_group(batch: dict[str, np.ndarray], blocks: list[Any], per: int, cfg
     pairs = np.unique(np.stack([batch["a"], batch["b"]], axis=1).astype(np.int64), axis=0)
     need = np.unique(pairs.reshape(-1))
     texts_parts, counts_parts, shape_parts = [], [], []
-    for blk in np.unique(need // per):
+    where = _block_of(starts, need)
+    for blk in np.unique(where):
         table = ray.get(blocks[int(blk)])
-        local = need[need // per == blk] - int(blk) * per
+        local = need[where == blk] - int(starts[blk])
         sub = table.take(pa.array(local))
         texts, offs = _segments_of(sub)
         texts_parts.append(texts)
@@ -209,17 +226,41 @@ def _greedy_walk(a, b, jac, rank, n):
 
 # --- the stage --------------------------------------------------------------------------------
 
-def _input_table(seg: Any, rank: np.ndarray) -> pa.Table:
+def _input_table(seg: Any) -> pa.Table:
     texts = seg.texts.cast(pl.String).fill_null("").to_arrow(compat_level=pl.CompatLevel.oldest())
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     segs = pa.LargeListArray.from_arrays(pa.array(seg.offsets, pa.int64()), texts)
     n = seg.offsets.size - 1
-    return pa.table({"row": np.arange(n, dtype=np.int64), "rank": rank, "shape": seg.shape, "segs": segs})
+    return pa.table({"row": np.arange(n, dtype=np.int64), "shape": seg.shape, "segs": segs})
 
 
 def dedup_segments_on_ray(seg: Any, cfg: Any, order: np.ndarray, executor: Executor) -> Any:
     """What :func:`bakeoff.curate.dedup.dedup_texts` returns for ``seg``, computed on Ray."""
+    n = seg.offsets.size - 1
+    order = np.ascontiguousarray(order, np.int64)
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    counts = np.diff(seg.offsets)
+    fold = not ((counts == 1).all() and not seg.shape.any())  # the local choice, for every block
+    with ray_session(executor) as ray:
+        cpus = parallelism(ray)
+        table = _input_table(seg)
+        # two blocks per CPU at least, and at most ~50k rows each
+        per = max(1, min(50_000, -(-n // (2 * cpus))))
+        blocks = [ray.put(table.slice(lo, per)) for lo in range(0, n, per)]
+        del table
+        starts = np.asarray(list(range(0, n, per)) + [n], np.int64)
+        return dedup_blocks_on_ray(blocks, starts, rank, cfg, fold, executor)
+
+
+def dedup_blocks_on_ray(blocks: list[Any], starts: np.ndarray, rank: np.ndarray | None, cfg: Any, fold: bool,
+                        executor: Executor) -> Any:
+    """Exact + MinHash dedup of the rows in ``blocks`` (object refs of tables
+    with ``row``, ``shape`` and ``segs``, the row's segment texts; block k
+    holds rows ``starts[k]`` to ``starts[k+1]``): the
+    :class:`bakeoff.curate.dedup.DedupResult` the local path gives. ``rank``:
+    each row's keep rank (None: the row number, keep first)."""
     from bakeoff.console import log
     from bakeoff.curate import minhash as mh
     from bakeoff.curate.dedup import EXACT, DedupResult, merge_near
@@ -227,8 +268,7 @@ def dedup_segments_on_ray(seg: Any, cfg: Any, order: np.ndarray, executor: Execu
     from .exact import exact_duplicates
 
     t0 = time.perf_counter()
-    n = seg.offsets.size - 1
-    order = np.ascontiguousarray(order, np.int64)
+    n = int(starts[-1])
     partner = np.full(n, -1, np.int64)
     similarity = np.zeros(n, np.float64)
     stage = np.zeros(n, np.int8)
@@ -236,24 +276,16 @@ def dedup_segments_on_ray(seg: Any, cfg: Any, order: np.ndarray, executor: Execu
     if n == 0:
         stats.update(removed_exact=0, removed_near=0, timings={})
         return DedupResult(partner, similarity, stage, stats)
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
-    counts = np.diff(seg.offsets)
-    fold = not ((counts == 1).all() and not seg.shape.any())  # the local choice, for every block
     bands, rows_per_band = mh.lsh_params(float(cfg.threshold), cfg.num_perm, cfg.fp_weight)
 
     with ray_session(executor) as ray:
         use_task_shuffle(ray)
         cpus = parallelism(ray)
-        table = _input_table(seg, rank)
-        # two blocks per CPU at least, and at most ~50k rows each
-        per = max(1, min(50_000, -(-n // (2 * cpus))))
-        blocks = [ray.put(table.slice(lo, per)) for lo in range(0, n, per)]
-        del table
+        rank_ref = None if rank is None else ray.put(np.ascontiguousarray(rank, np.int64))
         ds = ray.data.from_arrow_refs(blocks)
         signed = ds.map_batches(_sign_block, fn_kwargs={"cfg": cfg, "fold": fold, "bands": bands,
-                                                        "rows_per_band": rows_per_band}, **map_options()
-                                ).materialize()
+                                                        "rows_per_band": rows_per_band, "rank": rank_ref},
+                                **map_options()).materialize()
         t1 = time.perf_counter()
         log(f"dedup on ray: signed {n:,} rows in {len(blocks)} blocks ({t1 - t0:.1f}s)")
 
@@ -265,25 +297,29 @@ def dedup_segments_on_ray(seg: Any, cfg: Any, order: np.ndarray, executor: Execu
             similarity[dup] = 1.0
             stage[dup] = EXACT
             removed[dup] = True
+            del dup, rep
         t2 = time.perf_counter()
 
         verified = 0
         if cfg.near:
             partitions = max(2 * cpus, n * bands // 2_000_000)
             pairs = (signed.map_batches(_explode, fn_kwargs={"bands": bands, "partitions": partitions,
-                                                             "removed": removed, "per": per}, **map_options())
+                                                             "removed": ray.put(removed)}, **map_options())
                      .groupby("part", num_partitions=partitions)
                      .map_groups(_bucket_pairs, batch_format="numpy",
-                                 fn_kwargs={"threshold": cfg.threshold, "per": per, "blocks": len(blocks)})
+                                 fn_kwargs={"threshold": cfg.threshold, "starts": starts, "blocks": len(blocks)})
                      .groupby("blocks", num_partitions=partitions)
                      .map_groups(_verify_group, batch_format="numpy",
-                                 fn_kwargs={"blocks": blocks, "per": per, "cfg": cfg}, ))
+                                 fn_kwargs={"blocks": blocks, "starts": starts, "cfg": cfg}, ))
             found = collect(pairs)
             t3 = time.perf_counter()
             a = found["a"].to_numpy() if found.num_rows else np.zeros(0, np.int64)
             b = found["b"].to_numpy() if found.num_rows else np.zeros(0, np.int64)
             jac = found["jac"].to_numpy() if found.num_rows else np.zeros(0, np.float64)
+            del found
             verified = int(a.size)
+            if rank is None:
+                rank = np.arange(n, dtype=np.int64)
             walk = np.argsort(rank[b], kind="stable")
             near_partner, near_sim = _greedy_walk(a[walk], b[walk], jac[walk], rank, n)
             hit = np.flatnonzero(near_partner >= 0)
@@ -300,4 +336,92 @@ def dedup_segments_on_ray(seg: Any, cfg: Any, order: np.ndarray, executor: Execu
     return DedupResult(partner, similarity, stage, stats)
 
 
-__all__ = ["dedup_segments_on_ray"]
+__all__ = ["dedup_segments_on_ray", "dedup_blocks_on_ray"]
+
+
+# --- the step over streamed rows ------------------------------------------------------------------
+
+def _segment_block(table: pa.Table, key: list[str], scope: str, keep: str, quality_column: str) -> pa.Table:
+    """A block of rows -> its rows' segments (``row``, ``shape``, ``segs``),
+    segment counts (``nseg``) and what the keep order reads (``len``, ``quality``)."""
+    from bakeoff.curate.dedup_key import segments
+    from bakeoff.schema import text_for_scope
+
+    df = pl.from_arrow(table)
+    seg = segments(df.drop("_row"), key)
+    out = _input_table(seg).set_column(0, "row", table.column("_row"))
+    out = out.append_column("nseg", pa.array(np.diff(seg.offsets).astype(np.int32)))
+    if keep == "longest":
+        out = out.append_column("len", df.select(text_for_scope(scope))["text"].str.len_chars().cast(pl.Int64)
+                                .to_arrow())
+    elif keep == "quality":
+        out = out.append_column("quality", df[quality_column].cast(pl.Float64).fill_null(float("nan")).to_arrow())
+    return out
+
+
+def _scope_text(table: pa.Table, scope: str) -> pa.Table:
+    from bakeoff.schema import text_for_scope
+
+    df = pl.from_arrow(table)
+    return df.select("_row", text_for_scope(scope)).to_arrow()
+
+
+def dedup_on_ray(source: Any, config: Any, executor: Executor) -> Any:
+    """The dedup step (:func:`bakeoff.curate.dedup.dedup_rows`) over the rows of
+    ``source`` (:class:`.rows.RowSource`), on Ray: the local ledger and report,
+    as a :class:`RayStepOutput`. The driver holds per-row numbers (keep rank,
+    segment counts, the result's partner and similarity), the verified pairs,
+    and the ids of the removed rows and their kept twins -- no texts but the
+    few the report quotes."""
+    from bakeoff.curate.dedup import DedupConfig, _report, dedup_ledger, keep_order, report_rows
+    from bakeoff.curate.dedup_key import SCOPE_KEYS
+    from bakeoff.workspace import BakeoffError
+
+    from . import RayStepOutput
+
+    cfg = (config or DedupConfig()).validate()
+    key = cfg.key or SCOPE_KEYS[cfg.scope]
+    if cfg.keep == "quality" and cfg.quality_column not in source.columns:
+        raise BakeoffError(f"keep='quality' needs a numeric column {cfg.quality_column!r}; "
+                           f"columns are {source.columns}")
+    n = source.n
+    with ray_session(executor) as ray:
+        blocks, starts = source.blocks(ray, _segment_block, {"key": key, "scope": cfg.scope, "keep": cfg.keep,
+                                                             "quality_column": cfg.quality_column})
+        small = ["row", "nseg"] + {"longest": ["len"], "quality": ["quality"]}.get(cfg.keep, [])
+        per_row = collect(ray.data.from_arrow_refs(blocks).select_columns(small), sort_by="row") if n else None
+        nseg = per_row["nseg"].to_numpy() if n else np.zeros(0, np.int32)
+        rank = None
+        if cfg.keep != "first" and n:
+            order = keep_order(n, cfg.keep, lengths=per_row["len"].to_numpy() if cfg.keep == "longest" else None,
+                               quality=per_row["quality"].to_numpy() if cfg.keep == "quality" else None)
+            rank = np.empty(n, np.int64)
+            rank[order] = np.arange(n)
+            del order
+        del per_row
+        # always fold the segment fingerprints: for rows of one plain segment
+        # (where the local path does not fold) folding is a bijection of the
+        # fingerprint, so the exact groups are the same
+        res = dedup_blocks_on_ray(blocks, starts, rank, cfg, True, executor)
+        del blocks
+        removed = np.flatnonzero(res.removed)
+        kept = res.partner[removed]
+        ids = source.fetch(ray, np.union1d(removed, kept), columns=["id"])
+        id_rows = ids["_row"].to_numpy()
+        ids = ids["id"]
+        ledger = dedup_ledger(ids.gather(np.searchsorted(id_rows, removed)), ids.gather(np.searchsorted(id_rows, kept)),
+                              res, removed, nseg[removed], key, cfg)
+        del ids, id_rows
+        shown = report_rows(res)
+        texts: dict[int, str] = {}
+        shown_ids: dict[int, str] = {}
+        if shown.size:
+            quoted = source.fetch(ray, shown, fn=_scope_text, fn_kwargs={"scope": cfg.scope})
+            texts = dict(zip(quoted["_row"].to_list(), quoted["text"].to_list()))
+            quoted = source.fetch(ray, shown, columns=["id"])
+            shown_ids = dict(zip(quoted["_row"].to_list(), quoted["id"].to_list()))
+    report = _report(n, shown_ids, texts, res, cfg, key)
+    return RayStepOutput(removed=removed.astype(np.int64), ledger=ledger, report=report)
+
+
+__all__ += ["dedup_on_ray"]
