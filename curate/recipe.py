@@ -131,10 +131,7 @@ def _dedup_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor) -> A
 def _semantic_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor) -> Any:
     import ray
 
-    try:
-        from bakeoff.curate.on_ray.semantic import semantic_dedup_on_ray
-    except ImportError:  # the streamed semantic step is not merged yet
-        from bakeoff.curate.on_ray.semantic_standin import semantic_dedup_on_ray
+    from bakeoff.curate.on_ray.semantic import semantic_dedup_on_ray
 
     return semantic_dedup_on_ray(source.dataset(ray), source.n, cfg, executor, ws=ws)
 

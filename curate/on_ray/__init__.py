@@ -14,7 +14,9 @@ exact          exact dedup: a hash ``groupby`` of 128-bit fingerprints
 minhash        signatures per batch, band keys shuffled by a ``groupby``,
                candidate pairs verified per turn on workers, greedy on the driver
 semantic       embeddings by an actor pool (one model load per actor, a GPU
-               each when the cluster has them); the search on the driver
+               each when the cluster has them), vectors left in the object
+               store; the search partitioned by cell and batch on workers,
+               the greedy walk over the verified pairs on the driver
 =============  ================================================================
 
 Nothing here is imported by the local path: ``import ray`` happens only when
