@@ -272,11 +272,12 @@ class _RecipeRun:
     parent: Version
     out_name: str
     last_changing: int                    # index of the last row-changing step (-1: none)
-    ledgers: list[pl.DataFrame] = field(default_factory=list)
+    # each step's ledger: in memory (local) or a LazyFrame over its spilled Parquet (Ray)
+    ledgers: list[pl.DataFrame | pl.LazyFrame] = field(default_factory=list)
     summary: list[dict[str, Any]] = field(default_factory=list)
     reports: dict[str, Any] = field(default_factory=dict)
     written: list[Version] = field(default_factory=list)    # intermediate versions
-    pending_ledger: list[pl.DataFrame] = field(default_factory=list)   # since the last version written
+    pending_ledger: list[pl.DataFrame | pl.LazyFrame] = field(default_factory=list)  # since the last version
     pending_reports: dict[str, Any] = field(default_factory=dict)
     current_parent: Version | None = None
 
@@ -301,7 +302,7 @@ class _RecipeRun:
         self.current_parent = version
         self.pending_ledger, self.pending_reports = [], {}
 
-    def final_ledger(self, intermediate: bool) -> pl.DataFrame:
+    def final_ledger(self, intermediate: bool) -> pl.DataFrame | pl.LazyFrame:
         """The result's ledger: every step's, or with ``intermediate`` those since the last version."""
         if not (self.ledgers or self.pending_ledger):
             return _empty_ledger()
@@ -426,10 +427,15 @@ def _run_recipe_on_ray(ws: Workspace, ref: str | Version, recipe: Recipe, interm
                     raise AssertionError(f"step {key}: {result.removed.size} rows removed, "
                                          f"{result.ledger.height} in its ledger")
                 ledger = _ledger_of(result.ledger)
-                run.ledgers.append(ledger)
-                run.pending_ledger.append(ledger)
                 run.reports[key] = run.pending_reports[key] = result.report
                 entry = _step_entry(step.kind.name, rows_in, rows_in - ledger.height, ledger, result.report)
+                # The ledger goes to disk now (half the rows of a 10M-row corpus can be
+                # duplicates: ~1 GB of ledger), read back streaming at the commit.
+                ledger_path = scratch / f"ledger{i + 1}.parquet"
+                ledger.write_parquet(ledger_path)
+                run.ledgers.append(pl.scan_parquet(ledger_path))
+                run.pending_ledger.append(run.ledgers[-1])
+                result.ledger = ledger = ledger.head(0)
                 if i == run.last_changing and i == len(recipe.steps) - 1:
                     last_output = result  # written straight into the result below
                 elif not as_version:
@@ -452,9 +458,10 @@ def _run_recipe_on_ray(ws: Workspace, ref: str | Version, recipe: Recipe, interm
         frames = kept_frames(source, last_output) if last_output is not None else \
             (f.drop("_row") for f in source.iter_frames())
         rows_out = source.n - (last_output.removed.size if last_output is not None else 0)
-        if run.current_parent.rows != rows_out + ledger.height:
+        n_ledger = ledger.select(pl.len()).collect().item() if isinstance(ledger, pl.LazyFrame) else ledger.height
+        if run.current_parent.rows != rows_out + n_ledger:
             raise AssertionError(f"recipe row balance broken: {run.current_parent.rows} in != {rows_out} kept "
-                                 f"+ {ledger.height} in the ledger")
+                                 f"+ {n_ledger} in the ledger")
         final = commit_frames(
             ws, run.out_name, frames, ledger, operation="recipe",
             params={"recipe": recipe.name, "source": recipe.source, "spec": recipe.spec,

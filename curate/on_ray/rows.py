@@ -219,19 +219,27 @@ def write_scratch(frames: Iterator[pl.DataFrame], path: Path, schema: pa.Schema)
     return n
 
 
-def commit_frames(ws: Any, name: str, frames: Iterator[pl.DataFrame], ledger: pl.DataFrame, **commit: Any) -> Any:
+def commit_frames(ws: Any, name: str, frames: Iterator[pl.DataFrame], ledger: pl.DataFrame | pl.LazyFrame,
+                  **commit: Any) -> Any:
     """A version from batches of rows (streamed through ``VersionWriter``,
     which computes the digest out of core), with the ledger and counts
-    ``Workspace.commit_version`` gives. ``commit``: ``VersionWriter.commit``'s
-    keywords (operation, params, parents, report)."""
+    ``Workspace.commit_version`` gives. ``ledger``: in memory, or a LazyFrame
+    over Parquet files (the recipe's spilled ledgers), then copied streaming.
+    ``commit``: ``VersionWriter.commit``'s keywords (operation, params, parents, report)."""
     from bakeoff.workspace import LEDGER_SCHEMA
 
     with ws.version_writer(name) as writer:
         for frame in frames:
             writer.write_rows(frame)
-        ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]).write_parquet(
-            writer.tmp / "ledger.parquet")
-        counts = {"kind": dict(writer.kinds), "ledger": ledger.height, "quarantined": 0}
+        path = writer.tmp / "ledger.parquet"
+        casts = [pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]
+        if isinstance(ledger, pl.LazyFrame):
+            ledger.select(casts).sink_parquet(path)
+            n_ledger = pq.ParquetFile(path).metadata.num_rows
+        else:
+            ledger.select(casts).write_parquet(path)
+            n_ledger = ledger.height
+        counts = {"kind": dict(writer.kinds), "ledger": n_ledger, "quarantined": 0}
         return writer.commit(counts=counts, **commit)
 
 
