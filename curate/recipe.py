@@ -458,7 +458,7 @@ def _run_recipe_on_ray(ws: Workspace, ref: str | Version, recipe: Recipe, interm
         frames = kept_frames(source, last_output) if last_output is not None else \
             (f.drop("_row") for f in source.iter_frames())
         rows_out = source.n - (last_output.removed.size if last_output is not None else 0)
-        n_ledger = ledger.select(pl.len()).collect().item() if isinstance(ledger, pl.LazyFrame) else ledger.height
+        n_ledger = ledger.lazy().select(pl.len()).collect().item()
         if run.current_parent.rows != rows_out + n_ledger:
             raise AssertionError(f"recipe row balance broken: {run.current_parent.rows} in != {rows_out} kept "
                                  f"+ {n_ledger} in the ledger")

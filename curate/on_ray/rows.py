@@ -232,14 +232,8 @@ def commit_frames(ws: Any, name: str, frames: Iterator[pl.DataFrame], ledger: pl
         for frame in frames:
             writer.write_rows(frame)
         path = writer.tmp / "ledger.parquet"
-        casts = [pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]
-        if isinstance(ledger, pl.LazyFrame):
-            ledger.select(casts).sink_parquet(path)
-            n_ledger = pq.ParquetFile(path).metadata.num_rows
-        else:
-            ledger.select(casts).write_parquet(path)
-            n_ledger = ledger.height
-        counts = {"kind": dict(writer.kinds), "ledger": n_ledger, "quarantined": 0}
+        ledger.lazy().select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]).sink_parquet(path)
+        counts = {"kind": dict(writer.kinds), "ledger": pq.read_metadata(path).num_rows, "quarantined": 0}
         return writer.commit(counts=counts, **commit)
 
 
