@@ -182,12 +182,20 @@ def _rows_parquet_options(schema: Any) -> dict[str, Any]:
             "write_statistics": False}
 
 
+#: Rows per row group of a version written in one piece. A Ray step reads a
+#: version in blocks of 50k rows (``curate.on_ray.ROWS_PER_BLOCK``), and a block
+#: in the middle of a row group costs decoding the rows before it: with
+#: pyarrow's default groups (~1M rows) reading a version block by block decoded
+#: 6x its rows (7.5 s against 1.25 s for 1M chat rows).
+ROW_GROUP_ROWS = 50_000
+
+
 def _write_rows_parquet(rows: pl.DataFrame, path: Path) -> None:
     """A version's rows as Parquet (``_rows_parquet_options``)."""
     import pyarrow.parquet as pq
 
     table = rows.to_arrow()
-    pq.write_table(table, path, **_rows_parquet_options(table.schema))
+    pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, **_rows_parquet_options(table.schema))
 
 
 class Workspace:
