@@ -103,9 +103,10 @@ class RowSource:
         read on the workers, ``per`` rows a block."""
         # One descriptor per block of ``per`` rows, so that the read fuses with
         # the step's map and every block is a task of its own, however large
-        # the row groups (a version committed in one piece has groups of ~1M
-        # rows). Reading block k of a group decodes the k blocks before it:
-        # the files this module writes have groups of one block.
+        # the row groups. Reading block k of a group decodes the k blocks
+        # before it: versions and the files this module writes have groups of
+        # at most one block (``workspace.ROW_GROUP_ROWS``; an ingest's groups
+        # are its batches, ~90k chat rows: two blocks).
         items = [{"path": g.path, "group": g.group, "first": g.first, "skip": k}
                  for g in self.groups for k in range(-(-g.rows // per))]
         if not items:  # no rows: one empty block with the schema
