@@ -230,10 +230,10 @@ def command(source: str, text_field: str, scope: str, threshold: float, num_perm
         from bakeoff.executor import ray_session
 
         rows = RowSource([ws.version_dir(parent) / "rows.parquet"])
-        with ray_session(executor):
-            ray_output = dedup_on_ray(rows, cfg, executor)
-        version = None if dry_run else commit_ray_step(ws, parent, "dedup", cfg.to_dict(), rows, ray_output,
-                                                       name=name)
+        with ray_session(executor), ws.scratch_folder(name or parent.name) as scratch:
+            ray_output = dedup_on_ray(rows, cfg, executor, spill=scratch)  # the ledger spilled to scratch
+            version = None if dry_run else commit_ray_step(ws, parent, "dedup", cfg.to_dict(), rows, ray_output,
+                                                           name=name)
         rep = ray_output.report
     else:
         output = dedup_rows(ws.load(parent), cfg)

@@ -52,9 +52,10 @@ class StepKind:
     doc: str
     configure: Callable[[Any, dict[str, Any], Path], Any]
     run: Callable[[Any, pl.DataFrame, Any, Workspace, Executor | None], Any]  # executor: where batches run
-    # with --executor ray: (config, RowSource of the step's input, ws, executor) -> RayStepOutput
-    # for a row-changing step, the report for a report-only one; the rows stay on the workers
-    run_on_ray: Callable[[Any, Any, Workspace, Executor], Any] | None = None
+    # with --executor ray: (config, RowSource of the step's input, ws, executor, scratch folder)
+    # -> RayStepOutput for a row-changing step, the report for a report-only one; the rows stay
+    # on the workers
+    run_on_ray: Callable[[Any, Any, Workspace, Executor, Path], Any] | None = None
 
 
 def _check_options(step: str, cls: type, opts: dict[str, Any]) -> None:
@@ -116,19 +117,19 @@ def _run_filter(mod: Any, df: pl.DataFrame, cfg: Any, ws: Workspace, executor: E
     return mod.filter_rows(df, cfg)
 
 
-def _filter_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor) -> Any:
+def _filter_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor, scratch: Path) -> Any:
     from bakeoff.curate.on_ray.filters import filter_on_ray
 
     return filter_on_ray(source, cfg, executor)
 
 
-def _dedup_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor) -> Any:
+def _dedup_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor, scratch: Path) -> Any:
     from bakeoff.curate.on_ray.minhash import dedup_on_ray
 
-    return dedup_on_ray(source, cfg, executor)
+    return dedup_on_ray(source, cfg, executor, spill=scratch)
 
 
-def _semantic_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor) -> Any:
+def _semantic_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor, scratch: Path) -> Any:
     import ray
 
     from bakeoff.curate.on_ray.semantic import semantic_dedup_on_ray
@@ -140,7 +141,8 @@ def _semantic_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor) -
 COVERAGE_COLUMNS = ["id", "kind", "messages", "chosen", "rejected", "domain", "doctype", "task"]
 
 
-def _coverage_on_ray(cfg: dict[str, Any], source: Any, ws: Workspace, executor: Executor) -> dict[str, Any]:
+def _coverage_on_ray(cfg: dict[str, Any], source: Any, ws: Workspace, executor: Executor,
+                     scratch: Path) -> dict[str, Any]:
     from bakeoff.curate import coverage
 
     columns = [c for c in COVERAGE_COLUMNS if c in source.columns]
@@ -378,17 +380,19 @@ def _run_recipe(ws: Workspace, ref: str | Version, recipe: Recipe, intermediate:
     return RecipeResult(version=final, intermediate=run.written, steps=run.summary, reports=run.reports)
 
 
-def _ledger_of(ledger: pl.DataFrame) -> pl.DataFrame:
+def _ledger_of(ledger: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
     """A step's ledger in the one ledger layout, so that the steps' ledgers concatenate."""
-    return ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()]) if ledger.height \
-        else _empty_ledger()
+    if isinstance(ledger, pl.DataFrame) and not ledger.height:
+        return _empty_ledger()
+    return ledger.select([pl.col(c).cast(t) for c, t in LEDGER_SCHEMA.items()])
 
 
-def _step_entry(step: str, rows_in: int, rows_out: int, ledger: pl.DataFrame,
+def _step_entry(step: str, rows_in: int, rows_out: int, ledger: pl.DataFrame | pl.LazyFrame,
                 report: dict[str, Any]) -> dict[str, Any]:
-    """A row-changing step's line of the recipe summary."""
-    entry: dict[str, Any] = {"step": step, "rows_in": rows_in, "rows_out": rows_out, "removed": ledger.height,
-                             "by_stage": dict(ledger.group_by("stage").len().iter_rows()) if ledger.height else {}}
+    """A row-changing step's line of the recipe summary (``ledger``: in memory, or spilled)."""
+    by_stage = ledger.lazy().group_by("stage").len().sort("stage").collect()
+    entry: dict[str, Any] = {"step": step, "rows_in": rows_in, "rows_out": rows_out,
+                             "removed": int(by_stage["len"].sum()), "by_stage": dict(by_stage.iter_rows())}
     warning = (report.get("filter") or report).get("warning")
     if warning:  # more than a quarter removed: said in the summary (and --json) too
         entry["warning"] = warning["message"]
@@ -419,23 +423,25 @@ def _run_recipe_on_ray(ws: Workspace, ref: str | Version, recipe: Recipe, interm
             key = f"{i + 1}:{step.kind.name}"
             log(f"[{i + 1}/{len(recipe.steps)}] {step.kind.name} ({source.n:,} rows, on ray)")
             t0 = time.perf_counter()
-            result = step.kind.run_on_ray(step.config, source, ws, executor)
+            result = step.kind.run_on_ray(step.config, source, ws, executor, scratch)
             rows_in = source.n
             as_version = intermediate and step.kind.changes_rows and i < run.last_changing
             if step.kind.changes_rows:
-                if result.ledger.height != result.removed.size:
+                n_ledger = result.ledger_rows
+                if n_ledger != result.removed.size:
                     raise AssertionError(f"step {key}: {result.removed.size} rows removed, "
-                                         f"{result.ledger.height} in its ledger")
-                ledger = _ledger_of(result.ledger)
+                                         f"{n_ledger} in its ledger")
                 run.reports[key] = run.pending_reports[key] = result.report
-                entry = _step_entry(step.kind.name, rows_in, rows_in - ledger.height, ledger, result.report)
-                # The ledger goes to disk now (half the rows of a 10M-row corpus can be
-                # duplicates: ~1 GB of ledger), read back streaming at the commit.
+                # The ledger goes to disk now, if the step has not spilled it (half the
+                # rows of a 10M-row corpus can be duplicates: ~1 GB of ledger), read back
+                # streaming at the commit.
                 ledger_path = scratch / f"ledger{i + 1}.parquet"
-                ledger.write_parquet(ledger_path)
-                run.ledgers.append(pl.scan_parquet(ledger_path))
-                run.pending_ledger.append(run.ledgers[-1])
-                result.ledger = ledger = ledger.head(0)
+                _ledger_of(result.ledger.lazy()).sink_parquet(ledger_path)
+                ledger = pl.scan_parquet(ledger_path)
+                entry = _step_entry(step.kind.name, rows_in, rows_in - n_ledger, ledger, result.report)
+                run.ledgers.append(ledger)
+                run.pending_ledger.append(ledger)
+                result.ledger = _empty_ledger()
                 if i == run.last_changing and i == len(recipe.steps) - 1:
                     last_output = result  # written straight into the result below
                 elif not as_version:

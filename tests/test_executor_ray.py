@@ -249,21 +249,20 @@ def _filter_dedup_recipe(filters: dict, dedup: dict):
 def _no_full_load(monkeypatch, batch: int) -> dict[str, int]:
     """Make any load of a whole version fail, write in batches of ``batch``
     rows, and count the rows whose texts come back to the driver."""
-    from bakeoff.curate import on_ray
     from bakeoff.curate.on_ray import filters as ray_filters
+    from bakeoff.curate.on_ray import minhash as ray_minhash
     from bakeoff.curate.on_ray import rows as ray_rows
 
     def refuse(*args, **kwargs):
         raise AssertionError("the Ray recipe loaded or committed a whole frame on the driver")
 
     seen = {"text_rows": 0, "largest_batch": 0}
-    original_collect = on_ray.collect
+    original_outputs = ray_filters.block_outputs
 
-    def counting_collect(ds, sort_by=None):
-        table = original_collect(ds, sort_by)
-        if "messages" in table.column_names:
-            seen["text_rows"] += table.num_rows - table.column("messages").null_count
-        return table
+    def counting_outputs(ray, refs):
+        for out in original_outputs(ray, refs):
+            seen["text_rows"] += out["rewritten"].num_rows
+            yield out
 
     original_frames = ray_rows.RowSource.iter_frames
 
@@ -274,9 +273,10 @@ def _no_full_load(monkeypatch, batch: int) -> dict[str, int]:
 
     monkeypatch.setattr(Workspace, "load", refuse)
     monkeypatch.setattr(Workspace, "commit_version", refuse)
-    monkeypatch.setattr(ray_filters, "collect", counting_collect)
+    monkeypatch.setattr(ray_filters, "block_outputs", counting_outputs)
     monkeypatch.setattr(ray_rows.RowSource, "iter_frames", counting_frames)
     monkeypatch.setattr(ray_rows, "WRITE_BATCH", batch)
+    monkeypatch.setattr(ray_minhash, "LEDGER_CHUNK", 7)  # the dedup ledger built and spilled in chunks
     return seen
 
 
@@ -305,6 +305,48 @@ def test_ray_recipe_never_loads_the_rows_on_the_driver(ray_instance, demo, monke
     assert flt["rewritten"] > 0 and flt["flagged"]["refusal"] > 0  # the test has teeth
     assert on_ray.reports["1:filter"]["filter"]["filters"] == flt["filters"]
     assert on_ray.reports["2:dedup"]["largest_clusters"] == local.reports["2:dedup"]["largest_clusters"]
+
+
+def test_filter_blocks_on_ray_add_up_to_the_local_step(ray_instance, demo):
+    """The filter step run per block of 37 rows: the local kept rows (rewritten
+    and flagged ones included), ledger and report -- counts summed, examples
+    cut across blocks, and the ids of rewritten rows numbered as one step
+    numbers them: two copies of a row redacted in two blocks, and a third
+    block holding the redacted text already (``~2``, ``~3``)."""
+    import json
+
+    from bakeoff.curate.filters import filter_rows, redact_pii
+    from bakeoff.curate.filters.suite import FilterSuiteConfig
+    from bakeoff.curate.on_ray.filters import filter_on_ray
+    from bakeoff.curate.on_ray.rows import RowSource, kept_frames
+    from bakeoff.schema import with_ids
+
+    ws, ref = demo
+    df = ws.load(ref)
+    rows = df.to_dicts()
+    a = json.loads(json.dumps(next(r for r in rows if r["kind"] == "sft")))
+    a["messages"][-1]["content"] += " Mail jane.doe@example.com for the figures."
+    b = json.loads(json.dumps(a))
+    for m in b["messages"]:
+        m["content"] = redact_pii(m["content"])
+    for pos, row in ((150, b), (80, a), (5, a)):
+        rows.insert(pos, row)
+    df = with_ids(pl.DataFrame(rows, schema=df.schema))
+    version = ws.commit_version("blocks", df, operation="plant", parents=[ref])
+    config = FilterSuiteConfig.from_dict({"pii": {"action": "redact"}, "language": {"enabled": False},
+                                          "refusal": {"action": "flag"}})
+    local = filter_rows(df, config)
+    source = RowSource([ws.version_dir(version) / "rows.parquet"])
+    out = filter_on_ray(source, config, RAY, rows_per_block=37)
+    kept = pl.concat(list(kept_frames(source, out)))
+    report, expected = out.report["filter"], local.report["filter"]
+    assert expected["rewritten"] > 2 and expected["flagged"]["refusal"] > 0 and local.ledger.height  # teeth
+    assert local.rows["id"].str.ends_with("~3").any()
+    assert any(f["hits"] > config.examples for f in expected["filters"].values())
+    assert kept.equals(local.rows)
+    assert out.ledger.equals(local.ledger)
+    assert {k: v for k, v in report.items() if k != "seconds"} == \
+        {k: v for k, v in expected.items() if k != "seconds"}
 
 
 def _real_rows_with_plants(ws: Workspace) -> str:

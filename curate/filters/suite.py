@@ -396,11 +396,46 @@ def filter_rows(df: pl.DataFrame, config: FilterSuiteConfig | dict | None = None
                          "flagged": {x: int(frame[f"{x}.hit"].sum()) for x in flags},
                          "filters": per_filter, "overlap": {"filters": names, "matrix": overlap},
                          "config": config.to_dict(), "seconds": round(time.perf_counter() - t0, 3)}}
-    if n_in and ledger.height > LOUD_SHARE * n_in:
-        report["filter"]["warning"] = {
-            "message": f"filters dropped {ledger.height:,} of {n_in:,} rows ({ledger.height / n_in:.0%}), more than "
-                       f"{LOUD_SHARE:.0%}: check the examples before trusting this version",
-            "by_filter": {name: f["dropped"] for name, f in per_filter.items() if f["dropped"]}}
+    _warn_if_loud(report["filter"])
     return StepOutput(rows=kept, ledger=ledger, report=report)
+
+
+def _warn_if_loud(report: dict[str, Any]) -> None:
+    """A warning in the report when the filters dropped more than ``LOUD_SHARE`` of the rows."""
+    n_in, dropped = report["rows_in"], report["dropped"]
+    if n_in and dropped > LOUD_SHARE * n_in:
+        report["warning"] = {
+            "message": f"filters dropped {dropped:,} of {n_in:,} rows ({dropped / n_in:.0%}), more than "
+                       f"{LOUD_SHARE:.0%}: check the examples before trusting this version",
+            "by_filter": {name: f["dropped"] for name, f in report["filters"].items() if f["dropped"]}}
+
+
+def merge_filter_reports(parts: list[dict[str, Any]], examples: int, seconds: float) -> dict[str, Any]:
+    """The report :func:`filter_rows` gives for all rows, from its reports on
+    consecutive parts of them (in order): every count is a sum, a filter's
+    examples are its first hits (each part shows its own first ``examples``),
+    the overlap matrix is a sum of the parts'. (The Ray executor runs the
+    actions per block of rows, :mod:`bakeoff.curate.on_ray.filters`.)"""
+    reports = [p["filter"] for p in parts]
+    first = reports[0]
+    merged: dict[str, Any] = {k: sum(r[k] for r in reports) for k in ("rows_in", "rows_out", "dropped", "rewritten")}
+    n_in = merged["rows_in"]
+    merged["flagged"] = {x: sum(r["flagged"][x] for r in reports) for x in first["flagged"]}
+    filters: dict[str, Any] = {}
+    for name, f in first["filters"].items():
+        each = [r["filters"][name] for r in reports]
+        counts = {k: sum(e[k] for e in each) for k, v in f.items() if k not in ("share", "action", "roles", "examples")
+                  and isinstance(v, int)}
+        filters[name] = {**f, **counts, "share": round(counts["hits"] / n_in, 4) if n_in else 0.0,
+                         "examples": [x for e in each for x in e["examples"]][:examples]}
+    merged["filters"] = filters
+    names = first["overlap"]["filters"]
+    matrix = [[sum(r["overlap"]["matrix"][i][j] for r in reports) for j in range(len(names))]
+              for i in range(len(names))]
+    merged["overlap"] = {"filters": names, "matrix": matrix}
+    merged["config"] = first["config"]
+    merged["seconds"] = round(seconds, 3)
+    _warn_if_loud(merged)
+    return {"filter": merged}
 
 

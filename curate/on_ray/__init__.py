@@ -114,6 +114,19 @@ def collect(ds: Any, sort_by: str | None = None) -> pa.Table:
     return table
 
 
+def wait_with_progress(ray: Any, refs: list[Any], label: str) -> list[Any]:
+    """``refs``, once all are done, with a bar of the tasks done."""
+    from bakeoff.console import progress
+
+    with progress() as bar:
+        task = bar.add_task(label, total=len(refs))
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.advance(task, len(done))
+    return refs
+
+
 @dataclass
 class RayStepOutput:
     """What a step run on Ray over a dataset of rows hands back to the driver:
@@ -125,7 +138,7 @@ class RayStepOutput:
 
     ``removed``: the ``_row`` numbers the step removes (int64, ascending).
     ``ledger``: one row per removed row (``LEDGER_SCHEMA``), as the local step
-    writes it. ``rewritten``: ``_row`` plus the core columns (new ``id``
+    writes it: in memory, or a LazyFrame over files the step spilled. ``rewritten``: ``_row`` plus the core columns (new ``id``
     included) of rows whose content the step changed (a filter's repair or
     redaction: the hit rows only), or None. ``report``: the local step's report.
     ``transform``: what the driver applies to every batch of kept rows (with
@@ -133,11 +146,18 @@ class RayStepOutput:
     change to many rows that needs no text)."""
 
     removed: np.ndarray
-    ledger: pl.DataFrame
+    ledger: pl.DataFrame | pl.LazyFrame
     report: dict[str, Any] = field(default_factory=dict)
     rewritten: pl.DataFrame | None = None
     transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None
 
+    @property
+    def ledger_rows(self) -> int:
+        """The ledger's row count (of a LazyFrame over spilled files: from their metadata)."""
+        if isinstance(self.ledger, pl.DataFrame):
+            return self.ledger.height
+        return self.ledger.select(pl.len()).collect().item()
+
 
 __all__ = ["RayStepOutput", "ROWS_PER_BLOCK", "KILL_ENV", "maybe_die", "parallelism", "dataset_from_table",
-           "map_options", "use_task_shuffle", "collect"]
+           "map_options", "use_task_shuffle", "collect", "wait_with_progress"]

@@ -1,20 +1,26 @@
-"""Noise filters on Ray: detection as a batch map over the streamed rows.
+"""Noise filters on Ray: detection and actions per block of rows, on the workers.
 
-Detection (:func:`bakeoff.curate.filters.detect`) is a function of each row
-alone, so it runs per block on the workers, which send back only the rows
-some filter hit: their ``_row``, id and filter columns (hit, score, detail),
-and their whole row only where the driver needs it -- rows a rewrite filter
-(repair, redact) hit, and the first few hits of each filter per block (the
-report's examples). The driver then runs the local actions
-(:func:`bakeoff.curate.filters.filter_rows`) on those rows alone: a row no
-filter hits is neither dropped nor rewritten, so the ledger, the rewritten
-rows and the report's counts are the local ones. Flag tags, which may touch
-many rows, are applied as the driver writes the output (no text needed).
+Every filter is a function of each row alone, and so is every action (drop,
+flag, repair, redact) but one detail, so the whole local step
+(:func:`bakeoff.curate.filters.filter_rows`) runs per block on the workers, on
+the block's hit rows (a row no filter hits is neither dropped nor changed).
+Each block sends back only what changes: the ``_row`` numbers it drops and
+their ledger rows, the rows it rewrote (whole), the new tags of the rows it
+flagged, and its report. The driver merges the reports (counts add up, the
+examples are the first hits, :func:`bakeoff.curate.filters.suite.merge_filter_reports`)
+and holds no more than the changed rows, however large the input.
+
+The one detail that is not per row is the id of a rewritten row: its new
+content id must not clash with any id of the input, nor with another rewritten
+row's (``reid_rows`` numbers it ``~k`` then). A block can only see its own ids,
+so the driver numbers the rewritten rows again (``reid_rows``) among the
+input's ids that could clash, which one pass over the id column finds.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Iterator
 
 import numpy as np
 import polars as pl
@@ -22,38 +28,34 @@ import pyarrow as pa
 
 from bakeoff.executor import Executor, ray_session
 
-from . import RayStepOutput, collect, map_options, maybe_die, use_task_shuffle
+from . import ROWS_PER_BLOCK, RayStepOutput, maybe_die, wait_with_progress
 from .rows import RowSource
 
-_CONTENT = ["kind", "messages", "chosen", "rejected"]
+_CONTENT = ["messages", "chosen", "rejected"]
 
 
-def _rewrites(config: Any) -> list[str]:
-    return [n for n, c in config.filters.items() if c.enabled and c.action not in ("drop", "flag")]
-
-
-def _detect_block(block: pa.Table, config: Any, examples: int) -> pa.Table:
-    """The block's hit rows: ``_row``, ``_content`` (whether the whole row
-    came too), the row's columns (nulls unless ``_content``), filter columns."""
-    from bakeoff.curate.filters import detect
+def _filter_block(block: pa.Table, config: Any) -> dict[str, Any]:
+    """The local step on one block's hit rows: what it drops (``removed``:
+    ``_row`` numbers; ``ledger``), the kept rows whose content it changed
+    (``rewritten``, whole, ids as the block numbered them), the new ``tags``
+    of the other kept rows whose tags it changed (``_row``, ``tags``), and the
+    block's ``report``."""
+    from bakeoff.curate.filters import detect, filter_rows
 
     maybe_die()
     df = pl.from_arrow(block)
     frame, active = detect(df.drop("_row"), config, show_progress=False)
-    cols = [f.col(x) for f in active for x in ("hit", "score", "detail")]
-    hits = frame.select(cols)
-    rewrite = set(_rewrites(config))
-    any_hit = pl.any_horizontal([pl.col(f.col("hit")) for f in active])
-    rewrite_hit = pl.any_horizontal([pl.col(f.col("hit")) for f in active if f.name in rewrite] or [pl.lit(False)])
-    # a filter's first hits among rows no rewrite touches: with the rewrite
-    # hits (all here), they hold every example the local report shows
-    plain = [(pl.col(f.col("hit")) & ~rewrite_hit) for f in active]
-    example = pl.any_horizontal([p & (p.cum_sum() <= examples) for p in plain] or [pl.lit(False)])
-    flags = hits.select(any_hit.alias("_hit"), (rewrite_hit | example).alias("_content"))
-    out = pl.concat([df, hits, flags], how="horizontal").filter(pl.col("_hit")).drop("_hit")
-    keep = [c for c in df.columns if c not in ("id", "_row")]
-    out = out.with_columns([pl.when(pl.col("_content")).then(pl.col(c)).otherwise(None).alias(c) for c in keep])
-    return out.to_arrow()
+    hit = frame.select(pl.any_horizontal([pl.col(f.col("hit")) for f in active] or [pl.lit(False)])).to_series()
+    rows, frame = df.filter(hit), frame.filter(hit)
+    out = filter_rows(rows, config, detect_rows=lambda d, c: (frame, active), rows_in=df.height)
+    kept = out.rows
+    before = rows.join(kept.select("_row"), on="_row", how="semi", maintain_order="left")
+    changed = pl.any_horizontal([kept[c].ne_missing(before[c]) for c in _CONTENT])
+    retagged = ~changed & kept["tags"].ne_missing(before["tags"])
+    removed = rows.join(kept.select("_row"), on="_row", how="anti", maintain_order="left")["_row"]
+    return {"removed": removed.to_numpy(), "ledger": out.ledger.to_arrow(),
+            "rewritten": kept.filter(changed).to_arrow(), "tags": kept.filter(retagged).select("_row", "tags").to_arrow(),
+            "report": out.report}
 
 
 def _ids_like(block: pa.Table, bases: list[str]) -> pa.Table:
@@ -64,81 +66,86 @@ def _ids_like(block: pa.Table, bases: list[str]) -> pa.Table:
     return df.filter(pl.col("id").is_in(bases) | base.is_in(bases)).select("_row", "id").to_arrow()
 
 
-def filter_on_ray(source: RowSource, config: Any, executor: Executor) -> RayStepOutput:
+def block_outputs(ray: Any, refs: list[Any]) -> Iterator[dict[str, Any]]:
+    """The blocks' outputs, in row order, each fetched once every block is done
+    (so the driver holds them one at a time beside what it keeps)."""
+    for ref in wait_with_progress(ray, refs, "filters on Ray"):
+        yield ray.get(ref)
+
+
+def filter_on_ray(source: RowSource, config: Any, executor: Executor,
+                  rows_per_block: int = ROWS_PER_BLOCK) -> RayStepOutput:
     """The filter step (:func:`bakeoff.curate.filters.filter_rows`) over the
-    rows of ``source``, detection on Ray; the local step's ledger, report and
-    rewritten rows."""
-    from bakeoff.curate.filters import FILTERS, filter_rows
-    from bakeoff.schema import prompt_text, response_text
+    rows of ``source``, run per block on Ray: the local step's ledger, report,
+    rewritten rows and flag tags."""
+    from bakeoff.curate.filters.suite import filter_rows, merge_filter_reports
 
-    active = [FILTERS[n](c) for n, c in config.filters.items() if c.enabled]
-    cols = [f.col(x) for f in active for x in ("hit", "score", "detail")]
+    t0 = time.perf_counter()
+    removed, ledgers, rewritten, tags, reports = [], [], [], [], []
     with ray_session(executor) as ray:
-        use_task_shuffle(ray)
-        if active and source.n:
-            ds = source.dataset(ray).map_batches(_detect_block, fn_kwargs={"config": config,
-                                                                           "examples": config.examples},
-                                                 **map_options())
-            hits = pl.from_arrow(collect(ds, sort_by="_row"), rechunk=False)
-        else:
-            hits = pl.DataFrame()
+        refs, _ = source.blocks(ray, _filter_block, {"config": config}, per=rows_per_block)
+        for out in block_outputs(ray, refs):
+            removed.append(out["removed"])
+            for parts, key in ((ledgers, "ledger"), (rewritten, "rewritten"), (tags, "tags")):
+                if out[key].num_rows:
+                    parts.append(pl.from_arrow(out[key], rechunk=False))
+            reports.append(out["report"])
+        if not reports:  # no rows: the local step's report on none
+            empty = pl.from_arrow(source.schema.empty_table()).with_columns(pl.lit(None, pl.Int64).alias("_row"))
+            reports.append(filter_rows(empty, config).report)
         columns = source.columns
-        if not hits.height:  # nothing hit (or no filters): an empty frame of the right shape
-            hits = pl.from_arrow(source.schema.empty_table()).with_columns(
-                pl.lit(None, pl.Int64).alias("_row"), pl.lit(None, pl.Boolean).alias("_content"),
-                *[pl.lit(None, pl.Boolean if c.endswith(".hit") else pl.Float64 if c.endswith(".score")
-                         else pl.String).alias(c) for c in cols]).head(0)
-        hits = hits.with_columns([pl.col(f.col("hit")).cast(pl.Boolean) for f in active]
-                                 + [pl.col(f.col("detail")).cast(pl.String) for f in active])
-        rows = hits.select(*columns, "_row")
-        output = _filter_subset(rows, hits, active, cols, config, source.n, filter_rows, prompt_text, response_text)
-        # A rewritten row's new id must not clash with any id of the input
-        # (``reid_rows`` numbers it ``~k`` then): rows outside the hit rows
-        # whose id could clash join the subset, and the actions run again.
-        rewritten_ids = output.rows.join(rows.select("_row", pl.col("id").alias("_old")), on="_row", how="left")
-        fresh = rewritten_ids.filter(pl.col("id") != pl.col("_old"))["id"].str.replace(r"~\d+$", "")
-        if fresh.len():
-            bases = fresh.unique().to_list()
-            near = pl.from_arrow(collect(source.dataset(ray, columns=["id"]).map_batches(
-                _ids_like, fn_kwargs={"bases": bases}, **map_options())))
-            near = near.filter(~pl.col("_row").is_in(rows["_row"].implode())) if near.height else near
-            if near.height:
-                extra = near.select("_row", "id").with_columns(pl.lit(False).alias("_content"))
-                hits = pl.concat([hits, extra], how="diagonal_relaxed").sort("_row").with_columns(
-                    [pl.col(f.col("hit")).fill_null(False) for f in active])
-                rows = hits.select(*columns, "_row")
-                output = _filter_subset(rows, hits, active, cols, config, source.n, filter_rows, prompt_text,
-                                        response_text)
-    dropped = rows["id"].is_in(output.ledger["row_id"].implode())
-    removed = rows["_row"].filter(dropped).to_numpy().astype(np.int64)
-    content = hits.select("_row", "_content").filter(pl.col("_content"))
-    rewritten = output.rows.join(content, on="_row", how="semi", maintain_order="left")
-    flags = [f for f in active if f.config.action == "flag"]
-    transform = _flag_tags(hits.filter(~pl.col("_content").fill_null(False)), flags) if flags else None
-    return RayStepOutput(removed=removed, ledger=output.ledger, report=output.report,
-                         rewritten=rewritten.select(*columns, "_row"), transform=transform)
+        rewritten_rows = (pl.concat(rewritten, how="vertical_relaxed") if rewritten
+                          else pl.from_arrow(source.schema.empty_table()).with_columns(
+                              pl.lit(None, pl.Int64).alias("_row")))
+        rewritten_rows = _number_rewritten(ray, source, rewritten_rows.select(*columns, "_row"))
+    ledger = pl.concat(ledgers, how="vertical_relaxed") if ledgers else _empty_ledger()
+    report = merge_filter_reports(reports, config.examples, time.perf_counter() - t0)
+    flagging = any(c.enabled and c.action == "flag" for c in config.filters.values())
+    return RayStepOutput(removed=np.sort(np.concatenate(removed)).astype(np.int64) if removed else
+                         np.zeros(0, np.int64), ledger=ledger, report=report, rewritten=rewritten_rows,
+                         transform=_set_tags(pl.concat(tags) if tags else None) if flagging else None)
 
 
-def _filter_subset(rows, hits, active, cols, config, n, filter_rows, prompt_text, response_text):
-    """The local actions on the hit rows (``rows``: their columns and ``_row``)."""
-    frame = rows.select(_CONTENT).with_columns(prompt_text().alias("_p"), response_text().alias("_r")) \
-        .hstack(hits.select(cols))
-    return filter_rows(rows, config, detect_rows=lambda d, c: (frame, active), rows_in=n)
+def _number_rewritten(ray: Any, source: RowSource, rewritten: pl.DataFrame) -> pl.DataFrame:
+    """The rewritten rows with the ids the local step gives them: ``reid_rows``
+    over them and the input's rows whose ids could clash with theirs (found by
+    one pass over the id column), in row order."""
+    from bakeoff.curate.filters.suite import reid_rows
+
+    from . import collect, map_options
+
+    if not rewritten.height:
+        return rewritten
+    bases = rewritten["id"].str.replace(r"~\d+$", "").unique().to_list()
+    # every candidate id is a base of the block's numbering, or base~k
+    near = pl.from_arrow(collect(source.dataset(ray, columns=["id"]).map_batches(
+        _ids_like, fn_kwargs={"bases": bases}, **map_options())))
+    if near.height:
+        near = near.filter(~pl.col("_row").is_in(rewritten["_row"].implode()))
+    both = pl.concat([rewritten.with_columns(pl.lit(True).alias("_changed")),
+                      near.with_columns(pl.lit(False).alias("_changed"))], how="diagonal_relaxed").sort("_row")
+    numbered = reid_rows(both.drop("_changed"), both["_changed"])
+    return numbered.filter(both["_changed"]).select(rewritten.columns)
 
 
-def _flag_tags(hits: pl.DataFrame, flags: list[Any]):
-    """The local flag action as a batch transform: every row's tags become
-    ``unique(tags or [] + flag:NAME for each flag filter that hit it)``."""
-    tagged = hits.select("_row", pl.concat_list([
-        pl.when(pl.col(f.col("hit"))).then(pl.lit(f"flag:{f.name}")).otherwise(None) for f in flags]
-    ).list.drop_nulls().alias("_flags")).filter(pl.col("_flags").list.len() > 0)
+def _set_tags(new_tags: pl.DataFrame | None):
+    """The flag action as a batch transform: the rows named in ``new_tags``
+    (``_row``, ``tags``) get those tags, and every other row's missing tags
+    become ``[]``, as the local step writes them when some filter flags."""
+    empty = pl.lit([], dtype=pl.List(pl.String))
 
     def apply(frame: pl.DataFrame) -> pl.DataFrame:
-        joined = frame.join(tagged, on="_row", how="left", maintain_order="left")
-        tags = pl.concat_list([pl.col("tags").fill_null(pl.lit([], dtype=pl.List(pl.String))),
-                               pl.col("_flags").fill_null(pl.lit([], dtype=pl.List(pl.String)))])
-        return joined.with_columns(tags.list.unique(maintain_order=True).alias("tags")).drop("_flags")
+        if new_tags is None:
+            return frame.with_columns(pl.col("tags").fill_null(empty))
+        joined = frame.join(new_tags.rename({"tags": "_tags"}), on="_row", how="left", maintain_order="left")
+        return joined.with_columns(pl.coalesce("_tags", pl.col("tags").fill_null(empty)).alias("tags")).drop("_tags")
     return apply
 
 
-__all__ = ["filter_on_ray"]
+def _empty_ledger() -> pl.DataFrame:
+    from bakeoff.workspace import new_ledger
+
+    return new_ledger(row_id=pl.Series([], dtype=pl.String), stage=pl.Series([], dtype=pl.String))
+
+
+__all__ = ["filter_on_ray", "block_outputs"]

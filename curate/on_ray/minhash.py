@@ -28,6 +28,7 @@ what the driver holds (24 bytes each) -- never the texts or the sketches.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -41,6 +42,8 @@ from bakeoff.executor import Executor, ray_session
 from . import collect, map_options, maybe_die, parallelism, use_task_shuffle
 
 _EPS = 1e-12
+#: Removed rows per chunk of the ledger the driver builds (and spills).
+LEDGER_CHUNK = 500_000
 
 
 # --- 1. sign ----------------------------------------------------------------------------------
@@ -366,10 +369,11 @@ def _scope_text(table: pa.Table, scope: str) -> pa.Table:
     return df.select("_row", text_for_scope(scope)).to_arrow()
 
 
-def dedup_on_ray(source: Any, config: Any, executor: Executor) -> Any:
+def dedup_on_ray(source: Any, config: Any, executor: Executor, spill: Path | None = None) -> Any:
     """The dedup step (:func:`bakeoff.curate.dedup.dedup_rows`) over the rows of
     ``source`` (:class:`.rows.RowSource`), on Ray: the local ledger and report,
-    as a :class:`RayStepOutput`. The driver holds per-row numbers (keep rank,
+    as a :class:`RayStepOutput`. ``spill``: a folder; the ledger is written
+    there as it is built and comes back as a LazyFrame over those files. The driver holds per-row numbers (keep rank,
     segment counts, the result's partner and similarity), the verified pairs,
     and the ids of the removed rows and their kept twins -- no texts but the
     few the report quotes."""
@@ -405,13 +409,26 @@ def dedup_on_ray(source: Any, config: Any, executor: Executor) -> Any:
         res = dedup_blocks_on_ray(blocks, starts, rank, cfg, True, executor)
         del blocks
         removed = np.flatnonzero(res.removed)
-        kept = res.partner[removed]
-        ids = source.fetch(ray, np.union1d(removed, kept), columns=["id"])
-        id_rows = ids["_row"].to_numpy()
-        ids = ids["id"]
-        ledger = dedup_ledger(ids.gather(np.searchsorted(id_rows, removed)), ids.gather(np.searchsorted(id_rows, kept)),
-                              res, removed, nseg[removed], key, cfg)
-        del ids, id_rows
+        # The ledger a chunk of removed rows at a time, each chunk with the ids
+        # of its rows and their kept twins only, and written to ``spill`` as it
+        # is made: half of a 10M-row corpus may be duplicates, whose ids and
+        # reasons alone would be ~1.5 GB on the driver.
+        parts: list[Any] = []
+        for k, lo in enumerate(range(0, max(removed.size, 1), LEDGER_CHUNK)):
+            rows = removed[lo:lo + LEDGER_CHUNK]
+            kept = res.partner[rows]
+            ids = source.fetch(ray, np.union1d(rows, kept), columns=["id"])
+            id_rows = ids["_row"].to_numpy()
+            part = dedup_ledger(ids["id"].gather(np.searchsorted(id_rows, rows)),
+                                ids["id"].gather(np.searchsorted(id_rows, kept)), res, rows, nseg[rows], key, cfg)
+            del ids, id_rows
+            if spill is None:
+                parts.append(part)
+            else:
+                path = Path(spill) / f"dedup-ledger-{k:05d}.parquet"
+                part.write_parquet(path)
+                parts.append(pl.scan_parquet(path))
+        ledger = pl.concat(parts)
         shown = report_rows(res)
         texts: dict[int, str] = {}
         shown_ids: dict[int, str] = {}

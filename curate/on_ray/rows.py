@@ -242,9 +242,10 @@ def commit_ray_step(ws: Any, parent: Any, operation: str, params: dict[str, Any]
                     output: RayStepOutput, name: str | None = None) -> Any:
     """``bakeoff.steps.commit_step`` for a step run on Ray over ``source`` (the
     parent's rows): the next version of the parent's dataset (or of ``name``)."""
-    if parent.rows != source.n or output.ledger.height != output.removed.size:
+    n_ledger = output.ledger_rows
+    if parent.rows != source.n or n_ledger != output.removed.size:
         raise AssertionError(f"row balance broken: {parent.rows} in, {output.removed.size} removed, "
-                             f"{output.ledger.height} in the ledger")
+                             f"{n_ledger} in the ledger")
     return commit_frames(ws, name or parent.name, kept_frames(source, output), output.ledger,
                          operation=operation, params=params, parents=[parent.ref], report=output.report)
 

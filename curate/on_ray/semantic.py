@@ -60,7 +60,7 @@ import pyarrow as pa
 from bakeoff.curate.semantic import SemanticDedupConfig, _best_partner, _exact_cos, resolve_in_batch
 from bakeoff.executor import Executor, ray_session
 
-from . import RayStepOutput, collect, map_options, maybe_die, parallelism, use_task_shuffle
+from . import RayStepOutput, collect, map_options, maybe_die, parallelism, use_task_shuffle, wait_with_progress
 
 #: The columns of the embed stage the driver receives (everything but ``vec``).
 _SMALL = ["_row", "active", "shape", "k", "keep", "bad", "long_seg", "row_long", "chunks", "src", "window"]
@@ -460,19 +460,6 @@ def _blocks_with_progress(ds: Any, n: int) -> list[Any]:
     return refs
 
 
-def _with_progress(ray: Any, refs: list[Any], label: str) -> list[Any]:
-    """``refs``, once all are done, with a bar of the tasks done."""
-    from bakeoff.console import progress
-
-    with progress() as bar:
-        task = bar.add_task(label, total=len(refs))
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            bar.advance(task, len(done))
-    return refs
-
-
 # --- the step ---------------------------------------------------------------------------------
 
 def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: Executor,
@@ -564,7 +551,7 @@ def semantic_dedup_on_ray(ds: Any, n: int, cfg: SemanticDedupConfig, executor: E
             found = [search_task.remote(cfg.threshold, cfg.batch_size, segments_of, len(trained), *trained,
                                         *[r[p] for r in routed])
                      for p in range(parts)]
-            pairs = pl.concat(get(_with_progress(ray, found, "semantic dedup on Ray: search")))
+            pairs = pl.concat(get(wait_with_progress(ray, found, "semantic dedup on Ray: search")))
             pairs_found = pairs.height
             del routed, found, blocks
 
