@@ -45,7 +45,8 @@ def _filter_block(block: pa.Table, config: Any) -> dict[str, Any]:
     maybe_die()
     df = pl.from_arrow(block)
     frame, active = detect(df.drop("_row"), config, show_progress=False)
-    hit = frame.select(pl.any_horizontal([pl.col(f.col("hit")) for f in active] or [pl.lit(False)])).to_series()
+    hit = (frame.select(pl.any_horizontal([pl.col(f.col("hit")) for f in active])).to_series() if active
+           else pl.Series([False] * df.height))
     rows, frame = df.filter(hit), frame.filter(hit)
     out = filter_rows(rows, config, detect_rows=lambda d, c: (frame, active), rows_in=df.height)
     kept = out.rows
