@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from bakeoff.executor import Executor, ray_session
 
-from . import ROWS_PER_BLOCK, RayStepOutput, maybe_die, wait_with_progress
+from . import ROWS_PER_BLOCK, RayStepOutput, maybe_die, use_task_shuffle, wait_with_progress
 from .rows import RowSource
 
 _CONTENT = ["messages", "chosen", "rejected"]
@@ -84,6 +84,7 @@ def filter_on_ray(source: RowSource, config: Any, executor: Executor,
     t0 = time.perf_counter()
     removed, ledgers, rewritten, tags, reports = [], [], [], [], []
     with ray_session(executor) as ray:
+        use_task_shuffle(ray)  # (for its quiet Ray Data logs: the id pass below is a dataset)
         refs, _ = source.blocks(ray, _filter_block, {"config": config}, per=rows_per_block)
         for out in block_outputs(ray, refs):
             removed.append(out["removed"])
