@@ -373,10 +373,10 @@ def dedup_on_ray(source: Any, config: Any, executor: Executor, spill: Path | Non
     """The dedup step (:func:`bakeoff.curate.dedup.dedup_rows`) over the rows of
     ``source`` (:class:`.rows.RowSource`), on Ray: the local ledger and report,
     as a :class:`RayStepOutput`. ``spill``: a folder; the ledger is written
-    there as it is built and comes back as a LazyFrame over those files. The driver holds per-row numbers (keep rank,
-    segment counts, the result's partner and similarity), the verified pairs,
-    and the ids of the removed rows and their kept twins -- no texts but the
-    few the report quotes."""
+    there as it is built and comes back as a LazyFrame over those files. The
+    driver holds per-row numbers (keep rank, segment counts, the result's
+    partner and similarity), the verified pairs, and a chunk of the ledger
+    with its ids at a time -- no texts but the few the report quotes."""
     from bakeoff.curate.dedup import DedupConfig, _report, dedup_ledger, keep_order, report_rows
     from bakeoff.curate.dedup_key import SCOPE_KEYS
     from bakeoff.workspace import BakeoffError
