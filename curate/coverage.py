@@ -69,6 +69,8 @@ UNASSIGNED = "unassigned"
 OTHER = "(other)"
 METHODS = ("label", "keyword", "embedding", "none")
 DEFAULT_FLOOR = 0.3
+#: The columns the report reads (on Ray the workers read just these).
+COVERAGE_COLUMNS = ["id", "kind", "messages", "chosen", "rejected", "domain", "doctype", "task"]
 
 
 # --- objectives ------------------------------------------------------------------
@@ -438,9 +440,11 @@ class CoveragePartial:
     examples: int                        # example rows kept per off-objective domain
     #: per axis: rows by (value, method, relabelled) -- column ``len``
     axis_counts: dict[str, pl.DataFrame]
-    #: the (domain, task) cells the rows fall in (off-objective values as OTHER)
+    #: the (domain, task) cells the rows fall in (off-objective values as OTHER),
+    #: and the ``_row`` of each one's first row
     cells: list[tuple[str, str]]
-    #: per row, in row order: ``cell`` (index into ``cells``), ``prompt_chars``, ``response_chars``
+    cell_first: list[int]
+    #: per row: ``cell`` (index into ``cells``), ``prompt_chars``, ``response_chars``
     lengths: pl.DataFrame
     #: per cell: (sum of its rows' vectors in float64, sum of their squared norms)
     cell_sums: dict[tuple[str, str], tuple[np.ndarray, float]]
@@ -484,10 +488,10 @@ def coverage_partial(df: pl.DataFrame, objectives: Objectives | dict | str | Pat
     # The domain x task cell of every row: objective values, else OTHER.
     cell_key = frame.select(
         pl.when(pl.col("domain_on")).then(pl.col("domain")).otherwise(pl.lit(OTHER)).alias("_d"),
-        pl.when(pl.col("task_on")).then(pl.col("task")).otherwise(pl.lit(OTHER)).alias("_t"))
-    cells_frame = cell_key.unique(maintain_order=True)
-    cells = list(cells_frame.iter_rows())
-    code = cell_key.join(cells_frame.with_row_index("cell"), on=["_d", "_t"], how="left",
+        pl.when(pl.col("task_on")).then(pl.col("task")).otherwise(pl.lit(OTHER)).alias("_t"), "_row")
+    cells_frame = cell_key.unique(["_d", "_t"], keep="first", maintain_order=True)
+    cells = list(cells_frame.select("_d", "_t").iter_rows())
+    code = cell_key.join(cells_frame.select("_d", "_t").with_row_index("cell"), on=["_d", "_t"], how="left",
                          maintain_order="left")["cell"]
     lengths = frame.select(code.cast(pl.UInt32).alias("cell"), "prompt_chars", "response_chars")
 
@@ -517,7 +521,8 @@ def coverage_partial(df: pl.DataFrame, objectives: Objectives | dict | str | Pat
         pl.Series("text", [_snippet(t) for t in texts.to_list()], dtype=pl.String))
     return CoveragePartial(
         rows=df.height, first_row=int(row_no.min()) if df.height else 0,
-        diversity=diversity, examples=examples, axis_counts=axis_counts, cells=cells, lengths=lengths,
+        diversity=diversity, examples=examples, axis_counts=axis_counts, cells=cells,
+        cell_first=cells_frame["_row"].to_list(), lengths=lengths,
         cell_sums=cell_sums, overall_sums=overall_sums, off_rows=off_rows.height, off_reasons=reasons,
         off_examples=off_examples)
 
@@ -529,8 +534,9 @@ def _first_per_domain(rows: pl.DataFrame, k: int) -> pl.DataFrame:
 
 def merge_partials(parts: list[CoveragePartial]) -> CoveragePartial:
     """The partial of the rows of all ``parts`` (disjoint chunks of one input).
-    Counts add up, lengths are concatenated in row order, vector sums add (in
-    row order, so a merge is deterministic), example rows are re-picked."""
+    Counts add up, lengths are concatenated, vector sums add (in the order of
+    the chunks' first rows, so that a merge is deterministic), example rows
+    are picked again."""
     if not parts:
         raise ValueError("merge_partials: no partials")
     parts = sorted(parts, key=lambda p: p.first_row)
@@ -538,16 +544,19 @@ def merge_partials(parts: list[CoveragePartial]) -> CoveragePartial:
         return parts[0]
     first = parts[0]
     cells: list[tuple[str, str]] = []
+    cell_first: list[int] = []
     index: dict[tuple[str, str], int] = {}
     lengths = []
     cell_sums: dict[tuple[str, str], tuple[np.ndarray, float]] = {}
     overall: tuple[np.ndarray, float] | None = None
     reasons: dict[str, int] = {}
     for p in parts:
-        for c in p.cells:
+        for c, row in zip(p.cells, p.cell_first):
             if c not in index:
                 index[c] = len(cells)
                 cells.append(c)
+                cell_first.append(row)
+            cell_first[index[c]] = min(cell_first[index[c]], row)
         lut = np.asarray([index[c] for c in p.cells], dtype=np.uint32)
         cell = pl.Series("cell", lut[p.lengths["cell"].to_numpy()], dtype=pl.UInt32)
         lengths.append(p.lengths.with_columns(cell))
@@ -564,7 +573,7 @@ def merge_partials(parts: list[CoveragePartial]) -> CoveragePartial:
                    for axis in AXES}
     return CoveragePartial(
         rows=sum(p.rows for p in parts), first_row=first.first_row, diversity=first.diversity,
-        examples=first.examples, axis_counts=axis_counts, cells=cells,
+        examples=first.examples, axis_counts=axis_counts, cells=cells, cell_first=cell_first,
         lengths=pl.concat(lengths, how="vertical_relaxed"), cell_sums=cell_sums, overall_sums=overall,
         off_rows=sum(p.off_rows for p in parts), off_reasons=reasons,
         off_examples=_first_per_domain(pl.concat([p.off_examples for p in parts], how="vertical_relaxed"),
@@ -675,7 +684,11 @@ def report_from_partial(part: CoveragePartial, objectives: Objectives | dict | s
     } for r in ex_rows.iter_rows(named=True)]
 
     # Lengths by domain (objective domains and the rest), for tables and histograms.
-    domains = sorted({d for d, _ in part.cells})
+    # the domains in the order their first rows come (the histograms' legend order)
+    first_of: dict[str, int] = {}
+    for (d, _), row in zip(part.cells, part.cell_first):
+        first_of[d] = min(first_of.get(d, row), row)
+    domains = sorted(first_of, key=first_of.__getitem__)
     dom_of_cell = np.asarray([domains.index(d) for d, _ in part.cells], dtype=np.uint32)
     by_domain = part.lengths.select(
         pl.Series("_d", dom_of_cell[part.lengths["cell"].to_numpy()], dtype=pl.UInt32),
@@ -716,7 +729,7 @@ def report_from_partial(part: CoveragePartial, objectives: Objectives | dict | s
 def _histograms(by_domain: pl.DataFrame, domains: list[str], bins: int = 24) -> dict[str, Any]:
     """Log-spaced histograms of prompt and response length per domain (shared edges,
     so the HTML can overlay them). ``by_domain``: per row, ``_d`` (an index
-    into ``domains``) and the lengths."""
+    into ``domains``, which are in the order of their first rows) and the lengths."""
     out: dict[str, Any] = {}
     for col in ("prompt_chars", "response_chars"):
         s = by_domain[col]
@@ -729,9 +742,9 @@ def _histograms(by_domain: pl.DataFrame, domains: list[str], bins: int = 24) -> 
         edges = np.unique(np.round(np.geomspace(lo, hi, bins + 1)))
         edges = np.concatenate([[0.0], edges]) if lo > 0 else edges
         per = {}
-        for d in by_domain["_d"].unique(maintain_order=True).to_list():  # in the order they first show up
-            vals = by_domain.filter(pl.col("_d") == d)[col].to_numpy()
-            per[domains[d]] = np.histogram(vals, bins=edges)[0].tolist()
+        for i, d in enumerate(domains):
+            vals = by_domain.filter(pl.col("_d") == i)[col].to_numpy()
+            per[d] = np.histogram(vals, bins=edges)[0].tolist()
         out[col] = {"edges": edges.tolist(), "counts": per}
     return out
 
