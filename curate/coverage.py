@@ -36,6 +36,14 @@ Assignment, per axis, first rule that applies:
 
 Embeddings come from :func:`bakeoff.curate.embeddings.embed_texts` (cached in the
 workspace, shared with semantic dedup and the test-set builder).
+
+The report is made in two steps, so that it can be made of chunks of rows on
+many machines: :func:`coverage_partial` measures a chunk (counts, per-cell sums
+of the embedding vectors, four small numbers per row, a few example rows),
+:func:`merge_partials` adds up the partials of chunks, and
+:func:`report_from_partial` makes the report. ``coverage_report`` is the report
+of one partial of every row; on Ray (``bakeoff.curate.on_ray.coverage``) each
+block's partial is made on a worker.
 """
 
 from __future__ import annotations

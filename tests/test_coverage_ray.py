@@ -136,8 +136,8 @@ def test_coverage_on_ray_equals_local_on_the_demo(ray_instance, demo, diversity)
 
 
 def test_coverage_on_ray_equals_local_on_real_rows(ray_instance, real, monkeypatch):
-    """TAT-QA and DPO rows, blocks of 37; the driver reads no rows (a Parquet
-    read there fails) and receives a few bytes per row."""
+    """TAT-QA and DPO rows in blocks of 37; the driver reads no rows (a
+    Parquet read there fails)."""
     from bakeoff.curate.on_ray.coverage import coverage_on_ray
 
     ws, ref = real
@@ -152,21 +152,35 @@ def test_coverage_on_ray_equals_local_on_real_rows(ray_instance, real, monkeypat
     monkeypatch.setattr(pl, "scan_parquet", refuse)
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", refuse)
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", refuse)
-    source = _source(ws, ref)
-    on_ray = coverage_on_ray(source, obj, RAY, model="hashing", dataset=ref, rows_per_block=BLOCK)
-    big = coverage_on_ray(source, obj, RAY, model="hashing", dataset=ref, rows_per_block=1000)
+    on_ray = coverage_on_ray(_source(ws, ref), obj, RAY, model="hashing", dataset=ref, rows_per_block=BLOCK)
     monkeypatch.undo()
     _same(local, on_ray)
-    _same(local, big)
     assert 1900 <= local["rows"] == df.height and local["diversity"]["measured"]
     assert {"label", "keyword"} <= set(local["axes"]["domain"]["values"]["finance-tables"]["by_method"])
     assert local["off_objective"]["rows"] >= 250  # the DPO rows are not finance tables
-    texts = df.select(pl.concat_str(pl.col("messages").list.eval(pl.element().struct.field("content"))
-                                    .list.join(""), pl.col("chosen").list.eval(
-                                        pl.element().struct.field("content")).list.join(""),
-                                    ignore_nulls=True).str.len_bytes().sum()).item()
-    # blocks of 1,000 rows: partials of three blocks, a few percent of the texts' bytes
-    assert big["ray"]["driver_bytes_received"] < 0.05 * texts, (big["ray"], texts)
+
+
+def test_a_block_sends_the_driver_a_few_bytes_per_row(real):
+    """What a worker sends back for a block of the real rows: one row holding
+    the pickled partial, ~12 bytes per row plus the counts and cell sums --
+    a few percent of the rows' texts, and no vector."""
+    import pickle
+
+    from bakeoff.curate.on_ray.coverage import _PartialReport
+
+    ws, ref = real
+    df = ws.load(ref)
+    actor = _PartialReport(load_objectives(DEMO_OBJECTIVES), "hashing", True, 5)
+    out = actor(df.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64) + 100).to_arrow())
+    assert out.num_rows == 1 and out["rows"][0].as_py() == df.height
+    blob = out["partial"][0].as_py()
+    part = pickle.loads(blob)
+    assert part.first_row == 100 and part.rows == df.height and part.lengths.height == df.height
+    texts = df.select(pl.concat_str(
+        [pl.col(c).list.eval(pl.element().struct.field("content")).list.join("") for c in ("messages", "chosen")],
+        ignore_nulls=True).str.len_bytes().sum()).item()
+    assert len(blob) < 16 * df.height + 64_000 < 0.05 * texts, (len(blob), texts)
+    assert actor(pa.table({"_row": pa.array([], pa.int64())})).num_rows == 0
 
 
 def test_coverage_on_ray_of_no_rows(ray_instance, demo, tmp_path):
@@ -208,21 +222,3 @@ def test_recipe_and_cli_coverage_on_ray_equal_local(ray_instance, demo, tmp_path
         out[kind] = json.loads(res.stdout)
     _same(out["local"], out["ray"])
     assert out["local"]["gaps"]
-
-
-def test_block_tables_carry_one_partial(ray_instance):
-    """The actor's output for a block: one row, its row count and the pickled partial."""
-    import pickle
-
-    from bakeoff.curate.on_ray.coverage import _PartialReport
-    from bakeoff.schema import conform, with_ids
-
-    df = with_ids(conform(pl.DataFrame({"kind": ["sft"] * 3, "messages": [
-        [{"role": "user", "content": f"What was revenue in {y}?"}, {"role": "assistant", "content": "1"}]
-        for y in (2019, 2020, 2021)]})))
-    actor = _PartialReport(load_objectives(DEMO_OBJECTIVES), "hashing", True, 5)
-    out = actor(df.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64) + 100).to_arrow())
-    assert out.num_rows == 1 and out["rows"][0].as_py() == 3
-    part = pickle.loads(out["partial"][0].as_py())
-    assert part.first_row == 100 and part.rows == 3
-    assert actor(pa.table({"_row": pa.array([], pa.int64())})).num_rows == 0
