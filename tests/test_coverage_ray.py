@@ -32,12 +32,24 @@ BLOCK = 37  # rows per block: many blocks, so that merging is exercised
 
 
 @pytest.fixture(scope="module")
-def ray_instance():
+def ray_instance(tmp_path_factory, monkeypatch_module):
+    """One local Ray for the module, with the kill hook's folder (workers
+    inherit the environment of the instance)."""
     ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed (pip install 'bakeoff[ray]')")
+    from bakeoff.curate.on_ray import KILL_ENV
+
+    kill_dir = tmp_path_factory.mktemp("kill")
+    monkeypatch_module.setenv(KILL_ENV, str(kill_dir))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              configure_logging=True)
-    yield
+    yield kill_dir
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +234,17 @@ def test_recipe_and_cli_coverage_on_ray_equal_local(ray_instance, demo, tmp_path
         out[kind] = json.loads(res.stdout)
     _same(out["local"], out["ray"])
     assert out["local"]["gaps"]
+
+
+def test_an_actor_killed_mid_report_is_replaced(ray_instance, demo):
+    """A worker of the pool dies on a block (as a machine lost mid-step):
+    Ray starts another and runs the block again -- the same report."""
+    from bakeoff.curate.on_ray.coverage import coverage_on_ray
+
+    obj = load_objectives(DEMO_OBJECTIVES)
+    local = coverage_report(demo.load("pool"), obj, demo, model="hashing", dataset="pool@v1")
+    (ray_instance / "kill-once").touch()  # the first block that sees it kills its actor
+    on_ray = coverage_on_ray(_source(demo, "pool"), obj, RAY, model="hashing", dataset="pool@v1",
+                             rows_per_block=BLOCK)
+    assert not (ray_instance / "kill-once").exists()  # an actor did die
+    _same(local, on_ray)
