@@ -36,6 +36,14 @@ Assignment, per axis, first rule that applies:
 
 Embeddings come from :func:`bakeoff.curate.embeddings.embed_texts` (cached in the
 workspace, shared with semantic dedup and the test-set builder).
+
+The report is made in two steps, so that it can be made of chunks of rows on
+many machines: :func:`coverage_partial` measures a chunk (counts, per-cell sums
+of the embedding vectors, four small numbers per row, a few example rows),
+:func:`merge_partials` adds up the partials of chunks, and
+:func:`report_from_partial` makes the report. ``coverage_report`` is the report
+of one partial of every row; on Ray (``bakeoff.curate.on_ray.coverage``) each
+block's partial is made on a worker.
 """
 
 from __future__ import annotations
@@ -69,6 +77,8 @@ UNASSIGNED = "unassigned"
 OTHER = "(other)"
 METHODS = ("label", "keyword", "embedding", "none")
 DEFAULT_FLOOR = 0.3
+#: The columns the report reads (on Ray the workers read just these).
+COVERAGE_COLUMNS = ["id", "kind", "messages", "chosen", "rejected", "domain", "doctype", "task"]
 
 
 # --- objectives ------------------------------------------------------------------
@@ -244,14 +254,17 @@ def _keyword_regex(value: ObjectiveValue) -> str | None:
 
 
 def assign_rows(df: pl.DataFrame, objectives: Objectives | dict | str | Path, ws: Workspace | None = None,
-                vectors: np.ndarray | None = None, model: str | None = None) -> pl.DataFrame:
+                vectors: np.ndarray | None = None, model: str | None = None,
+                prototypes: dict[str, np.ndarray] | None = None) -> pl.DataFrame:
     """Per row and axis: the assigned value, how (label/keyword/embedding/none), a
     confidence, and whether it is on the objective. Columns: ``id`` and, per axis
     A, ``A``, ``A_method``, ``A_label`` (the row's own label, as an objective
     value, or null), ``A_confidence``, ``A_on``.
 
     ``vectors`` (unit rows aligned with ``df``) are used if given; otherwise only
-    rows that reach the embedding rule are embedded.
+    rows that reach the embedding rule are embedded. ``prototypes``: a dict
+    the axes' prototype vectors are kept in (by axis) and taken from, so that
+    calls for many chunks of rows, with one objectives and model, embed them once.
     """
     obj = load_objectives(objectives)
     texts = df.select(text_for_scope(obj.scope))["text"].fill_null("")
@@ -317,7 +330,11 @@ def assign_rows(df: pl.DataFrame, objectives: Objectives | dict | str | Path, ws
             row_vecs = vectors
         for axis, todo in need_embedding.items():
             values = obj.values(axis)
-            protos = _prototypes(values, ws, model)
+            protos = prototypes.get(axis) if prototypes is not None else None
+            if protos is None:
+                protos = _prototypes(values, ws, model)
+                if prototypes is not None:
+                    prototypes[axis] = protos
             idx = np.flatnonzero(todo)
             sims = row_vecs[idx] @ protos.T
             best = sims.argmax(axis=1)
@@ -369,20 +386,37 @@ def _prototypes(values: list[ObjectiveValue], ws: Workspace | None, model: str |
 
 # --- measures ---------------------------------------------------------------------
 
+#: Rows summed at a time in float64 (bounded memory on big cells).
+_SUM_CHUNK = 65536
+
+
+def _vector_sums(vectors: np.ndarray) -> tuple[np.ndarray, float]:
+    """``sum v`` (float64) and ``sum |v|^2`` of the rows of ``vectors``: what
+    :func:`mean_pairwise_distance` needs, and what adds up across chunks of rows."""
+    s = np.zeros(vectors.shape[1], dtype=np.float64)
+    sq = 0.0
+    for start in range(0, len(vectors), _SUM_CHUNK):
+        v = vectors[start:start + _SUM_CHUNK].astype(np.float64)
+        s += v.sum(axis=0)
+        sq += float(np.einsum("ij,ij->", v, v))
+    return s, sq
+
+
+def _distance_from_sums(s: np.ndarray, sq: float, n: int) -> float | None:
+    """Mean pairwise cosine distance of ``n`` unit rows from their sums."""
+    if n < 2:
+        return None
+    pair_sum = float(s @ s - sq)
+    return float(1.0 - pair_sum / (n * (n - 1)))
+
+
 def mean_pairwise_distance(vectors: np.ndarray) -> float | None:
     """Mean cosine distance over all pairs of distinct unit rows, in O(n d):
     sum_{i != j} v_i . v_j = |sum v|^2 - sum |v_i|^2 (no pair loop, no n x n matrix)."""
-    n = len(vectors)
-    if n < 2:
+    if len(vectors) < 2:
         return None
-    s = np.zeros(vectors.shape[1], dtype=np.float64)
-    sq = 0.0
-    for start in range(0, n, 65536):  # float64 in chunks: bounded memory on big cells
-        v = vectors[start:start + 65536].astype(np.float64)
-        s += v.sum(axis=0)
-        sq += float(np.einsum("ij,ij->", v, v))
-    pair_sum = float(s @ s - sq)
-    return float(1.0 - pair_sum / (n * (n - 1)))
+    s, sq = _vector_sums(vectors)
+    return _distance_from_sums(s, sq, len(vectors))
 
 
 def _quantiles(s: pl.Series) -> dict[str, float]:
@@ -392,7 +426,167 @@ def _quantiles(s: pl.Series) -> dict[str, float]:
             "p90": int(s.quantile(0.9, "nearest")), "max": int(s.max()), "mean": round(float(s.mean()), 1)}
 
 
-# --- the report ---------------------------------------------------------------------
+# --- the report: partials of chunks of rows, merged ---------------------------------
+
+@dataclass
+class CoveragePartial:
+    """What a chunk of rows contributes to the coverage report.
+
+    Partials of disjoint chunks merge (:func:`merge_partials`) into the partial
+    of all their rows, and :func:`report_from_partial` makes the report of one:
+    the local report is the report of one partial (of every row); on Ray each
+    block's partial is made on a worker and only the partials reach the driver
+    (``bakeoff.curate.on_ray.coverage``). What grows with the rows is four
+    small numbers per row (cell, prompt and response length: the exact
+    medians and quantiles need them); the rest is counts, per-cell vector sums
+    and a few example rows.
+    """
+
+    rows: int
+    first_row: int                       # the ``_row`` of the chunk's first row
+    diversity: bool                      # whether rows were embedded for diversity
+    examples: int                        # example rows kept per off-objective domain
+    #: per axis: rows by (value, method, relabelled) -- column ``len``
+    axis_counts: dict[str, pl.DataFrame]
+    #: the (domain, task) cells the rows fall in (off-objective values as OTHER),
+    #: and the ``_row`` of each one's first row
+    cells: list[tuple[str, str]]
+    cell_first: list[int]
+    #: per row: ``cell`` (index into ``cells``), ``prompt_chars``, ``response_chars``
+    lengths: pl.DataFrame
+    #: per cell: (sum of its rows' vectors in float64, sum of their squared norms)
+    cell_sums: dict[tuple[str, str], tuple[np.ndarray, float]]
+    overall_sums: tuple[np.ndarray, float] | None
+    off_rows: int
+    off_reasons: dict[str, int]          # every reason, zeros included
+    #: the first ``examples`` off-objective rows per domain: ``_row``, ``id``,
+    #: the axes' values, methods and on-flags, ``text`` (a snippet)
+    off_examples: pl.DataFrame
+
+
+def coverage_partial(df: pl.DataFrame, objectives: Objectives | dict | str | Path, ws: Workspace | None = None,
+                     *, model: str | None = None, diversity: bool = True, examples: int = 5,
+                     prototypes: dict[str, np.ndarray] | None = None, show_progress: bool = True
+                     ) -> CoveragePartial:
+    """The partial report of the rows of ``df``. Rows are numbered by its
+    ``_row`` column if it has one (a Ray block), else from 0. ``prototypes``:
+    see :func:`assign_rows`."""
+    obj = load_objectives(objectives)
+    model_name = model or obj.model
+    from bakeoff.curate.embeddings import embed_texts
+
+    vectors = None
+    if diversity and df.height:
+        texts = df.select(text_for_scope(obj.scope))["text"].fill_null("").to_list()
+        vectors = embed_texts(texts, ws=ws, model=model_name, show_progress=show_progress)
+    assigned = assign_rows(df, obj, ws=ws, vectors=vectors, model=model_name, prototypes=prototypes)
+    row_no = df["_row"].cast(pl.Int64) if "_row" in df.columns else pl.int_range(df.height, dtype=pl.Int64,
+                                                                                   eager=True)
+    frame = assigned.with_columns(
+        pl.Series("_row", row_no),
+        *df.select(prompt_text().str.len_chars().alias("prompt_chars"),
+                   response_text().str.len_chars().alias("response_chars")).get_columns())
+
+    axis_counts = {
+        axis: frame.group_by(pl.col(axis).alias("value"), pl.col(f"{axis}_method").alias("method"),
+                             (pl.col(f"{axis}_label").is_not_null() & (pl.col(f"{axis}_label") != pl.col(axis)))
+                             .alias("relabelled")).len()
+        for axis in AXES}
+
+    # The domain x task cell of every row: objective values, else OTHER.
+    cell_key = frame.select(
+        pl.when(pl.col("domain_on")).then(pl.col("domain")).otherwise(pl.lit(OTHER)).alias("_d"),
+        pl.when(pl.col("task_on")).then(pl.col("task")).otherwise(pl.lit(OTHER)).alias("_t"), "_row")
+    cells_frame = cell_key.unique(["_d", "_t"], keep="first", maintain_order=True)
+    cells = list(cells_frame.select("_d", "_t").iter_rows())
+    code = cell_key.join(cells_frame.select("_d", "_t").with_row_index("cell"), on=["_d", "_t"], how="left",
+                         maintain_order="left")["cell"]
+    lengths = frame.select(code.cast(pl.UInt32).alias("cell"), "prompt_chars", "response_chars")
+
+    cell_sums: dict[tuple[str, str], tuple[np.ndarray, float]] = {}
+    overall_sums = None
+    if vectors is not None:
+        overall_sums = _vector_sums(vectors)
+        codes = code.to_numpy()
+        order = np.argsort(codes, kind="stable")  # each cell's rows, in row order
+        bounds = np.searchsorted(codes[order], np.arange(len(cells) + 1))
+        for i, cell in enumerate(cells):
+            cell_sums[cell] = _vector_sums(vectors[order[bounds[i]:bounds[i + 1]]])
+
+    # Off-objective rows: any constrained axis off the objective or unassigned.
+    constrained = [a for a in AXES if obj.values(a)]
+    off_expr = pl.any_horizontal([~pl.col(f"{a}_on") for a in constrained]) if constrained else pl.lit(False)
+    off_rows = frame.with_row_index("_i").filter(off_expr)
+    reasons: dict[str, int] = {}
+    for a in constrained:
+        reasons[f"{a}: not in objectives"] = int((~off_rows[f"{a}_on"] & (off_rows[a] != UNASSIGNED)).sum())
+        reasons[f"{a}: unassigned"] = int((off_rows[a] == UNASSIGNED).sum())
+    # a chunk's first rows per domain hold the first rows per domain of all chunks
+    picked = off_rows.filter(pl.int_range(pl.len()).over("domain") < examples)
+    texts = df[picked["_i"]].select(text_for_scope("all"))["text"].fill_null("")
+    off_examples = picked.select(
+        "_row", "id", *AXES, *[f"{a}_method" for a in AXES], *[f"{a}_on" for a in AXES],
+        pl.Series("text", [_snippet(t) for t in texts.to_list()], dtype=pl.String))
+    return CoveragePartial(
+        rows=df.height, first_row=int(row_no.min()) if df.height else 0,
+        diversity=diversity, examples=examples, axis_counts=axis_counts, cells=cells,
+        cell_first=cells_frame["_row"].to_list(), lengths=lengths,
+        cell_sums=cell_sums, overall_sums=overall_sums, off_rows=off_rows.height, off_reasons=reasons,
+        off_examples=off_examples)
+
+
+def _first_per_domain(rows: pl.DataFrame, k: int) -> pl.DataFrame:
+    """The first ``k`` rows (by ``_row``) of each domain, in ``_row`` order."""
+    return rows.sort("_row").filter(pl.int_range(pl.len()).over("domain") < k)
+
+
+def merge_partials(parts: list[CoveragePartial]) -> CoveragePartial:
+    """The partial of the rows of all ``parts`` (disjoint chunks of one input).
+    Counts add up, lengths are concatenated, vector sums add (in the order of
+    the chunks' first rows, so that a merge is deterministic), example rows
+    are picked again."""
+    if not parts:
+        raise ValueError("merge_partials: no partials")
+    parts = sorted(parts, key=lambda p: p.first_row)
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    cells: list[tuple[str, str]] = []
+    cell_first: list[int] = []
+    index: dict[tuple[str, str], int] = {}
+    lengths = []
+    cell_sums: dict[tuple[str, str], tuple[np.ndarray, float]] = {}
+    overall: tuple[np.ndarray, float] | None = None
+    reasons: dict[str, int] = {}
+    for p in parts:
+        for c, row in zip(p.cells, p.cell_first):
+            if c not in index:
+                index[c] = len(cells)
+                cells.append(c)
+                cell_first.append(row)
+            cell_first[index[c]] = min(cell_first[index[c]], row)
+        lut = np.asarray([index[c] for c in p.cells], dtype=np.uint32)
+        cell = pl.Series("cell", lut[p.lengths["cell"].to_numpy()], dtype=pl.UInt32)
+        lengths.append(p.lengths.with_columns(cell))
+        for c, (s, sq) in p.cell_sums.items():
+            s0, sq0 = cell_sums.get(c, (0.0, 0.0))
+            cell_sums[c] = (s0 + s, sq0 + sq)
+        if p.overall_sums is not None:
+            overall = p.overall_sums if overall is None else (overall[0] + p.overall_sums[0],
+                                                              overall[1] + p.overall_sums[1])
+        for r, k in p.off_reasons.items():
+            reasons[r] = reasons.get(r, 0) + k
+    axis_counts = {axis: pl.concat([p.axis_counts[axis] for p in parts], how="vertical_relaxed")
+                   .group_by("value", "method", "relabelled").agg(pl.col("len").sum())
+                   for axis in AXES}
+    return CoveragePartial(
+        rows=sum(p.rows for p in parts), first_row=first.first_row, diversity=first.diversity,
+        examples=first.examples, axis_counts=axis_counts, cells=cells, cell_first=cell_first,
+        lengths=pl.concat(lengths, how="vertical_relaxed"), cell_sums=cell_sums, overall_sums=overall,
+        off_rows=sum(p.off_rows for p in parts), off_reasons=reasons,
+        off_examples=_first_per_domain(pl.concat([p.off_examples for p in parts], how="vertical_relaxed"),
+                                       first.examples))
+
 
 def coverage_report(df: pl.DataFrame, objectives: Objectives | dict | str | Path, ws: Workspace | None = None,
                     *, model: str | None = None, diversity: bool = True, examples: int = 5,
@@ -401,72 +595,79 @@ def coverage_report(df: pl.DataFrame, objectives: Objectives | dict | str | Path
     module doc). ``diversity=False`` skips embedding rows that the labels and
     keywords already assigned (no diversity figures then)."""
     obj = load_objectives(objectives)
-    model_name = model or obj.model
-    from bakeoff.curate.embeddings import embed_texts, resolve_model_name
+    part = coverage_partial(df, obj, ws, model=model, diversity=diversity, examples=examples)
+    return report_from_partial(part, obj, model=model, dataset=dataset)
 
-    vectors = None
-    if diversity and df.height:
-        texts = df.select(text_for_scope(obj.scope))["text"].fill_null("").to_list()
-        vectors = embed_texts(texts, ws=ws, model=model_name)
-    assigned = assign_rows(df, obj, ws=ws, vectors=vectors, model=model_name)
-    lengths = df.select(prompt_text().str.len_chars().alias("prompt_chars"),
-                        response_text().str.len_chars().alias("response_chars"))
-    frame = assigned.with_columns(lengths).with_row_index("_row")
-    n = df.height
+
+def cell_diversity(part: CoveragePartial) -> dict[tuple[str, str], float | None]:
+    """Per cell, the mean pairwise cosine distance of its rows (unrounded;
+    None for a cell of fewer than two rows or without vectors)."""
+    counts = np.bincount(part.lengths["cell"].to_numpy(), minlength=len(part.cells))
+    return {c: _distance_from_sums(*part.cell_sums[c], int(counts[i])) if c in part.cell_sums else None
+            for i, c in enumerate(part.cells)}
+
+
+def report_from_partial(part: CoveragePartial, objectives: Objectives | dict | str | Path, *,
+                        model: str | None = None, dataset: str | None = None) -> dict[str, Any]:
+    """The coverage report (see :func:`coverage_report`) of the rows of ``part``."""
+    obj = load_objectives(objectives)
+    model_name = model or obj.model
+    from bakeoff.curate.embeddings import resolve_model_name
+
+    n = part.rows
+    measured = part.diversity and n > 0
 
     # Per axis: counts by value and method, gaps against value minimums.
     axes: dict[str, Any] = {}
     gaps: list[dict[str, Any]] = []
     for axis in AXES:
         values = obj.values(axis)
-        counts = frame.group_by(axis, f"{axis}_method").len()
+        names = obj.names(axis)
+        ac = part.axis_counts[axis]
+        counts = ac.group_by("value", "method").agg(pl.col("len").sum()).sort("value", "method")
         by_value: dict[str, dict[str, Any]] = {}
         for v in values:
-            sel = counts.filter(pl.col(axis) == v.name)
+            sel = counts.filter(pl.col("value") == v.name)
             c = int(sel["len"].sum())
             by_value[v.name] = {"count": c, "min": v.min, "gap": c < v.min, "short": max(0, v.min - c),
-                                "by_method": {m: int(k) for m, k in sel.select(f"{axis}_method", "len").iter_rows()}}
+                                "by_method": {m: int(k) for m, k in sel.select("method", "len").iter_rows()}}
             if c < v.min:
                 gaps.append({"kind": "axis", "axis": axis, "value": v.name, "count": c, "min": v.min,
                              "short": v.min - c})
-        off = (frame.filter(~pl.col(f"{axis}_on") & (pl.col(axis) != UNASSIGNED))
-               .group_by(axis).len().sort(["len", axis], descending=[True, False]))
+        on = pl.col("value").is_in(names) if names else pl.lit(True)
+        off = (counts.filter(~on & (pl.col("value") != UNASSIGNED)).group_by("value").agg(pl.col("len").sum())
+               .sort(["len", "value"], descending=[True, False]))
         axes[axis] = {
             "constrained": bool(values),
             "values": by_value,
             "off_objective": {k: int(c) for k, c in off.iter_rows()},
-            "unassigned": int((frame[axis] == UNASSIGNED).sum()) if values else 0,
-            "by_method": {m: int(c) for m, c in frame.group_by(f"{axis}_method").len().sort(f"{axis}_method").iter_rows()},
+            "unassigned": int(counts.filter(pl.col("value") == UNASSIGNED)["len"].sum()) if values else 0,
+            "by_method": {m: int(c) for m, c in counts.group_by("method").agg(pl.col("len").sum())
+                          .sort("method").iter_rows()},
             # rows whose own label named another objective value than their keywords
-            "relabelled": int(frame.select((pl.col(f"{axis}_label").is_not_null()
-                                            & (pl.col(f"{axis}_label") != pl.col(axis))).sum()).item()),
+            "relabelled": int(ac.filter(pl.col("relabelled"))["len"].sum()),
         }
 
     # Domain x task cells: objective values, plus what is off-objective or unassigned.
     dom_names = obj.names("domain")
     task_names = obj.names("task")
-    cell_key = frame.with_columns(
-        pl.when(pl.col("domain_on")).then(pl.col("domain")).otherwise(pl.lit(OTHER)).alias("_d"),
-        pl.when(pl.col("task_on")).then(pl.col("task")).otherwise(pl.lit(OTHER)).alias("_t"),
-    )
-    cell_stats = cell_key.group_by("_d", "_t").agg(
-        pl.len().alias("count"), pl.col("_row"),
+    cell_stats = part.lengths.group_by("cell").agg(
+        pl.len().alias("count"),
         pl.col("prompt_chars").median().alias("prompt_p50"), pl.col("response_chars").median().alias("response_p50"),
     )
-    stats_by = {(d, t): (c, rows, pp, rp) for d, t, c, rows, pp, rp in cell_stats.iter_rows()}
+    stats_by = {part.cells[i]: (c, pp, rp) for i, c, pp, rp in cell_stats.iter_rows()}
+    diversity_by = cell_diversity(part) if measured else {}
     dom_axis = dom_names or sorted({d for d, _ in stats_by if d != OTHER})
     task_axis = task_names or sorted({t for _, t in stats_by if t != OTHER})
     cells: list[dict[str, Any]] = []
     for d in [*dom_axis, OTHER]:
         for t in [*task_axis, OTHER]:
-            c, rows, pp, rp = stats_by.get((d, t), (0, [], None, None))
+            c, pp, rp = stats_by.get((d, t), (0, None, None))
             if (d == OTHER or t == OTHER) and c == 0:
                 continue
             on = d != OTHER and t != OTHER
             minimum = obj.cell_minimum(d, t) if on else 0
-            div = None
-            if vectors is not None and c >= 2:
-                div = mean_pairwise_distance(vectors[np.asarray(rows, dtype=np.int64)])
+            div = diversity_by.get((d, t)) if c >= 2 else None
             cell = {"domain": d, "task": t, "count": int(c), "on_objective": on, "min": minimum,
                     "gap": on and c < minimum, "short": max(0, minimum - c) if on else 0,
                     "diversity": None if div is None else round(div, 4),
@@ -477,45 +678,44 @@ def coverage_report(df: pl.DataFrame, objectives: Objectives | dict | str | Path
                 gaps.append({"kind": "cell", "domain": d, "task": t, "count": int(c), "min": minimum,
                              "short": minimum - int(c)})
 
-    # Off-objective rows: any constrained axis off the objective or unassigned.
+    # Off-objective rows, with examples round-robin over their domains, so each shows up.
     constrained = [a for a in AXES if obj.values(a)]
-    off_expr = pl.any_horizontal([~pl.col(f"{a}_on") for a in constrained]) if constrained else pl.lit(False)
-    off_rows = frame.filter(off_expr)
-    reasons: dict[str, int] = {}
-    for a in constrained:
-        unassigned = int((off_rows[a] == UNASSIGNED).sum())
-        labelled = int((~off_rows[f"{a}_on"] & (off_rows[a] != UNASSIGNED)).sum())
-        if labelled:
-            reasons[f"{a}: not in objectives"] = labelled
-        if unassigned:
-            reasons[f"{a}: unassigned"] = unassigned
-    full_text = df.select(text_for_scope("all"))["text"].fill_null("")
-    # Round-robin over the off-objective domains, so each shows up among the examples.
-    ex_rows = (off_rows.with_columns(pl.int_range(pl.len()).over("domain").alias("_k"))
-               .sort(["_k", "domain", "_row"]).head(examples))
+    reasons = {r: k for r, k in part.off_reasons.items() if k}
+    ex_rows = (part.off_examples.sort("_row").with_columns(pl.int_range(pl.len()).over("domain").alias("_k"))
+               .sort(["_k", "domain", "_row"]).head(part.examples))
     off_examples = [{
         "id": r["id"], **{a: r[a] for a in AXES},
         **{f"{a}_method": r[f"{a}_method"] for a in AXES},
         "why": [f"{a}={r[a]}" + (" (not in objectives)" if r[a] != UNASSIGNED else "")
                 for a in constrained if not r[f"{a}_on"]],
-        "text": _snippet(full_text[int(r["_row"])]),
+        "text": r["text"],
     } for r in ex_rows.iter_rows(named=True)]
 
     # Lengths by domain (objective domains and the rest), for tables and histograms.
+    # the domains in the order their first rows come (the histograms' legend order)
+    first_of: dict[str, int] = {}
+    for (d, _), row in zip(part.cells, part.cell_first):
+        first_of[d] = min(first_of.get(d, row), row)
+    domains = sorted(first_of, key=first_of.__getitem__)
+    dom_of_cell = np.asarray([domains.index(d) for d, _ in part.cells], dtype=np.uint32)
+    by_domain = part.lengths.select(
+        pl.Series("_d", dom_of_cell[part.lengths["cell"].to_numpy()], dtype=pl.UInt32),
+        "prompt_chars", "response_chars")
     length_by_domain = {}
     for d in [*dom_axis, OTHER]:
-        sub = cell_key.filter(pl.col("_d") == d)
+        sub = by_domain.filter(pl.col("_d") == domains.index(d)) if d in domains else by_domain.head(0)
         if sub.height:
             length_by_domain[d] = {"rows": sub.height, "prompt_chars": _quantiles(sub["prompt_chars"]),
                                    "response_chars": _quantiles(sub["response_chars"])}
 
-    on_rows = n - off_rows.height
+    on_rows = n - part.off_rows
     warnings = []
     if resolve_model_name(model_name) == "hashing" and any(
             axes[a]["by_method"].get("embedding") for a in AXES):
         warnings.append("rows assigned by the 'hashing' embedder were matched by word overlap with the "
                         "objectives' descriptions, not by meaning: use a real embedding model "
                         "(all-MiniLM-L6-v2) before trusting those assignments")
+    overall = _distance_from_sums(*part.overall_sums, n) if measured and part.overall_sums else None
     return {
         "dataset": dataset, "rows": n, "objectives": obj.to_dict(), "warnings": warnings,
         "model": resolve_model_name(model_name), "floor": obj.floor, "scope": obj.scope,
@@ -524,28 +724,23 @@ def coverage_report(df: pl.DataFrame, objectives: Objectives | dict | str | Path
         "domains": list(dom_axis), "tasks": list(task_axis),
         "cells": cells,
         "gaps": gaps,
-        "off_objective": {"rows": off_rows.height, "share": round(off_rows.height / n, 4) if n else None,
+        "off_objective": {"rows": part.off_rows, "share": round(part.off_rows / n, 4) if n else None,
                           "by_reason": reasons, "examples": off_examples},
         "lengths": {"by_domain": length_by_domain,
-                    "overall": {"prompt_chars": _quantiles(lengths["prompt_chars"]),
-                                "response_chars": _quantiles(lengths["response_chars"])}},
-        "diversity": {"measured": vectors is not None, "overall": _overall_diversity(vectors)},
-        "length_histograms": _histograms(cell_key),
+                    "overall": {"prompt_chars": _quantiles(part.lengths["prompt_chars"]),
+                                "response_chars": _quantiles(part.lengths["response_chars"])}},
+        "diversity": {"measured": measured, "overall": None if overall is None else round(overall, 4)},
+        "length_histograms": _histograms(by_domain, domains),
     }
 
 
-def _overall_diversity(vectors: np.ndarray | None) -> float | None:
-    if vectors is None or len(vectors) < 2:
-        return None
-    return round(mean_pairwise_distance(vectors), 4)
-
-
-def _histograms(cell_key: pl.DataFrame, bins: int = 24) -> dict[str, Any]:
+def _histograms(by_domain: pl.DataFrame, domains: list[str], bins: int = 24) -> dict[str, Any]:
     """Log-spaced histograms of prompt and response length per domain (shared edges,
-    so the HTML can overlay them)."""
+    so the HTML can overlay them). ``by_domain``: per row, ``_d`` (an index
+    into ``domains``, which are in the order of their first rows) and the lengths."""
     out: dict[str, Any] = {}
     for col in ("prompt_chars", "response_chars"):
-        s = cell_key[col]
+        s = by_domain[col]
         if s.len() == 0:
             continue
         positive = s.filter(s > 0)
@@ -555,8 +750,8 @@ def _histograms(cell_key: pl.DataFrame, bins: int = 24) -> dict[str, Any]:
         edges = np.unique(np.round(np.geomspace(lo, hi, bins + 1)))
         edges = np.concatenate([[0.0], edges]) if lo > 0 else edges
         per = {}
-        for d in cell_key["_d"].unique(maintain_order=True).to_list():
-            vals = cell_key.filter(pl.col("_d") == d)[col].to_numpy()
+        for i, d in enumerate(domains):
+            vals = by_domain.filter(pl.col("_d") == i)[col].to_numpy()
             per[d] = np.histogram(vals, bins=edges)[0].tolist()
         out[col] = {"edges": edges.tolist(), "counts": per}
     return out
@@ -752,5 +947,6 @@ def write_html(report: dict[str, Any], path: str | Path) -> Path:
 
 
 __all__ = ["Objectives", "ObjectiveValue", "load_objectives", "parse_objectives", "assign_rows",
-           "coverage_report", "mean_pairwise_distance", "render_terminal", "write_html",
+           "coverage_report", "CoveragePartial", "coverage_partial", "merge_partials", "report_from_partial",
+           "cell_diversity", "mean_pairwise_distance", "render_terminal", "write_html",
            "UNASSIGNED", "AXES"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bakeoff.context import get_workspace, json_option
+from bakeoff.executor import executor_options, resolve_executor
 
 
 @click.command("coverage")
@@ -21,20 +22,23 @@ from bakeoff.context import get_workspace, json_option
               help="Cosine under which a row stays unassigned (overrides the objectives' embedding_floor).")
 @click.option("--no-diversity", is_flag=True,
               help="Skip per-cell diversity: only rows the labels and keywords miss are embedded.")
+@executor_options
 @json_option
 def command(ref: str, objectives_path: str, html_path: str | None, model: str | None, floor: float | None,
-            no_diversity: bool, as_json: bool) -> None:
+            no_diversity: bool, executor_kind: str | None, ray_address: str | None, as_json: bool) -> None:
     """Measure a version against the training objective: domain x task counts,
     gaps under their minimum, off-objective rows, diversity, lengths.
 
     Rows are assigned per axis from their labels, else keywords, else embedding
     similarity to each value's description and examples ('unassigned' under
-    the floor). Writes no version.
+    the floor). Writes no version. With --executor ray the rows stay on the
+    Ray workers (a partial report per block, merged here): the same report.
 
     \b
     Examples:
       bakeoff curate coverage fin-train@v1 --objectives objectives.yaml
       bakeoff curate coverage pool --objectives curate/demo_objectives.yaml --html coverage.html --json
+      bakeoff curate coverage fin-train@v1 --objectives objectives.yaml --executor ray
     """
     from bakeoff.console import emit, log
     from bakeoff.curate.coverage import coverage_report, load_objectives, render_terminal, write_html
@@ -44,8 +48,16 @@ def command(ref: str, objectives_path: str, html_path: str | None, model: str | 
     objectives = load_objectives(objectives_path)
     if floor is not None:
         objectives.floor = floor
-    report = coverage_report(ws.load(version), objectives, ws, model=model, diversity=not no_diversity,
-                             dataset=version.ref)
+    executor = resolve_executor(executor_kind, ray_address=ray_address)
+    options = {"model": model, "diversity": not no_diversity, "dataset": version.ref}
+    if executor.is_ray:
+        from .on_ray.coverage import coverage_on_ray
+        from .on_ray.rows import RowSource
+
+        report = coverage_on_ray(RowSource([ws.version_dir(version) / "rows.parquet"]), objectives, executor,
+                                 **options)
+    else:
+        report = coverage_report(ws.load(version), objectives, ws, **options)
     if html_path:
         path = write_html(report, html_path)
         report["html"] = str(path)

@@ -137,23 +137,26 @@ def _semantic_on_ray(cfg: Any, source: Any, ws: Workspace, executor: Executor, s
     return semantic_dedup_on_ray(source.dataset(ray), source.n, cfg, executor, ws=ws)
 
 
-#: The columns the coverage report reads (on Ray it collects just these).
-COVERAGE_COLUMNS = ["id", "kind", "messages", "chosen", "rejected", "domain", "doctype", "task"]
-
-
 def _coverage_on_ray(cfg: dict[str, Any], source: Any, ws: Workspace, executor: Executor,
                      scratch: Path) -> dict[str, Any]:
     from bakeoff.curate import coverage
+    from bakeoff.curate.on_ray.coverage import coverage_on_ray
 
-    columns = [c for c in COVERAGE_COLUMNS if c in source.columns]
-    df = pl.concat([pl.read_parquet(p, columns=columns) for p in source.paths])
-    return _run_coverage(coverage, df, cfg, ws)
+    # the rows stay on the workers: a partial report per block, merged here
+    report = coverage_on_ray(source, cfg["objectives"], executor, **_coverage_options(cfg))
+    return _with_html(coverage, report, cfg)
 
 
 def _run_coverage(mod: Any, df: pl.DataFrame, cfg: dict[str, Any], ws: Workspace,
                   executor: Executor | None = None) -> dict[str, Any]:
-    kwargs = {k: cfg[k] for k in ("model", "diversity", "examples") if k in cfg}
-    report = mod.coverage_report(df, cfg["objectives"], ws=ws, **kwargs)
+    return _with_html(mod, mod.coverage_report(df, cfg["objectives"], ws=ws, **_coverage_options(cfg)), cfg)
+
+
+def _coverage_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: cfg[k] for k in ("model", "diversity", "examples") if k in cfg}
+
+
+def _with_html(mod: Any, report: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.get("html"):
         report["html"] = str(mod.write_html(report, cfg["html"]))
     return report
