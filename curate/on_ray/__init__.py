@@ -138,12 +138,12 @@ class RayStepOutput:
 
     ``removed``: the ``_row`` numbers the step removes (int64, ascending).
     ``ledger``: one row per removed row (``LEDGER_SCHEMA``), as the local step
-    writes it: in memory, or a LazyFrame over files the step spilled. ``rewritten``: ``_row`` plus the core columns (new ``id``
-    included) of rows whose content the step changed (a filter's repair or
-    redaction: the hit rows only), or None. ``report``: the local step's report.
-    ``transform``: what the driver applies to every batch of kept rows (with
-    ``_row``) as it writes them, or None (the filter step's flag tags: a
-    change to many rows that needs no text)."""
+    writes it: in memory, or a LazyFrame over files the step spilled.
+    ``rewritten``: ``_row`` plus the core columns (new ``id`` included) of rows
+    whose content the step changed (a filter's repair or redaction), or None.
+    ``report``: the local step's report. ``transform``: what the driver applies
+    to every batch of kept rows (with ``_row``) as it writes them, or None (the
+    filter step's flag tags: a change to many rows that needs no text)."""
 
     removed: np.ndarray
     ledger: pl.DataFrame | pl.LazyFrame

@@ -54,9 +54,9 @@ def _filter_block(block: pa.Table, config: Any) -> dict[str, Any]:
     changed = pl.any_horizontal([kept[c].ne_missing(before[c]) for c in _CONTENT])
     retagged = ~changed & kept["tags"].ne_missing(before["tags"])
     removed = rows.join(kept.select("_row"), on="_row", how="anti", maintain_order="left")["_row"]
-    return {"removed": removed.to_numpy(), "ledger": out.ledger.to_arrow(),
-            "rewritten": kept.filter(changed).to_arrow(), "tags": kept.filter(retagged).select("_row", "tags").to_arrow(),
-            "report": out.report}
+    return {"removed": removed.to_numpy(), "ledger": out.ledger.to_arrow(), "report": out.report,
+            "rewritten": kept.filter(changed).to_arrow(),
+            "tags": kept.filter(retagged).select("_row", "tags").to_arrow()}
 
 
 def _ids_like(block: pa.Table, bases: list[str]) -> pa.Table:
