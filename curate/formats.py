@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import json
-import re
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from bakeoff.schema import META_FIELDS
 from bakeoff.workspace import BakeoffError
@@ -101,17 +101,40 @@ def key_stats(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int]]:
     return n, stats
 
 
+#: A record whose text matches this may have an empty key name somewhere (an
+#: empty string followed by a colon is a key); ``split_bad_keys`` settles it.
+EMPTY_KEY_PATTERN = r'""\s*:'
+
+
+def text_matches(records: pa.Table, pattern: str) -> pa.ChunkedArray:
+    """Whether each record's text (``records.raw``) matches the regex
+    ``pattern``, chunked like ``records`` (so it joins the table as a column
+    without a copy). For a pattern without a rare literal to look for (the
+    fast tier's suspect test), polars' regex engine (Rust ``regex``) scans
+    record text ~2x faster than DuckDB's RE2: 0.3 s against 0.6 s of CPU per
+    million chat rows. (``\\s`` differs between the two only in characters
+    that valid JSON, as record text is, has nowhere between tokens.)"""
+    raw = records.column("raw")
+    hits = pl.from_arrow(raw).str.contains(pattern).fill_null(False).to_arrow()  # type: ignore[union-attr]
+    chunks, start = [], 0
+    for chunk in raw.chunks:
+        chunks.append(hits.slice(start, len(chunk)))
+        start += len(chunk)
+    return pa.chunked_array(chunks, type=pa.bool_())
+
+
 def key_census(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int], int]:
     """``key_stats`` plus how many records have a duplicated or empty top-level
     key (then ``split_bad_keys`` names them), or may have an empty key in a
-    nested object (a cheap text test; settled exactly there). One parse per
-    record: the records are grouped by their key list (most records of a file
-    share a handful of lists), and the keys are counted over the groups."""
+    nested object (a text test, ``EMPTY_KEY_PATTERN``; settled exactly there).
+    One parse per record: the records are grouped by their key list (most
+    records of a file share a handful of lists), and the keys are counted over
+    the groups."""
     # An empty key name (at the top or in meta) cannot be addressed by a JSON
-    # path: a record where one may be (``"":``) counts as bad too.
-    rows = con.execute("""
-        WITH g AS MATERIALIZED (SELECT json_keys(raw) AS ks,
-                                       contains(raw, '""') AND regexp_matches(raw, '""\\s*:') AS empty,
+    # path: a record where one may be counts as bad too. (RE2 finds the rare
+    # literal '""' itself: a contains() in front of it cost 2x the regex.)
+    rows = con.execute(f"""
+        WITH g AS MATERIALIZED (SELECT json_keys(raw) AS ks, regexp_matches(raw, {_lit(EMPTY_KEY_PATTERN)}) AS empty,
                                        count(*) AS c FROM recs GROUP BY ks, empty)
         SELECT 'key', k, sum(c) FROM (SELECT unnest(list_distinct(ks)) AS k, c FROM g) GROUP BY k
         UNION ALL SELECT 'n', NULL, sum(c) FROM g
@@ -458,7 +481,26 @@ class _Query:
 
 # --- conversion ----------------------------------------------------------------------------
 
-def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | None:
+def _regex_literal(text: str) -> str:
+    """``text`` as a regex matching itself, in the syntax DuckDB's RE2 and
+    polars' Rust regex share (``\\x{..}`` for every ASCII character but letters,
+    digits and ``_``)."""
+    return "".join(c if c.isalnum() or c == "_" or ord(c) > 127 else f"\\x{{{ord(c):02x}}}" for c in text)
+
+
+def suspect_pattern(keys: set[str]) -> str:
+    """A regex matching record text where one of ``keys`` has a value that is
+    not a string or null (valid JSON: after the colon, only JSON whitespace)."""
+    alternatives = "|".join(_regex_literal(k) for k in sorted(keys))
+    return '"(?:' + alternatives + r')"\s*:\s*[^"\sn]'
+
+
+def fast_suspect_pattern(plan: Plan) -> str | None:
+    """The fast tier's suspect regex for ``plan`` (None: it has none)."""
+    return _build_query(plan, fast=True)[1]
+
+
+def build_query(plan: Plan, fast: bool = False, source: str = "recs", sus_column: str | None = None) -> str | None:
     """The extraction SQL for ``plan`` over table ``source``. Result columns:
     source_line, raw, reason, kind, messages, chosen, rejected, domain, doctype,
     task, tags, extra.
@@ -466,9 +508,17 @@ def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | N
     ``fast``: the common-case query (one typed parse per record). Its reason is
     only "accept or not": rows it does not accept go through the exact query,
     which names the precise reason. None if the plan has no fast form (nested
-    --map columns)."""
+    --map columns). ``sus_column``: a boolean column of ``source`` holding the
+    fast tier's suspect test (``fast_suspect_pattern``), computed outside
+    DuckDB; None: the query runs the regex itself."""
+    return _build_query(plan, fast, source, sus_column)[0]
+
+
+def _build_query(plan: Plan, fast: bool = False, source: str = "recs",
+                 sus_column: str | None = None) -> tuple[str | None, str | None]:
+    """``build_query`` and the fast tier's suspect regex (None when unused)."""
     if fast and any("." in c for c in plan.columns.values()):
-        return None
+        return None, None
     q = _Query(plan, fast)
     fmt = plan.fmt
     chosen_sql = rejected_sql = _NULL_MSGS
@@ -598,12 +648,11 @@ def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | N
     schema = _lit(json.dumps({k: q.typed.get(k, "JSON") for k in q.top}))
     checks = list(q.checks)
     sus = "false"
-    if fast and q.suspect_keys:
+    pattern = suspect_pattern(q.suspect_keys) if fast and q.suspect_keys else None
+    if pattern is not None:
         # A string-typed key whose value is not a string (number, bool, list,
         # object) would be coerced by the typed parse: such rows take the exact path.
-        keys = "|".join(re.escape(k) for k in sorted(q.suspect_keys))
-        pattern = '"(?:' + keys + r')"\s*:\s*[^"\sn]'
-        sus = f"regexp_matches(raw, {_lit(pattern)})"
+        sus = sus_column and _ident(sus_column) or f"regexp_matches(raw, {_lit(pattern)})"
         checks.insert(0, ("sus", "'suspect'"))
     if fast:
         checks += [(f"NOT coalesce({ok}, false)", "'not accepted by the fast tier'") for ok in q.fast_ok]
@@ -632,23 +681,34 @@ def build_query(plan: Plan, fast: bool = False, source: str = "recs") -> str | N
            {labels['tags']} AS tags,
            CASE WHEN reason IS NULL THEN {extra_sql} END AS extra
     FROM r
-    """
+    """, pattern
 
 
-def convert(con: duckdb.DuckDBPyConnection, plan: Plan) -> tuple[pl.DataFrame, pl.DataFrame]:
+def convert(con: duckdb.DuckDBPyConnection, plan: Plan,
+            records: pa.Table | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(rows without ids, rejected records with reason) for table ``recs``.
 
     Two tiers: the fast query accepts the clean majority with one typed parse per
     record; the records it does not accept (bad or merely unusual, e.g. a
     non-string value somewhere under a checked key) are re-run through the exact
     query, which decides and names the reason. Both share the checks, so a record
-    the fast tier accepts is one the exact tier would accept."""
+    the fast tier accepts is one the exact tier would accept. ``records``: the
+    Arrow table registered as ``recs``; given, the fast tier's suspect regex
+    runs in polars (``text_matches``: ~0.3 s of CPU less per million rows)."""
     install_macros(con)
-    fast_sql = build_query(plan, fast=True)
+    pattern = fast_suspect_pattern(plan) if records is not None else None
+    if pattern is not None:
+        con.register("recs_sus", records.select(["source_line", "raw"]).append_column(  # type: ignore[union-attr]
+            "sus", text_matches(records, pattern)))  # type: ignore[arg-type]
+        fast_sql = build_query(plan, fast=True, source="recs_sus", sus_column="sus")
+    else:
+        fast_sql = build_query(plan, fast=True)
     if fast_sql is None:
         out = con.sql(build_query(plan)).pl()
     else:
         first = con.sql(fast_sql).pl()
+        if pattern is not None:
+            con.unregister("recs_sus")
         # The records to judge again, with their text: the fast tier keeps it for
         # the rows it did not accept (not looked up by line: records of a JSON
         # array can share a line).
