@@ -481,17 +481,34 @@ class _Query:
 
 # --- conversion ----------------------------------------------------------------------------
 
-def _regex_literal(text: str) -> str:
-    """``text`` as a regex matching itself, in the syntax DuckDB's RE2 and
-    polars' Rust regex share (``\\x{..}`` for every ASCII character but letters,
-    digits and ``_``)."""
-    return "".join(c if c.isalnum() or c == "_" or ord(c) > 127 else f"\\x{{{ord(c):02x}}}" for c in text)
+def _key_regex(key: str) -> str:
+    """A regex for ``key`` as it may be written in JSON text: ``"`` and ``\\``
+    and control characters escaped, other characters as themselves or, beyond
+    ASCII, as ``\\uXXXX`` (what ``ensure_ascii`` writers produce); in the
+    syntax DuckDB's RE2 and polars' Rust regex share (``\\x{..}`` for every
+    ASCII character but letters, digits and ``_``)."""
+    def lit(text: str) -> str:
+        return "".join(c if c.isalnum() and c.isascii() or c == "_" else f"\\x{{{ord(c):02x}}}" for c in text)
+
+    def hex4(text: str) -> str:  # \\uXXXX, hex digits in either case
+        return "".join(f"[{d.lower()}{d.upper()}]" if d.isalpha() else d for d in text)
+
+    out = []
+    for c in key:
+        plain = json.dumps(c, ensure_ascii=False)[1:-1]  # the char, or its short escape
+        if ord(c) < 128:
+            out.append(lit(plain))
+        else:  # the char itself (its UTF-8 bytes) or \\uXXXX (a surrogate pair beyond the BMP)
+            escaped = json.dumps(c)[1:-1]
+            out.append(f"(?:{c}|" + "".join(lit("\\u") + hex4(u) for u in escaped.split("\\u")[1:]) + ")")
+    return "".join(out)
 
 
 def suspect_pattern(keys: set[str]) -> str:
     """A regex matching record text where one of ``keys`` has a value that is
-    not a string or null (valid JSON: after the colon, only JSON whitespace)."""
-    alternatives = "|".join(_regex_literal(k) for k in sorted(keys))
+    not a string or null (valid JSON: after the colon, only whitespace, then
+    the value)."""
+    alternatives = "|".join(_key_regex(k) for k in sorted(keys))
     return '"(?:' + alternatives + r')"\s*:\s*[^"\sn]'
 
 
