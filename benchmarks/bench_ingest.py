@@ -189,8 +189,6 @@ def main() -> None:
     if args.gz_mb:
         return gz_run(args.gz_mb, args.bad)
 
-    import duckdb
-
     from bakeoff.curate import formats, readers
     from bakeoff.schema import conform, with_ids, version_digest
     from bakeoff.workspace import _write_rows_parquet
@@ -252,12 +250,12 @@ def main() -> None:
 
         recs = readers.read_records(src)
         lap("read + split + JSON validity")
-        con = duckdb.connect()
+        con = readers.connect()  # as ingest has it (one DuckDB thread)
         con.register("recs", recs.table)
         n, stats = formats.key_stats(con)
         plan = formats.plan_for(con, formats.detect(str(src), {}, n, stats), {}, n, stats)
         lap("detect (key statistics)")
-        good, _ = formats.convert(con, plan)
+        good, _ = formats.convert(con, plan, recs.table)
         lap("validate + convert (DuckDB)")
         con.close()
         rows = with_ids(conform(good))

@@ -198,14 +198,17 @@ def _convert_batches(source: str, path: Path, fmt: str, mapping: dict[str, str]
     batches = _prefetch(readers.iter_records(source), name="ingest-read")
     try:
         for recs in batches:
-            con.register("recs", recs.table)
+            table = recs.table
+            con.register("recs", table)
             n, stats, n_dup = formats.key_census(con)
-            dup_q = table = None
+            dup_q = None
             if n_dup:
-                dup_q, table = formats.split_bad_keys(con, mapping.get("meta", "meta"))
+                dup_q, rest = formats.split_bad_keys(con, mapping.get("meta", "meta"))
                 if dup_q.height:
+                    table = rest
                     con.register("recs", table)
                     n -= dup_q.height
+                del rest
                 dup_q = dup_q.select(pl.lit(source).alias("source_file"), "source_line", "reason",
                                      pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT))
             if plan is None and n:
@@ -214,7 +217,7 @@ def _convert_batches(source: str, path: Path, fmt: str, mapping: dict[str, str]
                 file_fmt = formats.detect(str(path), mapping, n, stats) if fmt == "auto" else fmt
                 plan = formats.plan_for(con, file_fmt, mapping, n, stats)
             if n:
-                good, rejected = formats.convert(con, replace(plan, keys=sorted(stats)))
+                good, rejected = formats.convert(con, replace(plan, keys=sorted(stats)), table)
             else:
                 good, rejected = pl.DataFrame(), pl.DataFrame(
                     schema={"source_line": pl.Int64, "reason": pl.String, "raw": pl.String})
