@@ -277,6 +277,7 @@ def _no_full_load(monkeypatch, batch: int) -> dict[str, int]:
     monkeypatch.setattr(ray_rows.RowSource, "iter_frames", counting_frames)
     monkeypatch.setattr(ray_rows, "WRITE_BATCH", batch)
     monkeypatch.setattr(ray_minhash, "LEDGER_CHUNK", 7)  # the dedup ledger built and spilled in chunks
+    monkeypatch.setattr(ray_filters, "ROWS_PER_BLOCK", 61)  # filter blocks whose reports are merged
     return seen
 
 

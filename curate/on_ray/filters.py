@@ -75,7 +75,7 @@ def block_outputs(ray: Any, refs: list[Any]) -> Iterator[dict[str, Any]]:
 
 
 def filter_on_ray(source: RowSource, config: Any, executor: Executor,
-                  rows_per_block: int = ROWS_PER_BLOCK) -> RayStepOutput:
+                  rows_per_block: int | None = None) -> RayStepOutput:
     """The filter step (:func:`bakeoff.curate.filters.filter_rows`) over the
     rows of ``source``, run per block on Ray: the local step's ledger, report,
     rewritten rows and flag tags."""
@@ -85,7 +85,7 @@ def filter_on_ray(source: RowSource, config: Any, executor: Executor,
     removed, ledgers, rewritten, tags, reports = [], [], [], [], []
     with ray_session(executor) as ray:
         use_task_shuffle(ray)  # (for its quiet Ray Data logs: the id pass below is a dataset)
-        refs, _ = source.blocks(ray, _filter_block, {"config": config}, per=rows_per_block)
+        refs, _ = source.blocks(ray, _filter_block, {"config": config}, per=rows_per_block or ROWS_PER_BLOCK)
         for out in block_outputs(ray, refs):
             removed.append(out["removed"])
             for parts, key in ((ledgers, "ledger"), (rewritten, "rewritten"), (tags, "tags")):
