@@ -250,7 +250,7 @@ def main() -> None:
 
         recs = readers.read_records(src)
         lap("read + split + JSON validity")
-        con = readers.connect()  # as ingest has it (one DuckDB thread)
+        con = readers.connect()  # as ingest has it
         con.register("recs", recs.table)
         n, stats = formats.key_stats(con)
         plan = formats.plan_for(con, formats.detect(str(src), {}, n, stats), {}, n, stats)

@@ -696,7 +696,7 @@ def _build_query(plan: Plan, fast: bool = False, source: str = "recs",
     if pattern is not None:
         # A string-typed key whose value is not a string (number, bool, list,
         # object) would be coerced by the typed parse: such rows take the exact path.
-        sus = sus_column and _ident(sus_column) or f"regexp_matches(raw, {_lit(pattern)})"
+        sus = _ident(sus_column) if sus_column else f"regexp_matches(raw, {_lit(pattern)})"
         checks.insert(0, ("sus", "'suspect'"))
     if fast:
         checks += [(f"NOT coalesce({ok}, false)", "'not accepted by the fast tier'") for ok in q.fast_ok]

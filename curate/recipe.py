@@ -435,12 +435,15 @@ def _run_recipe_on_ray(ws: Workspace, ref: str | Version, recipe: Recipe, interm
                     raise AssertionError(f"step {key}: {result.removed.size} rows removed, "
                                          f"{n_ledger} in its ledger")
                 run.reports[key] = run.pending_reports[key] = result.report
-                # The ledger goes to disk now, if the step has not spilled it (half the
+                # The ledger goes to disk now, unless the step spilled it already (half the
                 # rows of a 10M-row corpus can be duplicates: ~1 GB of ledger), read back
                 # streaming at the commit.
-                ledger_path = scratch / f"ledger{i + 1}.parquet"
-                _ledger_of(result.ledger.lazy()).sink_parquet(ledger_path)
-                ledger = pl.scan_parquet(ledger_path)
+                if isinstance(result.ledger, pl.LazyFrame):
+                    ledger = _ledger_of(result.ledger)
+                else:
+                    ledger_path = scratch / f"ledger{i + 1}.parquet"
+                    _ledger_of(result.ledger).write_parquet(ledger_path)
+                    ledger = pl.scan_parquet(ledger_path)
                 entry = _step_entry(step.kind.name, rows_in, rows_in - n_ledger, ledger, result.report)
                 run.ledgers.append(ledger)
                 run.pending_ledger.append(ledger)

@@ -27,6 +27,7 @@ import polars as pl
 import pyarrow as pa
 
 from bakeoff.executor import Executor, ray_session
+from bakeoff.workspace import new_ledger
 
 from . import ROWS_PER_BLOCK, RayStepOutput, maybe_die, use_task_shuffle, wait_with_progress
 from .rows import RowSource
@@ -100,7 +101,7 @@ def filter_on_ray(source: RowSource, config: Any, executor: Executor,
                           else pl.from_arrow(source.schema.empty_table()).with_columns(
                               pl.lit(None, pl.Int64).alias("_row")))
         rewritten_rows = _number_rewritten(ray, source, rewritten_rows.select(*columns, "_row"))
-    ledger = pl.concat(ledgers, how="vertical_relaxed") if ledgers else _empty_ledger()
+    ledger = pl.concat(ledgers, how="vertical_relaxed") if ledgers else new_ledger()
     report = merge_filter_reports(reports, config.examples, time.perf_counter() - t0)
     flagging = any(c.enabled and c.action == "flag" for c in config.filters.values())
     return RayStepOutput(removed=np.sort(np.concatenate(removed)).astype(np.int64) if removed else
@@ -142,12 +143,6 @@ def _set_tags(new_tags: pl.DataFrame | None):
         joined = frame.join(new_tags.rename({"tags": "_tags"}), on="_row", how="left", maintain_order="left")
         return joined.with_columns(pl.coalesce("_tags", pl.col("tags").fill_null(empty)).alias("tags")).drop("_tags")
     return apply
-
-
-def _empty_ledger() -> pl.DataFrame:
-    from bakeoff.workspace import new_ledger
-
-    return new_ledger(row_id=pl.Series([], dtype=pl.String), stage=pl.Series([], dtype=pl.String))
 
 
 __all__ = ["filter_on_ray", "block_outputs"]
