@@ -15,16 +15,15 @@ import queue
 import re
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Generator, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 import polars as pl
 
 from bakeoff.console import escape, log, progress, warn
 from bakeoff.curate import formats, readers
-from bakeoff.reuse import file_digests
+from bakeoff.reuse import file_digest
 from bakeoff.schema import META_FIELDS, conform, with_ids
 from bakeoff.workspace import QUARANTINE_SCHEMA, BakeoffError, Version, Workspace, validate_name
 
@@ -114,21 +113,24 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
     reasons: Counter[str] = Counter()
     first_bad: dict[str, Any] | None = None
     nan_rows = 0
-    # The files' content digests (params, for reuse) are read alongside the ingest.
-    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-digest")
-    digests = hashing.submit(file_digests, files)
-    with hashing, ws.version_writer(name) as writer, progress() as bar:
+    # The files' content digests (params, for reuse), taken by the reader as it reads.
+    digests: dict[str, str] = {}
+    with ws.version_writer(name) as writer, progress() as bar:
         task = bar.add_task("ingest", total=len(files))
         for path in files:
             source = os.path.abspath(path)
             n_in = accepted = quarantined = 0
             plan = None
             file_type = readers.file_type_of(path)[0] if path.is_file() else "?"
-            # A pipeline of three threads, each one batch ahead of the next: reading
-            # (file, line split, JSON validity), converting (DuckDB, most of the
-            # work) and this one, numbering and writing. Most of the work releases
-            # the GIL, so on two cores the stages overlap instead of waiting.
-            for file_type, batch_in, good, q, plan in _prefetch(_convert_batches(source, path, fmt, mapping)):
+            # A pipeline of four threads, each one batch ahead of the next: reading
+            # (file, line split, JSON validity, key census), converting (DuckDB's
+            # fast tier, most of the work), judging (the exact tier, for the
+            # records the fast tier did not accept) and this one, numbering and
+            # writing. Most of the work releases the GIL, so on two cores the
+            # stages overlap instead of waiting.
+            batches = _convert_batches(source, path, fmt, mapping,
+                                       on_digest=lambda d, key=str(path): digests.update({key: d}))
+            for file_type, batch_in, good, q, plan in _prefetch(batches, name="ingest-judge"):
                 rows = conform(good.with_columns(pl.lit(source).alias("source_file")) if good.width
                                else pl.DataFrame())
                 rows, n_nan = _nan_to_null(rows)
@@ -176,7 +178,8 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
 
         params = {"paths": [str(p) for p in files], "format": fmt, "detected": detected,
                   "map": mapping, "meta": meta, "strict": strict,
-                  "file_digests": digests.result()}  # lets a re-run of the loop reuse this version
+                  # lets a re-run of the loop reuse this version
+                  "file_digests": [digests.get(str(p)) or file_digest(p) for p in files]}
         version = writer.commit(
             operation="ingest", params=params, parents=[],
             report={"files": per_file, "quarantine_reasons": reasons_by_count},
@@ -188,20 +191,52 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
                         detected=detected, files=per_file, reasons=reasons_by_count)
 
 
-def _convert_batches(source: str, path: Path, fmt: str, mapping: dict[str, str]
+def _convert_batches(source: str, path: Path, fmt: str, mapping: dict[str, str],
+                     on_digest: Callable[[str], None] | None = None,
                      ) -> Iterator[tuple[str, int, pl.DataFrame, pl.DataFrame, formats.Plan | None]]:
     """Each batch of one file as (file type, records in, converted rows without
-    ids, quarantine, the file's plan); the batch's text is dropped here. One
-    DuckDB connection serves every batch of the file."""
+    ids, quarantine, the file's plan). The records the fast tier did not accept
+    are judged here by the exact tier (``formats.exact_tier``, a DuckDB
+    connection of its own), while the fast tier works on the next batch."""
+    con = readers.connect(threads=1)
+    batches = _prefetch(_fast_batches(source, path, fmt, mapping, on_digest), name="ingest-convert")
+    try:
+        for file_type, rows_in, first, redo, quarantined, plan, batch_plan in batches:
+            if batch_plan is not None:
+                good, rejected = formats.exact_tier(con, batch_plan, first, redo)
+            else:
+                good, rejected = pl.DataFrame(), pl.DataFrame(
+                    schema={"source_line": pl.Int64, "reason": pl.String, "raw": pl.String})
+            q = pl.concat([
+                *quarantined,
+                rejected.select(pl.lit(source).alias("source_file"), "source_line", "reason",
+                                pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT)),
+            ], how="vertical_relaxed").cast(QUARANTINE_SCHEMA).sort("source_line")  # type: ignore[arg-type]
+            # Nothing disappears: every record of the batch is a row or a quarantine entry.
+            if rows_in != good.height + q.height:
+                raise AssertionError(f"{path}: {rows_in} records in != {good.height} accepted "
+                                     f"+ {q.height} quarantined")
+            yield file_type, rows_in, good, q, plan
+    finally:
+        batches.close()  # stops the converting thread now, not at garbage collection
+        con.close()
+
+
+def _fast_batches(source: str, path: Path, fmt: str, mapping: dict[str, str],
+                  on_digest: Callable[[str], None] | None = None) -> Iterator[tuple[
+        str, int, pl.DataFrame, pl.DataFrame | None, list[pl.DataFrame], formats.Plan | None, formats.Plan | None]]:
+    """Each batch of one file through the fast tier: (file type, records in, the
+    rows it accepted, the records to judge again, the quarantine so far, the
+    file's plan, the batch's plan: None for a batch without records). The
+    batch's text is dropped here. One DuckDB connection serves every batch."""
     plan = None
     con = readers.connect()
-    batches = _prefetch(readers.iter_records(source), name="ingest-read")
+    batches = _prefetch(_with_census(readers.iter_records(source, on_digest=on_digest)), name="ingest-read")
     try:
-        for recs in batches:
+        for recs, (n, stats, n_dup) in batches:
             table = recs.table
             con.register("recs", table)
-            n, stats, n_dup = formats.key_census(con)
-            dup_q = None
+            quarantined = [recs.quarantine]
             if n_dup:
                 dup_q, rest = formats.split_bad_keys(con, mapping.get("meta", "meta"))
                 if dup_q.height:
@@ -209,34 +244,44 @@ def _convert_batches(source: str, path: Path, fmt: str, mapping: dict[str, str]
                     con.register("recs", table)
                     n -= dup_q.height
                 del rest
-                dup_q = dup_q.select(pl.lit(source).alias("source_file"), "source_line", "reason",
-                                     pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT))
+                quarantined.append(dup_q.select(
+                    pl.lit(source).alias("source_file"), "source_line", "reason",
+                    pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT)))
             if plan is None and n:
                 # The format is decided on the first batch with records
                 # (BATCH_BYTES of input); later batches only add their keys.
                 file_fmt = formats.detect(str(path), mapping, n, stats) if fmt == "auto" else fmt
                 plan = formats.plan_for(con, file_fmt, mapping, n, stats)
-            if n:
-                good, rejected = formats.convert(con, replace(plan, keys=sorted(stats)), table)
-            else:
-                good, rejected = pl.DataFrame(), pl.DataFrame(
-                    schema={"source_line": pl.Int64, "reason": pl.String, "raw": pl.String})
+            batch_plan = replace(plan, keys=sorted(stats)) if n else None  # type: ignore[arg-type]
+            first, redo = (formats.fast_tier(con, batch_plan, table) if batch_plan is not None
+                           else (pl.DataFrame(), None))
             con.unregister("recs")  # the batch's Arrow table is not kept alive
-            q = pl.concat([
-                recs.quarantine,
-                *([dup_q] if dup_q is not None else []),
-                rejected.select(pl.lit(source).alias("source_file"), "source_line", "reason",
-                                pl.col("raw").str.strip_chars_end("\r\n").str.slice(0, readers.RAW_LIMIT)),
-            ], how="vertical_relaxed").cast(QUARANTINE_SCHEMA).sort("source_line")  # type: ignore[arg-type]
-            # Nothing disappears: every record of the batch is a row or a quarantine entry.
-            if recs.rows_in != good.height + q.height:
-                raise AssertionError(f"{path}: {recs.rows_in} records in != {good.height} accepted "
-                                     f"+ {q.height} quarantined")
             file_type, rows_in = recs.file_type, recs.rows_in
             del recs, table  # not held while this batch waits in the queue
-            yield file_type, rows_in, good, q, plan
+            yield file_type, rows_in, first, redo, quarantined, plan, batch_plan
     finally:
         batches.close()  # stops the reading thread now, not at garbage collection
+        con.close()
+
+
+Census = tuple[int, dict[str, int], int]  # formats.key_census: records, {key: records}, bad keys
+
+
+def _with_census(batches: Iterator[readers.Records]) -> Iterator[tuple[readers.Records, Census]]:
+    """Each batch with its key census (``formats.key_census``), taken in the
+    reading thread with a connection of its own: converting is the pipeline's
+    slowest stage, and the census was a sixth of its time."""
+    con = readers.connect(threads=1)
+    try:
+        for recs in batches:
+            con.register("recs", recs.table)
+            census = formats.key_census(con)
+            con.unregister("recs")
+            yield recs, census
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
         con.close()
 
 

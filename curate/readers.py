@@ -17,7 +17,9 @@ Every reader streams: ``iter_records`` yields the file in batches of about
 ``BATCH_BYTES`` of input (decompressed), so peak memory is bounded by the batch,
 not by the file (a gzip that expands to gigabytes is read a chunk at a time). A
 single record longer than ``MAX_RECORD_BYTES`` is quarantined, not buffered.
-Line numbers and the quarantine are exact across batches.
+Line numbers and the quarantine are exact across batches. The file's SHA-256
+(an ingest records it, for reuse) is taken from the same reads: a file is read
+once (``iter_records(on_digest=...)``).
 
 Supported: ``.jsonl``/``.ndjson``, ``.json`` (an array of objects, one object, or
 JSON Lines under a .json name), ``.csv``/``.tsv``, ``.parquet``, and ``.gz`` of
@@ -29,6 +31,7 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -36,7 +39,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import duckdb
 import numpy as np
@@ -127,14 +130,66 @@ def _empty_table() -> pa.Table:
     return _RECORDS_SCHEMA.empty_table()
 
 
-def _open(p: Path, gz: bool) -> BinaryIO:
-    return gzip.open(p, "rb") if gz else open(p, "rb")  # type: ignore[return-value]
+class _HashedFile(io.RawIOBase):
+    """A file read as raw bytes that feeds each byte it reads, once, to a
+    SHA-256: the file's content digest (``reuse.file_digest``) comes from the
+    reads the reader makes anyway, instead of a second pass over the file (for
+    a file larger than the page cache, a second pass over the disk). A seek
+    back re-reads bytes already hashed, which are not hashed again."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._raw = io.FileIO(path, "rb")
+        self._sha = hashlib.sha256()
+        self._hashed = 0      # bytes of the file fed to the hash, from its start
+        self._skipped = False  # a seek forward left bytes out
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        position = self._raw.tell()
+        n = self._raw.readinto(buffer) or 0
+        if position > self._hashed:
+            self._skipped = True
+        elif position + n > self._hashed:
+            self._sha.update(memoryview(buffer)[self._hashed - position:n])
+            self._hashed = position + n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+    def hexdigest(self) -> str:
+        """The digest of the whole file, reading what the reader left unread."""
+        if self._skipped:
+            self._raw.seek(0)
+            return hashlib.file_digest(self._raw, "sha256").hexdigest()
+        self._raw.seek(self._hashed)
+        while chunk := self._raw.read(1 << 20):
+            self._sha.update(chunk)
+        return self._sha.hexdigest()
 
 
-def iter_records(path: str | Path, batch_bytes: int | None = None) -> Iterator[Records]:
+def iter_records(path: str | Path, batch_bytes: int | None = None,
+                 on_digest: Callable[[str], None] | None = None) -> Iterator[Records]:
     """Read one file as a stream of record batches (each a ``Records``). Raises
     BakeoffError (one line) if the file cannot be read at all; bad records
-    inside a readable file are quarantined with their line."""
+    inside a readable file are quarantined with their line. ``on_digest``:
+    called with the file's SHA-256 (hex) once it has been read."""
     batch_bytes = batch_bytes or BATCH_BYTES
     p = Path(path)
     name = str(p)
@@ -149,8 +204,11 @@ def iter_records(path: str | Path, batch_bytes: int | None = None) -> Iterator[R
         raise BakeoffError(f"{name}: cannot read file ({exc.strerror or exc})") from None
     ftype, gz = file_type_of(p, head)
     gz = gz or head[:2] == b"\x1f\x8b"
+    # Parquet is read by seeking about: its digest is a pass of its own.
+    hashed = _HashedFile(p) if on_digest is not None and ftype != "parquet" else None
     try:
-        with _open(p, gz) as fh:
+        with io.BufferedReader(hashed) if hashed else open(p, "rb") as raw, \
+                gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw as fh:
             if ftype == "jsonl":
                 batches = _iter_jsonl(name, fh, batch_bytes)
             elif ftype == "json":
@@ -163,6 +221,11 @@ def iter_records(path: str | Path, batch_bytes: int | None = None) -> Iterator[R
                 if isinstance(table, pl.DataFrame):
                     table = table.to_arrow()
                 yield Records(name, ftype, table, q)
+            if on_digest is not None and hashed is not None:
+                on_digest(hashed.hexdigest())
+            elif on_digest is not None:
+                raw.seek(0)
+                on_digest(hashlib.file_digest(raw, "sha256").hexdigest())
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise BakeoffError(f"{name}: not a readable gzip file ({exc})") from None
     except OSError as exc:
@@ -200,14 +263,17 @@ def _line_offsets(data: bytes) -> np.ndarray:
     return offsets
 
 
-def connect() -> duckdb.DuckDBPyConnection:
+def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection for ingest work. DuckDB's progress bar is
     off: it prints to stdout (even when stdout is not a terminal) on queries over
     ~2 s, which would corrupt ``--json`` output; bakeoff shows its own progress.
-    (DuckDB keeps its own thread count: one thread per query was tried, ~5 %
-    less CPU, but 5-10 % more wall time on 2 cores, side by side.)"""
+    ``threads``: a limit, for the ingest stages that run beside the converting
+    one (one thread each there: ~5 % less wall time, side by side; one thread
+    for every stage, the converting one included, cost 5-10 % more)."""
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
     return con
 
 
@@ -280,10 +346,11 @@ def _iter_jsonl(name: str, fh: BinaryIO, batch_bytes: int,
     carry = first      # an incomplete last line, finished by the next read
     start = True
     rewind = not isinstance(fh, gzip.GzipFile) and fh.seekable()
+    size = os.fstat(fh.fileno()).st_size if rewind else None
     con: duckdb.DuckDBPyConnection | None = None  # one for every batch of the file
     try:
         while True:
-            chunk = fh.read(batch_bytes)
+            chunk = fh.read(_read_size(batch_bytes, size, fh.tell()) if size is not None else batch_bytes)
             data = carry + chunk if carry else chunk
             carry = b""
             if chunk:
@@ -310,7 +377,7 @@ def _iter_jsonl(name: str, fh: BinaryIO, batch_bytes: int,
                 if start and bytes(data[:3]) == codecs.BOM_UTF8:
                     data = b"   " + data[3:]  # keep offsets; blanks are skipped like whitespace
                 start = False
-                con = con or connect()
+                con = con or connect(threads=1)  # beside the converting stage
                 table, q, n_lines = _read_jsonl(name, data, line0, con)
                 line0 += n_lines
                 yield table, q
@@ -319,6 +386,18 @@ def _iter_jsonl(name: str, fh: BinaryIO, batch_bytes: int,
     finally:
         if con is not None:
             con.close()
+
+
+def _read_size(batch_bytes: int, size: int, position: int) -> int:
+    """Bytes to read next from a file of ``size`` bytes: a batch, but the last two
+    batches' worth are read in halving steps down to an eighth of a batch. The
+    stages after reading (converting, writing) then finish the file a small batch
+    after the reader, not a whole one: ~0.3 s sooner per ingest, for ~4 more
+    batches."""
+    left = size - position
+    if left >= 2 * batch_bytes:
+        return batch_bytes
+    return max(batch_bytes // 8, left // 2 + 1)
 
 
 def _skip_line(fh: BinaryIO, batch_bytes: int) -> tuple[bytes, bool]:
@@ -652,6 +731,14 @@ def _iter_csv(name: str, fh: BinaryIO, sep: str, batch_bytes: int) -> Iterator[t
     the wrong number of fields or undecodable bytes is quarantined with its line
     and the rest is read. A missing cell is null (a missing field), like polars."""
     text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    try:
+        yield from _csv_batches(name, text, sep, batch_bytes)
+    finally:
+        text.detach()  # the file stays open for its owner (which may yet read it for its digest)
+
+
+def _csv_batches(name: str, text: io.TextIOWrapper, sep: str,
+                 batch_bytes: int) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
     csv.field_size_limit(MAX_RECORD_BYTES)
     reader = csv.reader(text, delimiter=sep)
     try:

@@ -102,8 +102,8 @@ def test_memory_is_bounded_by_a_few_batches(ws, tmp_path, monkeypatch):
     most = [0]
     real = readers.iter_records
 
-    def counted(path, batch_bytes=None):
-        for recs in real(path, batch_bytes):
+    def counted(path, batch_bytes=None, on_digest=None):
+        for recs in real(path, batch_bytes, on_digest):
             seen.append(weakref.ref(recs))
             most[0] = max(most[0], sum(r() is not None for r in seen))
             yield recs
@@ -246,3 +246,35 @@ def test_rows_parquet_options_name_every_leaf(tmp_path):
     assert dictionary == {"kind", "messages.list.element.role", "chosen.list.element.role",
                           "rejected.list.element.role", "domain", "doctype", "task", "tags.list.element", "source_file"}
     assert set(_rows_parquet_options(rows.to_arrow().schema)["compression"]) == set(leaves)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "jsonl.gz", "csv", "json", "parquet"])
+@pytest.mark.parametrize("batch_bytes", [None, 700])
+def test_the_file_digest_taken_while_reading_is_the_files_sha256(ws, tmp_path, monkeypatch, kind, batch_bytes):
+    """The reader feeds what it reads to the file's SHA-256 (no second pass over
+    the file): seeks back to a batch's unfinished line, gzip, a CSV's text
+    layer and Parquet's own pass all give ``reuse.file_digest``."""
+    import gzip
+
+    from bakeoff.reuse import file_digest
+
+    records = [{"instruction": f"question {i} " + "x" * (i % 37), "output": f"answer {i}"} for i in range(120)]
+    src = tmp_path / f"data.{kind}"
+    if kind == "jsonl":
+        src.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in records).encode() + b"\n{bad\n")
+    elif kind == "jsonl.gz":
+        with gzip.open(src, "wt") as fh:
+            fh.write("\n".join(json.dumps(r) for r in records) + "\n")
+    elif kind == "json":
+        src.write_text(json.dumps(records, indent=1))
+    else:
+        frame = pl.DataFrame(records)
+        frame.write_csv(src) if kind == "csv" else frame.write_parquet(src)
+    if batch_bytes:
+        monkeypatch.setattr(readers, "BATCH_BYTES", batch_bytes)
+    seen = []
+    for _ in readers.iter_records(src, on_digest=seen.append):
+        pass
+    assert seen == [file_digest(src)]
+    res = ingest(ws, [src], "digested")
+    assert res.version.params["file_digests"] == [file_digest(src)]
