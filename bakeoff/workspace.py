@@ -34,6 +34,8 @@ import shutil
 import threading
 import time
 import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -595,7 +597,6 @@ def _streamed_digest(rows_path: Path, spill: Path) -> tuple[str, bool]:
     core and the rows hashed batch by batch; a repeated id shows as two equal
     neighbours in that order, so finding one costs nothing extra."""
     import hashlib
-    import io
 
     import pyarrow.parquet as pq
 
@@ -608,22 +609,37 @@ def _streamed_digest(rows_path: Path, spill: Path) -> tuple[str, bool]:
         path = str(rows_path).replace("'", "''")
         reader = con.sql(f"SELECT {select} FROM read_parquet('{path}') ORDER BY id").to_arrow_reader(100_000)
         sha = hashlib.sha256()
-        buf = io.BytesIO()
         last: str | None = None
         repeated = False
-        for batch in reader:
-            frame = pl.from_arrow(batch)
-            if frame.height:
-                ids = frame["id"]
-                repeated = repeated or ids[0] == last or bool((ids.slice(1) == ids.slice(0, len(ids) - 1)).any())
-                last = ids[-1]
-            buf.seek(0)
-            buf.truncate()
-            frame.write_ndjson(buf)
-            sha.update(buf.getbuffer())
+        # Sorted batches are serialised by two threads (polars releases the GIL
+        # as it writes) and hashed in order, at most three waiting: the digest
+        # runs after the last batch, alone, so this is wall time saved (1M chat
+        # rows: 0.56 s against 0.66-0.79 s for one thread).
+        pending: deque[Future[memoryview]] = deque()
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="digest") as pool:
+            for batch in reader:
+                frame = pl.from_arrow(batch)
+                if frame.height:
+                    ids = frame["id"]
+                    repeated = repeated or ids[0] == last or bool((ids.slice(1) == ids.slice(0, len(ids) - 1)).any())
+                    last = ids[-1]
+                pending.append(pool.submit(_ndjson, frame))  # type: ignore[arg-type]
+                if len(pending) > 2:
+                    sha.update(pending.popleft().result())
+            while pending:
+                sha.update(pending.popleft().result())
         return sha.hexdigest(), repeated
     finally:
         con.close()
+
+
+def _ndjson(frame: pl.DataFrame) -> memoryview:
+    """``frame`` as NDJSON, the bytes straight from polars (no str round trip)."""
+    import io
+
+    buf = io.BytesIO()
+    frame.write_ndjson(buf)
+    return buf.getbuffer()
 
 
 def _renumber_repeats(rows_path: Path, spill: Path) -> None:
