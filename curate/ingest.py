@@ -125,19 +125,15 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
             # A pipeline of four threads, each one batch ahead of the next: reading
             # (file, line split, JSON validity, key census), converting (DuckDB's
             # fast tier, most of the work), judging (the exact tier, for the
-            # records the fast tier did not accept) and this one, numbering and
-            # writing. Most of the work releases the GIL, so on two cores the
-            # stages overlap instead of waiting.
+            # records the fast tier did not accept) with numbering (content ids),
+            # and this one, writing. Most of the work releases the GIL, so on two
+            # cores the stages overlap instead of waiting.
             batches = _convert_batches(source, path, fmt, mapping,
                                        on_digest=lambda d, key=str(path): digests.update({key: d}))
             for file_type, batch_in, good, q, plan in _prefetch(batches, name="ingest-judge"):
-                rows = conform(good.with_columns(pl.lit(source).alias("source_file")) if good.width
-                               else pl.DataFrame())
-                rows, n_nan = _nan_to_null(rows)
+                rows, n_nan = _nan_to_null(good)
                 nan_rows += n_nan
-                # ids numbered within the batch; content repeated in another batch is
-                # renumbered at commit (VersionWriter, renumber_repeats)
-                rows = with_ids(_stamp_meta(rows, meta))
+                rows = _stamp_meta(rows, meta)  # labels only: the content ids stay
                 writer.write_rows(rows)
                 writer.write_quarantine(q)
                 reasons.update(_reason_key(r) for r in q["reason"].to_list())
@@ -194,8 +190,8 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
 def _convert_batches(source: str, path: Path, fmt: str, mapping: dict[str, str],
                      on_digest: Callable[[str], None] | None = None,
                      ) -> Iterator[tuple[str, int, pl.DataFrame, pl.DataFrame, formats.Plan | None]]:
-    """Each batch of one file as (file type, records in, converted rows without
-    ids, quarantine, the file's plan). The records the fast tier did not accept
+    """Each batch of one file as (file type, records in, converted rows with their
+    content ids, quarantine, the file's plan). The records the fast tier did not accept
     are judged here by the exact tier (``formats.exact_tier``, a DuckDB
     connection of its own), while the fast tier works on the next batch."""
     con = readers.connect(threads=1)
@@ -216,7 +212,12 @@ def _convert_batches(source: str, path: Path, fmt: str, mapping: dict[str, str],
             if rows_in != good.height + q.height:
                 raise AssertionError(f"{path}: {rows_in} records in != {good.height} accepted "
                                      f"+ {q.height} quarantined")
-            yield file_type, rows_in, good, q, plan
+            # Content ids here rather than in the writing thread, which had the
+            # more work: numbered within the batch; content repeated in another
+            # batch is renumbered at commit (VersionWriter, renumber_repeats).
+            rows = with_ids(conform(good.with_columns(pl.lit(source).alias("source_file")) if good.width
+                                    else pl.DataFrame()))
+            yield file_type, rows_in, rows, q, plan
     finally:
         batches.close()  # stops the converting thread now, not at garbage collection
         con.close()
