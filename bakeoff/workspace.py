@@ -27,6 +27,7 @@ the writer dies, even on ``kill -9``).
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import re
@@ -635,8 +636,6 @@ def _streamed_digest(rows_path: Path, spill: Path) -> tuple[str, bool]:
 
 def _ndjson(frame: pl.DataFrame) -> memoryview:
     """``frame`` as NDJSON, the bytes straight from polars (no str round trip)."""
-    import io
-
     buf = io.BytesIO()
     frame.write_ndjson(buf)
     return buf.getbuffer()

@@ -23,7 +23,6 @@ import polars as pl
 
 from bakeoff.console import escape, log, progress, warn
 from bakeoff.curate import formats, readers
-from bakeoff.reuse import file_digest
 from bakeoff.schema import META_FIELDS, conform, with_ids
 from bakeoff.workspace import QUARANTINE_SCHEMA, BakeoffError, Version, Workspace, validate_name
 
@@ -175,7 +174,7 @@ def ingest(ws: Workspace, paths: Iterable[str | os.PathLike], name: str, fmt: st
         params = {"paths": [str(p) for p in files], "format": fmt, "detected": detected,
                   "map": mapping, "meta": meta, "strict": strict,
                   # lets a re-run of the loop reuse this version
-                  "file_digests": [digests.get(str(p)) or file_digest(p) for p in files]}
+                  "file_digests": [digests[str(p)] for p in files]}
         version = writer.commit(
             operation="ingest", params=params, parents=[],
             report={"files": per_file, "quarantine_reasons": reasons_by_count},

@@ -46,6 +46,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from bakeoff.reuse import file_digest
 from bakeoff.workspace import QUARANTINE_SCHEMA, BakeoffError
 
 #: Quarantined raw text is kept whole up to this many characters (a bad record can
@@ -139,6 +140,7 @@ class _HashedFile(io.RawIOBase):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
+        self._path = path
         self._raw = io.FileIO(path, "rb")
         self._sha = hashlib.sha256()
         self._hashed = 0      # bytes of the file fed to the hash, from its start
@@ -176,8 +178,7 @@ class _HashedFile(io.RawIOBase):
     def hexdigest(self) -> str:
         """The digest of the whole file, reading what the reader left unread."""
         if self._skipped:
-            self._raw.seek(0)
-            return hashlib.file_digest(self._raw, "sha256").hexdigest()
+            return file_digest(self._path)
         self._raw.seek(self._hashed)
         while chunk := self._raw.read(1 << 20):
             self._sha.update(chunk)
@@ -221,11 +222,8 @@ def iter_records(path: str | Path, batch_bytes: int | None = None,
                 if isinstance(table, pl.DataFrame):
                     table = table.to_arrow()
                 yield Records(name, ftype, table, q)
-            if on_digest is not None and hashed is not None:
-                on_digest(hashed.hexdigest())
-            elif on_digest is not None:
-                raw.seek(0)
-                on_digest(hashlib.file_digest(raw, "sha256").hexdigest())
+            if on_digest is not None:
+                on_digest(hashed.hexdigest() if hashed is not None else file_digest(p))
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise BakeoffError(f"{name}: not a readable gzip file ({exc})") from None
     except OSError as exc:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bakeoff.curate.ingest import ingest
+from bakeoff.reuse import file_digest
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not DATA.exists():
@@ -66,3 +67,5 @@ def test_real_digests_are_pinned(ws, name):
     meta, digest = PINNED[name]
     res = ingest(ws, [need(name)], "pinned", meta=meta)
     assert res.version.digest == digest
+    # the file's SHA-256, taken from the reader's own reads (recorded for reuse)
+    assert res.version.params["file_digests"] == [file_digest(need(name))]
