@@ -2,6 +2,7 @@
 convert, content ids, atomic commit), against the target of 100k rows/s.
 
     .venv/bin/python benchmarks/bench_ingest.py [--rows 1000000] [--bad 0.001] [--gzip] [--no-phases]
+    .venv/bin/python benchmarks/bench_ingest.py --repeat 5 --against ../old/.venv/bin/python --no-phases
     .venv/bin/python benchmarks/bench_ingest.py --gz-mb 300
 
 Prints wall time, process CPU time and the machine's load (the shared 2-core
@@ -15,6 +16,13 @@ file in batches: its peak is bounded by the batch, polars holds the whole file).
 ``--gzip`` ingests a ``.jsonl.gz`` of the same rows. ``--gz-mb 300`` builds a
 300 MB ``.jsonl.gz`` (these rows compress ~11x: ~8M rows, ~3.2 GB of JSON) and
 prints the ingest's peak RSS alone (the bounded-memory check; no baseline).
+
+``--repeat N`` runs N rounds, each one ingest and one polars read in turn, and
+prints medians and every round's ratio: on a shared machine a neighbour slows
+one run, and the ratio within a round is what survives. ``--against PYTHON``
+adds, to every round, the ingest of the same file by another install of bakeoff
+(an older checkout's virtual environment, say): two versions compared side by
+side in one run, rather than against a figure taken on another day.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,9 +135,39 @@ def peak_rss_mb():
 """
 
 
-def child(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", PEAK + code, *args], check=True, capture_output=True, text=True)
+def child(code: str, *args: str, python: str = sys.executable) -> dict:
+    out = subprocess.run([python, "-c", PEAK + code, *args], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+OURS, POLARS_LABEL = "bakeoff data ingest", "polars.read_ndjson (good lines)"
+
+
+def print_side_by_side(runs: dict[str, list[dict]]) -> None:
+    """Medians of every contender's rounds, then this ingest's speed (rows/s)
+    against each other contender's within each round, and their median."""
+    def rate(r: dict, k: str = "wall") -> float:
+        return r.get("rows_in", r.get("rows", 0)) / r[k]
+
+    n = len(runs[OURS])
+    print(f"\n{'median of ' + str(n) + ' round(s)':40s} {'wall s':>8s} {'cpu s':>8s} {'rows/s (wall)':>14s} "
+          f"{'rows/CPU-s':>12s} {'peak RSS MB':>12s}")
+    for label, rs in runs.items():
+        if rs:
+            print(f"{label:40s} {statistics.median(r['wall'] for r in rs):8.2f} "
+                  f"{statistics.median(r['cpu'] for r in rs):8.2f} {statistics.median(rate(r) for r in rs):14,.0f} "
+                  f"{statistics.median(rate(r, 'cpu') for r in rs):12,.0f} "
+                  f"{statistics.median(r['peak_rss_mb'] for r in rs):12,.0f}")
+    for label, rs in runs.items():
+        if label == OURS or not rs:
+            continue
+        wall = [rate(o) / rate(x) for o, x in zip(runs[OURS], rs)]  # >1: this ingest is faster
+        cpu_ratio = [rate(o, "cpu") / rate(x, "cpu") for o, x in zip(runs[OURS], rs)]
+        peak = statistics.median(r["peak_rss_mb"] for r in runs[OURS]) / statistics.median(r["peak_rss_mb"] for r in rs)
+        print(f"ratio {OURS} / {label}: rows/s {statistics.median(wall):.2f}x "
+              f"(rounds: {', '.join(f'{r:.2f}' for r in wall)}), rows/CPU-s {statistics.median(cpu_ratio):.2f}x, "
+              f"peak RSS {peak:.2f}x")
+    print()
 
 
 def python_baseline(path: Path, limit: int) -> tuple[float, float]:
@@ -182,6 +221,9 @@ def main() -> None:
     ap.add_argument("--gzip", action="store_true", help="ingest a .jsonl.gz of the rows")
     ap.add_argument("--no-phases", action="store_true", help="skip the per-phase breakdown")
     ap.add_argument("--no-baseline", action="store_true", help="skip the polars baseline (ingest only)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of (ingest, polars), alternating; medians")
+    ap.add_argument("--against", metavar="PYTHON", default=None,
+                    help="also ingest with this interpreter's bakeoff (another version), in every round")
     ap.add_argument("--gz-mb", type=float, default=None,
                     help="ingest only a .jsonl.gz of this many MB (rows until it is that big; "
                          "300 MB is ~8M rows, ~3.2 GB decompressed) and print its peak RSS")
@@ -210,32 +252,35 @@ def main() -> None:
             print(f"gzipped: {src.stat().st_size / 1e6:.0f} MB", file=sys.stderr)
 
         load0 = os.getloadavg()[0]
-        ing = child(INGEST_CHILD, str(tmp / "ws"), str(src))
-        wall, cpu_s = ing["wall"], ing["cpu"]
+        ingesters = {OURS: sys.executable}
+        if args.against:
+            ingesters[f"ingest by {args.against}"] = args.against
+        runs: dict[str, list[dict]] = {label: [] for label in [*ingesters, POLARS_LABEL]}
+        for _ in range(args.repeat):
+            for label, python in ingesters.items():
+                shutil.rmtree(tmp / "ws", ignore_errors=True)
+                ing = child(INGEST_CHILD, str(tmp / "ws"), str(src), python=python)
+                assert ing["rows_in"] == args.rows == ing["accepted"] + ing["quarantined"], (label, ing)
+                runs[label].append(ing)
+            if not args.no_baseline:
+                runs[POLARS_LABEL].append(child(POLARS_CHILD, str(clean)))
         load1 = os.getloadavg()[0]
-        assert ing["rows_in"] == args.rows == ing["accepted"] + ing["quarantined"]
+        ing = runs[OURS][0]
         assert ing["quarantined"] == n_bad, (ing["quarantined"], n_bad)
-        if args.no_baseline:
+        wall, cpu_s = (statistics.median(r[k] for r in runs[OURS]) for k in ("wall", "cpu"))
+        if args.no_baseline and not args.against:
             print(f"ingest of {args.rows:,} rows ({src.name}, {src.stat().st_size / 1e6:.0f} MB): "
                   f"{wall:.1f} s wall, {cpu_s:.1f} s CPU, {args.rows / wall:,.0f} rows/s, "
                   f"peak RSS {ing['peak_rss_mb']:,.0f} MB")
             return
-        pol = child(POLARS_CHILD, str(clean))
-        pl_wall, pl_cpu, pl_rows = pol["wall"], pol["cpu"], pol["rows"]
-        rate, pl_rate = args.rows / wall, pl_rows / pl_wall
+        rate = args.rows / wall
         print(f"\n== ingest of {args.rows:,} JSONL rows{' (gzip)' if args.gzip else ''} "
               f"(messages format, {n_bad:,} quarantined) ==")
         print(f"wall {wall:8.2f} s   -> {rate:12,.0f} rows/s   target {TARGET:,} rows/s   ratio {rate / TARGET:5.2f}x")
         print(f"cpu  {cpu_s:8.2f} s   -> {args.rows / cpu_s:12,.0f} rows per CPU-second "
               f"(2 cores: {2 * args.rows / cpu_s:,.0f} rows/s if uncontended)")
         print(f"load average during the run: {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores")
-        print(f"\n{'':34s} {'wall s':>8s} {'cpu s':>8s} {'rows/s (wall)':>14s} {'rows/CPU-s':>12s} {'peak RSS MB':>12s}")
-        print(f"{'bakeoff data ingest':34s} {wall:8.2f} {cpu_s:8.2f} {rate:14,.0f} {args.rows / cpu_s:12,.0f} "
-              f"{ing['peak_rss_mb']:12,.0f}")
-        print(f"{'polars.read_ndjson (good lines)':34s} {pl_wall:8.2f} {pl_cpu:8.2f} {pl_rate:14,.0f} "
-              f"{pl_rows / pl_cpu:12,.0f} {pol['peak_rss_mb']:12,.0f}")
-        print(f"{'ratio ingest / polars':34s} {'':8s} {'':8s} {rate / pl_rate:13.2f}x "
-              f"{(args.rows / cpu_s) / (pl_rows / pl_cpu):11.2f}x {ing['peak_rss_mb'] / pol['peak_rss_mb']:11.2f}x\n")
+        print_side_by_side(runs)
         if args.no_phases:
             return
 
