@@ -144,8 +144,10 @@ OURS, POLARS_LABEL = "bakeoff data ingest", "polars.read_ndjson (good lines)"
 
 
 def print_side_by_side(runs: dict[str, list[dict]]) -> None:
-    """Medians of every contender's rounds, then this ingest's speed (rows/s)
-    against each other contender's within each round, and their median."""
+    """Medians of every contender's rounds, then each ingest's speed (rows/s)
+    against polars and this ingest's against the other version, within each
+    round (a neighbour's load slows both sides of a round alike), and their
+    median."""
     def rate(r: dict, k: str = "wall") -> float:
         return r.get("rows_in", r.get("rows", 0)) / r[k]
 
@@ -158,15 +160,21 @@ def print_side_by_side(runs: dict[str, list[dict]]) -> None:
                   f"{statistics.median(r['cpu'] for r in rs):8.2f} {statistics.median(rate(r) for r in rs):14,.0f} "
                   f"{statistics.median(rate(r, 'cpu') for r in rs):12,.0f} "
                   f"{statistics.median(r['peak_rss_mb'] for r in rs):12,.0f}")
-    for label, rs in runs.items():
-        if label == OURS or not rs:
-            continue
-        wall = [rate(o) / rate(x) for o, x in zip(runs[OURS], rs)]  # >1: this ingest is faster
-        cpu_ratio = [rate(o, "cpu") / rate(x, "cpu") for o, x in zip(runs[OURS], rs)]
-        peak = statistics.median(r["peak_rss_mb"] for r in runs[OURS]) / statistics.median(r["peak_rss_mb"] for r in rs)
-        print(f"ratio {OURS} / {label}: rows/s {statistics.median(wall):.2f}x "
+
+    def ratio_line(a: str, b: str) -> None:
+        wall = [rate(x) / rate(y) for x, y in zip(runs[a], runs[b])]  # >1: a is faster
+        cpu_ratio = [rate(x, "cpu") / rate(y, "cpu") for x, y in zip(runs[a], runs[b])]
+        peak = statistics.median(r["peak_rss_mb"] for r in runs[a]) / statistics.median(r["peak_rss_mb"] for r in runs[b])
+        print(f"ratio {a} / {b}: rows/s {statistics.median(wall):.2f}x "
               f"(rounds: {', '.join(f'{r:.2f}' for r in wall)}), rows/CPU-s {statistics.median(cpu_ratio):.2f}x, "
               f"peak RSS {peak:.2f}x")
+
+    ingesters = [label for label in runs if label != POLARS_LABEL]
+    for label in ingesters:
+        if runs[POLARS_LABEL]:
+            ratio_line(label, POLARS_LABEL)
+    for label in ingesters[1:]:
+        ratio_line(OURS, label)
     print()
 
 
