@@ -112,8 +112,8 @@ def with_ids(df: pl.DataFrame) -> pl.DataFrame:
     # kernel costs ~0.6 s per process: a loss below ~2.5M rows.
     # Hashed 2048 rows at a time: each slice's Python bytes and str objects are
     # freed before the next is made, so they reuse the same memory instead of
-    # faulting in fresh pages for the whole frame (chat rows: no page faults
-    # against ~0.4 per row, 16 % less time for this loop).
+    # faulting in fresh pages for the whole frame (100k chat rows: ~60 page
+    # faults against ~13,000, 16 % less time for this loop).
     canon = df.select(pl.struct(list(CONTENT_FIELDS)).struct.json_encode().cast(pl.Binary))
     blake2b = hashlib.blake2b
     hashes = [pl.Series("id", [blake2b(c, digest_size=16).hexdigest() for c in part.to_series().to_list()],
