@@ -22,13 +22,9 @@ import polars as pl
 
 from bakeoff.console import emit, escape, out, table
 from bakeoff.context import get_workspace, json_option
-from bakeoff.workspace import BakeoffError, Version, Workspace
+from bakeoff.workspace import BakeoffError, Version, Workspace, sql_string
 
 LABELS = ("domain", "doctype", "task", "tags")
-
-
-def _sql_str(s: str) -> str:
-    return "'" + str(s).replace("'", "''") + "'"
 
 
 def _rows_path(ws: Workspace, v: Version) -> str:
@@ -103,8 +99,8 @@ def diff_versions(ws: Workspace, a: str, b: str, sample: int = 5) -> dict[str, A
     con = duckdb.connect()
     try:
         sel = "SELECT id, source_file, source_line, domain, doctype, task, tags FROM read_parquet({})"
-        con.execute(f"CREATE TEMP TABLE A AS {sel.format(_sql_str(_rows_path(ws, va)))}")
-        con.execute(f"CREATE TEMP TABLE B AS {sel.format(_sql_str(_rows_path(ws, vb)))}")
+        con.execute(f"CREATE TEMP TABLE A AS {sel.format(sql_string(_rows_path(ws, va)))}")
+        con.execute(f"CREATE TEMP TABLE B AS {sel.format(sql_string(_rows_path(ws, vb)))}")
         # Same source location, different id or labels. Rows without a source
         # (made by a step, not read from a file) can only be added or removed.
         con.execute("""
@@ -141,7 +137,7 @@ def diff_versions(ws: Workspace, a: str, b: str, sample: int = 5) -> dict[str, A
         by_rule: list[dict[str, Any]] = []
         if n_removed:
             if ledger_files:
-                files = "[" + ", ".join(_sql_str(f) for f in ledger_files) + "]"
+                files = "[" + ", ".join(sql_string(f) for f in ledger_files) + "]"
                 con.execute(f"""
                     CREATE TEMP TABLE L AS
                     SELECT row_id, stage, rule FROM (
@@ -193,7 +189,7 @@ def row_fate(ws: Workspace, row_id: str) -> dict[str, Any]:
     if not versions:
         raise BakeoffError("the workspace has no datasets yet")
     by_path = {str(ws.version_dir(v) / "rows.parquet"): v for v in versions}
-    files = "[" + ", ".join(_sql_str(p) for p in by_path) + "]"
+    files = "[" + ", ".join(sql_string(p) for p in by_path) + "]"
     con = duckdb.connect()
     try:
         hits = con.execute(
@@ -212,7 +208,7 @@ def row_fate(ws: Workspace, row_id: str) -> dict[str, Any]:
         drops: dict[str, dict[str, Any]] = {}
         partner_of: list[dict[str, Any]] = []
         if ledger_paths:
-            lf = "[" + ", ".join(_sql_str(p) for p in ledger_paths) + "]"
+            lf = "[" + ", ".join(sql_string(p) for p in ledger_paths) + "]"
             res = con.sql(
                 f"SELECT *, filename FROM read_parquet({lf}, filename = true, union_by_name = true) "
                 "WHERE row_id = ? OR kept_row_id = ?", params=[full, full]).pl()
@@ -228,7 +224,7 @@ def row_fate(ws: Workspace, row_id: str) -> dict[str, Any]:
         if present:
             first = next(v for v in versions if v.ref in present)
             row = con.sql(
-                f"SELECT * FROM read_parquet({_sql_str(_rows_path(ws, first))}) WHERE id = ?", params=[full]).pl()
+                f"SELECT * FROM read_parquet({sql_string(_rows_path(ws, first))}) WHERE id = ?", params=[full]).pl()
             if row.height:
                 content = row.to_dicts()[0]
     finally:

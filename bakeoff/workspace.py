@@ -577,6 +577,16 @@ class VersionWriter:
             params=params or {}, counts=all_counts))
 
 
+def sql_identifier(name: str) -> str:
+    """``name`` as a DuckDB identifier (double quotes, inner quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_string(text: str | Path) -> str:
+    """``text`` as a DuckDB string literal (single quotes, inner quotes doubled)."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
 #: Memory DuckDB may use to sort a version's ids for its digest before spilling
 #: (env BAKEOFF_DIGEST_MEMORY): with the batch, what bounds an ingest's memory.
 DIGEST_MEMORY = os.environ.get("BAKEOFF_DIGEST_MEMORY") or "256MB"
@@ -587,7 +597,7 @@ def _spilling_duckdb(spill: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     con.execute(f"SET memory_limit = '{DIGEST_MEMORY}'")
-    con.execute(f"SET temp_directory = '{str(spill).replace(chr(39), chr(39) * 2)}'")
+    con.execute(f"SET temp_directory = {sql_string(spill)}")
     return con
 
 
@@ -604,20 +614,16 @@ def _streamed_digest(rows_path: Path, spill: Path) -> tuple[str, bool]:
     cols = sorted(c for c in schema.names if c not in skip)
     con = _spilling_duckdb(spill)
     try:
-        source = "read_parquet('" + str(rows_path).replace("'", "''") + "')"
+        source = f"read_parquet({sql_string(rows_path)})"
         return _digest_by_label_groups(con, source, cols, schema) or _digest_by_rows(con, source, cols)
     finally:
         con.close()
 
 
-def _quoted(column: str) -> str:
-    return '"' + column.replace('"', '""') + '"'
-
-
 def _digest_by_rows(con: duckdb.DuckDBPyConnection, source: str, cols: list[str]) -> tuple[str, bool]:
     """The digest with every row serialised by polars: DuckDB sorts the whole
     canonical rows and they are written batch by batch."""
-    select = ", ".join(map(_quoted, cols))
+    select = ", ".join(map(sql_identifier, cols))
     reader = con.sql(f"SELECT {select} FROM {source} ORDER BY id").to_arrow_reader(100_000)
     return _hash_in_order(reader, _ndjson)  # type: ignore[return-value]
 
@@ -646,10 +652,10 @@ def _digest_by_label_groups(con: duckdb.DuckDBPyConnection, source: str, cols: l
     rest = [c for c in cols if c != "id"]
     if not rest or "id" not in cols or not all(_equal_means_same_bytes(schema.field(c).type) for c in rest):
         return None
-    key = f"hash({', '.join(map(_quoted, rest))})"
+    key = f"hash({', '.join(map(sql_identifier, rest))})"
     if con.sql(f"SELECT approx_count_distinct({key}) FROM {source}").fetchall()[0][0] > MAX_LABEL_GROUPS:
         return None
-    groups = pl.from_arrow(con.sql(f"SELECT DISTINCT {key} AS _group, {', '.join(map(_quoted, rest))} "
+    groups = pl.from_arrow(con.sql(f"SELECT DISTINCT {key} AS _group, {', '.join(map(sql_identifier, rest))} "
                                    f"FROM {source}").to_arrow_table())
     assert isinstance(groups, pl.DataFrame)
     if groups.height > MAX_LABEL_GROUPS or groups["_group"].n_unique() != groups.height:
@@ -762,13 +768,12 @@ def _renumber_repeats(rows_path: Path, spill: Path) -> None:
     distinct contents (the reason this is not a table of every id seen)."""
     import pyarrow.parquet as pq
 
-    path = str(rows_path).replace("'", "''")
     con = _spilling_duckdb(spill)
     out = rows_path.with_name(".rows.renumbered.parquet")
     try:
         reader = con.sql(f"""
             WITH r AS (SELECT file_row_number AS rn, id, split_part(id, '~', 1) AS base
-                       FROM read_parquet('{path}', file_row_number = true)),
+                       FROM read_parquet({sql_string(rows_path)}, file_row_number = true)),
                  repeated AS (SELECT DISTINCT split_part(id, '~', 1) AS base FROM r GROUP BY id
                               HAVING count(*) > 1),
                  copies AS (SELECT rn, id, base, row_number() OVER (PARTITION BY base ORDER BY rn) AS occ

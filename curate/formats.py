@@ -37,7 +37,7 @@ import polars as pl
 import pyarrow as pa
 
 from bakeoff.schema import META_FIELDS
-from bakeoff.workspace import BakeoffError
+from bakeoff.workspace import BakeoffError, sql_identifier, sql_string
 
 FORMAT_NAMES = ("alpaca", "sharegpt", "messages", "completion", "preference", "prompt")
 
@@ -64,8 +64,7 @@ MAPPABLE = ("instruction", "input", "output", "system", "history", "conversation
             "prompt", "completion", "chosen", "rejected", "role", "content", "meta", *META_FIELDS)
 
 
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+_lit = sql_string
 
 
 def json_path(column: str) -> str:
@@ -276,8 +275,7 @@ def install_macros(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE OR REPLACE MACRO role_norm(x) AS CASE lower(trim(x)) {cases} ELSE lower(trim(x)) END")
 
 
-def _ident(s: str) -> str:
-    return '"' + s.replace('"', '""') + '"'
+_ident = sql_identifier
 
 
 def _turn(role: str, content_sql: str) -> str:

@@ -47,7 +47,7 @@ import polars as pl
 import pyarrow as pa
 
 from bakeoff.reuse import file_digest
-from bakeoff.workspace import QUARANTINE_SCHEMA, BakeoffError
+from bakeoff.workspace import QUARANTINE_SCHEMA, BakeoffError, sql_identifier, sql_string
 
 #: Quarantined raw text is kept whole up to this many characters (a bad record can
 #: be huge, e.g. the unparseable rest of a JSON array).
@@ -690,8 +690,7 @@ def _to_records(df: pl.DataFrame, json_like: set[str]) -> pl.DataFrame:
     cols = [c for c in df.columns if c != "source_line"]
     parts = []
     for i, c in enumerate(cols):
-        ident = '"' + c.replace('"', '""') + '"'
-        key = "'" + c.replace("'", "''") + "'"
+        ident, key = sql_identifier(c), sql_string(c)
         if c in json_like:
             value = f"CASE WHEN json_valid(t.{ident}) THEN t.{ident}::JSON ELSE to_json(t.{ident}) END"
         else:
